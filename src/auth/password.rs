@@ -1,0 +1,135 @@
+//! bcrypt hashing off the async workers, with a bound on how many hashes run at once.
+//!
+//! Cost 12 takes ~250 ms of one core; running it on a tokio worker would stall every
+//! other request on that worker, and running unbounded numbers at once would let a
+//! login flood starve everything else. Hashes therefore run on the blocking pool,
+//! behind a semaphore sized to the CPUs (`HASH_CONCURRENCY`).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::domain::Password;
+
+#[derive(Clone)]
+pub struct PasswordHasher {
+    cost: u32,
+    permits: Arc<Semaphore>,
+    /// A hash of a random password at the configured cost, verified against when the
+    /// account does not exist so that "no such user" costs the same time as "wrong
+    /// password" (SECURITY.md 10).
+    dummy: Arc<OnceCell<String>>,
+}
+
+impl PasswordHasher {
+    pub fn new(cost: u32, concurrency: usize) -> Self {
+        Self {
+            cost,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            dummy: Arc::new(OnceCell::new()),
+        }
+    }
+
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .context("Failed to acquire a hashing permit")?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .context("Failed to join the hashing task")
+    }
+
+    /// Hashes a password that passed the policy (so at most 72 bytes, all of which bcrypt
+    /// uses); the result is `$2b$<cost>$...`.
+    pub async fn hash(&self, password: &Password) -> anyhow::Result<String> {
+        let (plain, cost) = (password.expose().to_owned(), self.cost);
+        self.blocking(move || bcrypt::hash(plain, cost))
+            .await?
+            .context("Failed to hash a password")
+    }
+
+    /// Checks a candidate against a stored hash. Hashes made by passlib (`$2b$`, `$2a$`)
+    /// verify. A candidate over 72 bytes never matches (bcrypt would truncate it).
+    pub async fn verify(&self, candidate: &str, hash: &str) -> anyhow::Result<bool> {
+        // bcrypt reads at most 72 bytes; a longer candidate would match on its prefix.
+        let overlong = candidate.len() > crate::domain::MAX_PASSWORD_BYTES;
+        let (candidate, hash) = (candidate.to_owned(), hash.to_owned());
+        let outcome = self
+            .blocking(move || bcrypt::verify(candidate, &hash))
+            .await?;
+        Ok(!overlong && outcome.unwrap_or(false))
+    }
+
+    /// Spends the time of one verification when there is no user, then answers `false`.
+    pub async fn verify_dummy(&self, candidate: &str) -> anyhow::Result<bool> {
+        let dummy = self.dummy_hash().await?;
+        self.verify(candidate, &dummy).await?;
+        Ok(false)
+    }
+
+    /// The dummy hash, computed once (also called at start-up, in the background).
+    pub async fn dummy_hash(&self) -> anyhow::Result<String> {
+        let hash = self
+            .dummy
+            .get_or_try_init(|| async {
+                let random = crate::auth::random_token(24);
+                let cost = self.cost;
+                self.blocking(move || bcrypt::hash(random, cost))
+                    .await?
+                    .context("Failed to compute the dummy hash")
+            })
+            .await?;
+        Ok(hash.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hash made by passlib's `bcrypt.hash("correct horse battery staple", rounds=12)`.
+    const PASSLIB_HASH: &str = "$2b$12$rvehJXvoFwQr0usN5/URn.wnKeC5/85Ye1LjiIHDwdqKew9fhEX72";
+
+    #[tokio::test]
+    async fn hashes_are_bcrypt_2b_with_the_configured_cost() {
+        let hasher = PasswordHasher::new(12, 2);
+        let password = Password::parse("correct horse battery", "password").unwrap();
+        let hash = hasher.hash(&password).await.unwrap();
+        assert!(hash.starts_with("$2b$12$"), "{hash}");
+        assert!(hasher.verify("correct horse battery", &hash).await.unwrap());
+        assert!(!hasher.verify("correct horse batterY", &hash).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn passlib_hashes_verify() {
+        let hasher = PasswordHasher::new(4, 1);
+        assert!(hasher.verify("correct horse battery staple", PASSLIB_HASH).await.unwrap());
+        assert!(!hasher.verify("wrong horse battery staple", PASSLIB_HASH).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn overlong_candidates_never_match() {
+        let hasher = PasswordHasher::new(4, 1);
+        let long = "a".repeat(72);
+        let hash = hasher.hash(&Password::parse(&long, "p").unwrap()).await.unwrap();
+        assert!(hasher.verify(&long, &hash).await.unwrap());
+        assert!(!hasher.verify(&format!("{long}b"), &hash).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn dummy_verification_is_always_false() {
+        let hasher = PasswordHasher::new(4, 1);
+        assert!(!hasher.verify_dummy("anything at all").await.unwrap());
+    }
+}

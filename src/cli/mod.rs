@@ -1,0 +1,131 @@
+//! The `introgy` command line: `serve` (default) and `check`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigArgs};
+use crate::startup::Application;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "introgy",
+    version,
+    about = "Introgy backend: accounts, profiles and the social battery over HTTP/JSON",
+    long_about = "Introgy backend: accounts, profiles and the social battery over HTTP/JSON.\n\n\
+Settings come from flags or environment variables; .env, Mongo.env and Email.env in the \
+working directory are read too (real environment variables win).",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (the default command).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Load the configuration, connect to the store and the mail transport, report.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// Parses the command line and runs the chosen command.
+pub fn run(env_files: &[&str]) -> ExitCode {
+    let cli = Cli::parse();
+    let (command, args) = match cli.command {
+        None => ("serve", cli.config),
+        Some(Command::Serve { config }) => ("serve", config),
+        Some(Command::Check { config }) => ("check", config),
+    };
+    let log_format = args.log_format;
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("introgy: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(log_format);
+    if !env_files.is_empty() {
+        tracing::info!(files = ?env_files, "read environment files");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("introgy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            "check" => check(config).await,
+            _ => serve(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("introgy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    Application::build(config).await?.run_until_stopped().await
+}
+
+/// `introgy check`: every problem is reported, then the exit code says whether any was found.
+async fn check(config: Config) -> anyhow::Result<()> {
+    let mut problems = 0;
+    println!("environment:    {}", config.environment.as_str());
+    println!("listen:         {}:{}", config.host, config.port);
+    println!("database:       {}", config.database.describe());
+    match crate::store::connect(&config).await {
+        Ok(store) => match store.ping().await {
+            Ok(()) => println!("store:          ok ({} answers)", store.backend()),
+            Err(e) => {
+                problems += 1;
+                println!("store:          FAILED: {e}");
+            }
+        },
+        Err(e) => {
+            problems += 1;
+            println!("store:          FAILED: {e:#}");
+        }
+    }
+    println!(
+        "jwt secret:     {}",
+        match &config.jwt_secret {
+            Some(_) => "set (JWT_SECRET_KEY)",
+            None => "development secret kept in the data directory",
+        }
+    );
+    println!("mail transport: {}", config.mail.transport.name());
+    match crate::email::transport::from_config(&config.mail.transport) {
+        Ok(transport) => match transport.check().await {
+            Ok(found) => println!("mail:           ok: {found}"),
+            Err(e) => {
+                problems += 1;
+                println!("mail:           FAILED: {e:#}");
+            }
+        },
+        Err(e) => {
+            problems += 1;
+            println!("mail:           FAILED: {e:#}");
+        }
+    }
+    println!("cors origins:   {}", config.cors_origins.join(", "));
+    anyhow::ensure!(problems == 0, "check found {problems} problem(s)");
+    println!("all checks passed");
+    Ok(())
+}

@@ -1,0 +1,681 @@
+//! Typed settings, parsed once from flags and environment variables and validated.
+//!
+//! The variable names are the contract of `PRODUCT.md` §2 (the first group is the old
+//! Python service's own). `.env`, `Mongo.env` and `Email.env` are read by the binary
+//! before parsing (see [`load_env_files`]); real environment variables win.
+//! Nothing here ever prints a secret: secrets are [`SecretString`] and `--help` hides
+//! their environment values.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Minimum signing secret length in production (bytes).
+pub const MIN_PRODUCTION_SECRET_BYTES: usize = 64;
+/// The bcrypt cost production requires (SECURITY.md 13).
+pub const PRODUCTION_BCRYPT_COST: u32 = 12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Production => "production",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SmtpTls {
+    /// Plain SMTP upgraded with STARTTLS (required).
+    Starttls,
+    /// Implicit TLS from the first byte (port 465).
+    Tls,
+    /// No encryption at all (local relays and tests only).
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    Smtp,
+    Sendgrid,
+    Log,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
+}
+
+/// Every setting, with the environment variable that sets it.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// `development` or `production`.
+    #[arg(long, env = "ENVIRONMENT", value_enum, default_value = "development")]
+    pub environment: Environment,
+
+    /// Listen address [default: 127.0.0.1; production: 0.0.0.0].
+    #[arg(long, env = "HOST")]
+    pub host: Option<String>,
+
+    /// Listen port (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// `sqlite:PATH` or a `mongodb://` / `mongodb+srv://` URL; wins over MONGO_URI
+    /// [default: sqlite:introgy.db].
+    #[arg(long, env = "DATABASE_URL", value_parser = secret, hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+
+    /// MongoDB connection string (selects the MongoDB store).
+    #[arg(long, env = "MONGO_URI", value_parser = secret, hide_env_values = true)]
+    pub mongo_uri: Option<SecretString>,
+
+    /// MongoDB database name when the URL has none.
+    #[arg(long, env = "MONGO_DB", default_value = "introgy")]
+    pub mongo_db: String,
+
+    /// HS512 signing secret, at least 64 bytes in production [development: generated
+    /// once and kept next to the SQLite file].
+    #[arg(long, env = "JWT_SECRET_KEY", value_parser = secret, hide_env_values = true)]
+    pub jwt_secret_key: Option<SecretString>,
+
+    /// Comma-separated earlier signing secrets, still accepted for verification during a
+    /// rotation.
+    #[arg(long, env = "JWT_PREVIOUS_SECRET_KEYS", value_parser = secret, value_delimiter = ',', hide_env_values = true)]
+    pub jwt_previous_secret_keys: Vec<SecretString>,
+
+    /// SMTP server host name.
+    #[arg(long, env = "SMTP_HOST")]
+    pub smtp_host: Option<String>,
+
+    /// SMTP server port.
+    #[arg(long, env = "SMTP_PORT", default_value_t = 587)]
+    pub smtp_port: u16,
+
+    /// SMTP user name (no authentication when empty).
+    #[arg(long, env = "SMTP_USER")]
+    pub smtp_user: Option<String>,
+
+    /// SMTP password.
+    #[arg(long, env = "SMTP_PASSWORD", value_parser = secret, hide_env_values = true)]
+    pub smtp_password: Option<SecretString>,
+
+    /// `starttls`, `tls` or `none` [default: tls on port 465, else starttls].
+    #[arg(long, env = "SMTP_TLS", value_enum)]
+    pub smtp_tls: Option<SmtpTls>,
+
+    /// SendGrid API key (selects the SendGrid transport).
+    #[arg(long, env = "SENDGRID_API_KEY", value_parser = secret, hide_env_values = true)]
+    pub sendgrid_api_key: Option<SecretString>,
+
+    /// SendGrid endpoint (for proxies and tests).
+    #[arg(
+        long,
+        env = "SENDGRID_API_URL",
+        default_value = "https://api.sendgrid.com/v3/mail/send"
+    )]
+    pub sendgrid_api_url: String,
+
+    /// Force the mail transport: `smtp`, `sendgrid` or `log` [default: inferred:
+    /// SendGrid key, else SMTP host, else log (development only)].
+    #[arg(long, env = "EMAIL_TRANSPORT", value_enum)]
+    pub email_transport: Option<TransportKind>,
+
+    /// Sender address.
+    #[arg(long, env = "FROM_EMAIL", default_value = "support@introgy.ai")]
+    pub from_email: String,
+
+    /// Sender display name.
+    #[arg(long, env = "EMAIL_FROM_NAME", default_value = "Introgy")]
+    pub email_from_name: String,
+
+    /// User-facing site used in email links.
+    #[arg(long, env = "FRONTEND_URL", default_value = "https://introgy.ai")]
+    pub frontend_url: String,
+
+    /// Comma-separated allowed CORS origins [default: FRONTEND_URL, plus
+    /// localhost:3000/5173/8000 in development].
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Access token lifetime in seconds.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub access_token_ttl_seconds: u64,
+
+    /// Refresh token / session absolute lifetime in seconds.
+    #[arg(long, env = "REFRESH_TOKEN_TTL_SECONDS", default_value_t = 2_592_000, value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
+    pub refresh_token_ttl_seconds: u64,
+
+    /// One-time code lifetime in seconds (at most 600, ASVS's maximum).
+    #[arg(long, env = "OTP_TTL_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub otp_ttl_seconds: u64,
+
+    /// Comma-separated CIDRs whose X-Forwarded-For is believed (behind nginx on the
+    /// same host: 127.0.0.1/32,::1/128).
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// bcrypt cost; production refuses anything below 12.
+    #[arg(long, env = "BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+
+    /// How many bcrypt hashes may run at once [default: the number of CPUs].
+    #[arg(long, env = "HASH_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub hash_concurrency: Option<u32>,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Upper bound on one request's handling time, in seconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub request_timeout_seconds: u64,
+
+    /// How long a store operation may wait for the database, in seconds.
+    #[arg(long, env = "STORE_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub store_timeout_seconds: u64,
+}
+
+/// Where data lives.
+#[derive(Debug, Clone)]
+pub enum DatabaseConfig {
+    Sqlite { path: PathBuf },
+    Mongo { url: SecretString, db: String },
+}
+
+impl DatabaseConfig {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite { path } => format!("sqlite:{}", path.display()),
+            Self::Mongo { db, .. } => format!("mongodb (database {db})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    pub tls: SmtpTls,
+}
+
+#[derive(Debug, Clone)]
+pub enum TransportConfig {
+    /// Development only: mails go to the log, codes included.
+    Log,
+    Smtp(SmtpConfig),
+    SendGrid { api_key: SecretString, api_url: String },
+}
+
+impl TransportConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::Smtp(_) => "smtp",
+            Self::SendGrid { .. } => "sendgrid",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub transport: TransportConfig,
+    pub from_email: String,
+    pub from_name: String,
+    pub frontend_url: String,
+}
+
+/// The validated settings the application runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub environment: Environment,
+    pub host: String,
+    pub port: u16,
+    pub database: DatabaseConfig,
+    /// The signing secret; `None` in development means "generate and keep one".
+    pub jwt_secret: Option<SecretString>,
+    pub jwt_previous_secrets: Vec<SecretString>,
+    pub mail: MailConfig,
+    pub cors_origins: Vec<String>,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub otp_ttl: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    pub bcrypt_cost: u32,
+    pub hash_concurrency: usize,
+    pub log_format: LogFormat,
+    pub request_timeout: Duration,
+    pub store_timeout: Duration,
+}
+
+/// A setting that cannot be used, with the message an operator needs.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn non_empty_secret(value: Option<SecretString>) -> Option<SecretString> {
+    value.filter(|v| !v.expose_secret().trim().is_empty())
+}
+
+impl Config {
+    /// Validates raw arguments into settings, refusing what production must not run with.
+    pub fn from_args(args: ConfigArgs) -> Result<Self, ConfigError> {
+        let production = args.environment == Environment::Production;
+        let database = parse_database(
+            non_empty_secret(args.database_url),
+            non_empty_secret(args.mongo_uri),
+            &args.mongo_db,
+        )?;
+
+        let jwt_secret = non_empty_secret(args.jwt_secret_key);
+        if production {
+            match &jwt_secret {
+                None => {
+                    return Err(ConfigError(
+                        "JWT_SECRET_KEY is required in production (at least 64 bytes, e.g. `openssl rand -hex 64`)".into(),
+                    ))
+                }
+                Some(s) if s.expose_secret().len() < MIN_PRODUCTION_SECRET_BYTES => {
+                    return Err(ConfigError(format!(
+                        "JWT_SECRET_KEY is {} bytes; production requires at least {MIN_PRODUCTION_SECRET_BYTES}",
+                        s.expose_secret().len()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let jwt_previous_secrets: Vec<SecretString> = args
+            .jwt_previous_secret_keys
+            .into_iter()
+            .filter(|s| !s.expose_secret().trim().is_empty())
+            .collect();
+        if production
+            && jwt_previous_secrets
+                .iter()
+                .any(|s| s.expose_secret().len() < MIN_PRODUCTION_SECRET_BYTES)
+        {
+            return Err(ConfigError(format!(
+                "every JWT_PREVIOUS_SECRET_KEYS entry must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes in production"
+            )));
+        }
+
+        if production && args.bcrypt_cost < PRODUCTION_BCRYPT_COST {
+            return Err(ConfigError(format!(
+                "BCRYPT_COST={} is below {PRODUCTION_BCRYPT_COST}, which production refuses",
+                args.bcrypt_cost
+            )));
+        }
+
+        let transport = parse_transport(
+            args.email_transport,
+            non_empty_secret(args.sendgrid_api_key),
+            args.sendgrid_api_url,
+            non_empty(args.smtp_host),
+            args.smtp_port,
+            non_empty(args.smtp_user),
+            non_empty_secret(args.smtp_password),
+            args.smtp_tls,
+        )?;
+        if production && matches!(transport, TransportConfig::Log) {
+            return Err(ConfigError(
+                "production needs a real mail transport: set SENDGRID_API_KEY or SMTP_HOST (EMAIL_TRANSPORT=log is for development only)".into(),
+            ));
+        }
+
+        let frontend_url = args.frontend_url.trim().trim_end_matches('/').to_owned();
+        if !(frontend_url.starts_with("https://") || frontend_url.starts_with("http://")) {
+            return Err(ConfigError(format!(
+                "FRONTEND_URL must start with http:// or https:// (got {frontend_url:?})"
+            )));
+        }
+        if !args.from_email.contains('@') {
+            return Err(ConfigError(format!(
+                "FROM_EMAIL must be an email address (got {:?})",
+                args.from_email
+            )));
+        }
+
+        let mut cors_origins: Vec<String> = args
+            .cors_origins
+            .into_iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if cors_origins.is_empty() {
+            cors_origins.push(frontend_url.clone());
+            if !production {
+                for port in [3000, 5173, 8000] {
+                    cors_origins.push(format!("http://localhost:{port}"));
+                    cors_origins.push(format!("http://127.0.0.1:{port}"));
+                }
+            }
+        }
+        if let Some(bad) = cors_origins
+            .iter()
+            .find(|o| axum::http::HeaderValue::from_str(o).is_err() || !o.contains("://"))
+        {
+            return Err(ConfigError(format!(
+                "CORS_ORIGINS entry {bad:?} is not an origin like https://example.com"
+            )));
+        }
+
+        let host = non_empty(args.host).unwrap_or_else(|| {
+            if production { "0.0.0.0" } else { "127.0.0.1" }.to_owned()
+        });
+        let hash_concurrency = args.hash_concurrency.map(|n| n as usize).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
+
+        Ok(Self {
+            environment: args.environment,
+            host,
+            port: args.port,
+            database,
+            jwt_secret,
+            jwt_previous_secrets,
+            mail: MailConfig {
+                transport,
+                from_email: args.from_email.trim().to_owned(),
+                from_name: args.email_from_name.trim().to_owned(),
+                frontend_url,
+            },
+            cors_origins,
+            access_token_ttl: Duration::from_secs(args.access_token_ttl_seconds),
+            refresh_token_ttl: Duration::from_secs(args.refresh_token_ttl_seconds),
+            otp_ttl: Duration::from_secs(args.otp_ttl_seconds),
+            trusted_proxies: args.trusted_proxies,
+            bcrypt_cost: args.bcrypt_cost,
+            hash_concurrency,
+            log_format: args.log_format,
+            request_timeout: Duration::from_secs(args.request_timeout_seconds),
+            store_timeout: Duration::from_secs(args.store_timeout_seconds),
+        })
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+
+    /// The folder that holds local state (the SQLite file, the development secret).
+    pub fn data_dir(&self) -> PathBuf {
+        match &self.database {
+            DatabaseConfig::Sqlite { path } => path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            DatabaseConfig::Mongo { .. } => PathBuf::from("."),
+        }
+    }
+}
+
+fn parse_database(
+    database_url: Option<SecretString>,
+    mongo_uri: Option<SecretString>,
+    mongo_db: &str,
+) -> Result<DatabaseConfig, ConfigError> {
+    let Some(url) = database_url.or(mongo_uri) else {
+        return Ok(DatabaseConfig::Sqlite {
+            path: PathBuf::from("introgy.db"),
+        });
+    };
+    let raw = url.expose_secret().trim();
+    if let Some(path) = raw.strip_prefix("sqlite:") {
+        // Accept both `sqlite:PATH` and the URL spellings `sqlite://PATH` / `sqlite:///abs`.
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err(ConfigError("DATABASE_URL sqlite: needs a file path".into()));
+        }
+        return Ok(DatabaseConfig::Sqlite {
+            path: PathBuf::from(path),
+        });
+    }
+    if raw.starts_with("mongodb://") || raw.starts_with("mongodb+srv://") {
+        let db = mongo_db.trim();
+        if db.is_empty() {
+            return Err(ConfigError("MONGO_DB must not be empty".into()));
+        }
+        return Ok(DatabaseConfig::Mongo {
+            url: SecretString::from(raw),
+            db: db.to_owned(),
+        });
+    }
+    Err(ConfigError(
+        "DATABASE_URL must be sqlite:PATH, mongodb://... or mongodb+srv://...".into(),
+    ))
+}
+
+#[expect(clippy::too_many_arguments, reason = "one argument per raw setting")]
+fn parse_transport(
+    forced: Option<TransportKind>,
+    sendgrid_key: Option<SecretString>,
+    sendgrid_url: String,
+    smtp_host: Option<String>,
+    smtp_port: u16,
+    smtp_user: Option<String>,
+    smtp_password: Option<SecretString>,
+    smtp_tls: Option<SmtpTls>,
+) -> Result<TransportConfig, ConfigError> {
+    let kind = forced.unwrap_or(if sendgrid_key.is_some() {
+        TransportKind::Sendgrid
+    } else if smtp_host.is_some() {
+        TransportKind::Smtp
+    } else {
+        TransportKind::Log
+    });
+    match kind {
+        TransportKind::Log => Ok(TransportConfig::Log),
+        TransportKind::Sendgrid => {
+            let api_key = sendgrid_key.ok_or_else(|| {
+                ConfigError("EMAIL_TRANSPORT=sendgrid needs SENDGRID_API_KEY".into())
+            })?;
+            Ok(TransportConfig::SendGrid {
+                api_key,
+                api_url: sendgrid_url,
+            })
+        }
+        TransportKind::Smtp => {
+            let host =
+                smtp_host.ok_or_else(|| ConfigError("EMAIL_TRANSPORT=smtp needs SMTP_HOST".into()))?;
+            if smtp_user.is_some() != smtp_password.is_some() {
+                return Err(ConfigError(
+                    "SMTP_USER and SMTP_PASSWORD must be set together".into(),
+                ));
+            }
+            let tls = smtp_tls.unwrap_or(if smtp_port == 465 {
+                SmtpTls::Tls
+            } else {
+                SmtpTls::Starttls
+            });
+            Ok(TransportConfig::Smtp(SmtpConfig {
+                host,
+                port: smtp_port,
+                user: smtp_user,
+                password: smtp_password,
+                tls,
+            }))
+        }
+    }
+}
+
+/// Reads `.env`, `Mongo.env` and `Email.env` from the working directory, if present.
+/// Variables already in the environment are left alone (real environment wins).
+pub fn load_env_files() -> Result<Vec<&'static str>, ConfigError> {
+    let mut loaded = Vec::new();
+    for name in [".env", "Mongo.env", "Email.env"] {
+        if !Path::new(name).exists() {
+            continue;
+        }
+        dotenvy::from_filename(name)
+            .map_err(|e| ConfigError(format!("cannot read {name}: {e}")))?;
+        loaded.push(name);
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ConfigArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["introgy"];
+        argv.extend_from_slice(extra);
+        Config::from_args(Wrapper::try_parse_from(argv).expect("args parse").args)
+    }
+
+    const LONG_SECRET: &str =
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.host, "127.0.0.1");
+        assert_eq!(config.port, 8000);
+        assert!(matches!(config.database, DatabaseConfig::Sqlite { ref path } if path == Path::new("introgy.db")));
+        assert_eq!(config.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(config.refresh_token_ttl, Duration::from_secs(2_592_000));
+        assert_eq!(config.otp_ttl, Duration::from_secs(600));
+        assert_eq!(config.mail.from_email, "support@introgy.ai");
+        assert_eq!(config.mail.from_name, "Introgy");
+        assert_eq!(config.mail.transport.name(), "log");
+        assert!(config.cors_origins.contains(&"https://introgy.ai".to_owned()));
+        assert!(config.cors_origins.contains(&"http://localhost:5173".to_owned()));
+    }
+
+    #[test]
+    fn production_refuses_to_start_without_a_secret() {
+        let err = parse(&["--environment", "production", "--smtp-host", "mail"]).unwrap_err();
+        assert!(err.0.contains("JWT_SECRET_KEY"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_a_short_secret() {
+        let err = parse(&[
+            "--environment",
+            "production",
+            "--smtp-host",
+            "mail",
+            "--jwt-secret-key",
+            "short",
+        ])
+        .unwrap_err();
+        assert!(err.0.contains("at least 64"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_the_log_transport() {
+        let err = parse(&["--environment", "production", "--jwt-secret-key", LONG_SECRET])
+            .unwrap_err();
+        assert!(err.0.contains("mail transport"), "{err}");
+        let err = parse(&[
+            "--environment",
+            "production",
+            "--jwt-secret-key",
+            LONG_SECRET,
+            "--smtp-host",
+            "mail",
+            "--email-transport",
+            "log",
+        ])
+        .unwrap_err();
+        assert!(err.0.contains("mail transport"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_a_low_bcrypt_cost() {
+        let err = parse(&[
+            "--environment",
+            "production",
+            "--jwt-secret-key",
+            LONG_SECRET,
+            "--smtp-host",
+            "mail",
+            "--bcrypt-cost",
+            "4",
+        ])
+        .unwrap_err();
+        assert!(err.0.contains("BCRYPT_COST"), "{err}");
+    }
+
+    #[test]
+    fn production_listens_on_all_interfaces_and_keeps_cors_to_the_frontend() {
+        let config = parse(&[
+            "--environment",
+            "production",
+            "--jwt-secret-key",
+            LONG_SECRET,
+            "--smtp-host",
+            "mail",
+        ])
+        .unwrap();
+        assert_eq!(config.host, "0.0.0.0");
+        assert_eq!(config.cors_origins, vec!["https://introgy.ai".to_owned()]);
+    }
+
+    #[test]
+    fn smtp_tls_follows_the_port() {
+        let config = parse(&["--smtp-host", "mail", "--smtp-port", "465"]).unwrap();
+        assert!(matches!(config.mail.transport, TransportConfig::Smtp(SmtpConfig { tls: SmtpTls::Tls, .. })));
+        let config = parse(&["--smtp-host", "mail"]).unwrap();
+        assert!(matches!(config.mail.transport, TransportConfig::Smtp(SmtpConfig { tls: SmtpTls::Starttls, port: 587, .. })));
+    }
+
+    #[test]
+    fn database_url_wins_over_mongo_uri() {
+        let config = parse(&[
+            "--database-url",
+            "sqlite:/var/lib/introgy/introgy.db",
+            "--mongo-uri",
+            "mongodb://localhost",
+        ])
+        .unwrap();
+        assert!(matches!(config.database, DatabaseConfig::Sqlite { ref path } if path == Path::new("/var/lib/introgy/introgy.db")));
+        assert_eq!(config.data_dir(), PathBuf::from("/var/lib/introgy"));
+        let config = parse(&["--mongo-uri", "mongodb://localhost:27017"]).unwrap();
+        assert!(matches!(config.database, DatabaseConfig::Mongo { ref db, .. } if db == "introgy"));
+    }
+
+    #[test]
+    fn unknown_database_schemes_are_refused() {
+        assert!(parse(&["--database-url", "postgres://x"]).is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let config = parse(&["--jwt-secret-key", LONG_SECRET, "--smtp-host", "m", "--smtp-user", "u", "--smtp-password", "hunter2-password"]).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains(LONG_SECRET));
+        assert!(!printed.contains("hunter2-password"));
+    }
+}

@@ -1,0 +1,66 @@
+//! One-time codes as users type them, and what a code is for.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// What a one-time code may be used for; a code of one purpose never works for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OtpPurpose {
+    #[default]
+    VerifyEmail,
+    ResetPassword,
+}
+
+impl OtpPurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VerifyEmail => "verify_email",
+            Self::ResetPassword => "reset_password",
+        }
+    }
+}
+
+/// Exactly six ASCII digits (leading zeros allowed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OtpCode(String);
+
+impl OtpCode {
+    /// `None` for anything that is not six digits; callers answer such input exactly as
+    /// they answer a wrong code.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let trimmed = raw.trim();
+        (trimmed.len() == 6 && trimmed.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| Self(trimmed.to_owned()))
+    }
+
+    /// Wraps a freshly generated code.
+    pub fn from_generated(code: String) -> Self {
+        debug_assert!(Self::parse(&code).is_some());
+        Self(code)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for OtpCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OtpCode(******)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_six_digits_parse() {
+        assert!(OtpCode::parse("012345").is_some());
+        assert!(OtpCode::parse(" 999999 ").is_some());
+        for bad in ["", "12345", "1234567", "12345a", "１２３４５６", "-12345"] {
+            assert!(OtpCode::parse(bad).is_none(), "accepted {bad:?}");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Mail templates (minijinja): one HTML layout with inline styles, a plain-text part for
+//! each mail, links built from `FRONTEND_URL`. The templates are compiled into the binary.
+
+use minijinja::{context, Environment};
+
+use super::{MailKind, OutgoingMail};
+use crate::domain::Email;
+
+const SOURCES: &[(&str, &str)] = &[
+    ("layout.html", include_str!("templates/layout.html")),
+    ("verification_code.html", include_str!("templates/verification_code.html")),
+    ("verification_code.txt", include_str!("templates/verification_code.txt")),
+    ("reset_code.html", include_str!("templates/reset_code.html")),
+    ("reset_code.txt", include_str!("templates/reset_code.txt")),
+    ("signup_attempt.html", include_str!("templates/signup_attempt.html")),
+    ("signup_attempt.txt", include_str!("templates/signup_attempt.txt")),
+    ("password_changed.html", include_str!("templates/password_changed.html")),
+    ("password_changed.txt", include_str!("templates/password_changed.txt")),
+];
+
+pub struct Templates {
+    env: Environment<'static>,
+    frontend_url: String,
+    brand: String,
+}
+
+impl Templates {
+    pub fn new(frontend_url: &str, brand: &str) -> anyhow::Result<Self> {
+        let mut env = Environment::new();
+        for (name, source) in SOURCES {
+            env.add_template(name, source)?;
+        }
+        Ok(Self {
+            env,
+            frontend_url: frontend_url.trim_end_matches('/').to_owned(),
+            brand: brand.to_owned(),
+        })
+    }
+
+    pub fn render(&self, to: &Email, kind: &MailKind) -> anyhow::Result<OutgoingMail> {
+        let (subject, code, minutes, link) = match kind {
+            MailKind::VerificationCode { code, valid_minutes } => (
+                format!("{code} is your {} verification code", self.brand),
+                Some(code.as_str()),
+                Some(*valid_minutes),
+                format!("{}/verify-email", self.frontend_url),
+            ),
+            MailKind::ResetCode { code, valid_minutes } => (
+                format!("{code} is your {} password reset code", self.brand),
+                Some(code.as_str()),
+                Some(*valid_minutes),
+                format!("{}/reset-password", self.frontend_url),
+            ),
+            MailKind::SignupAttempt => (
+                format!("Someone tried to sign up for {} with your address", self.brand),
+                None,
+                None,
+                format!("{}/login", self.frontend_url),
+            ),
+            MailKind::PasswordChanged => (
+                format!("Your {} password was changed", self.brand),
+                None,
+                None,
+                format!("{}/reset-password", self.frontend_url),
+            ),
+        };
+        let ctx = context! {
+            brand => self.brand,
+            frontend_url => self.frontend_url,
+            email => to.as_str(),
+            code => code,
+            minutes => minutes,
+            link => link,
+            subject => subject,
+        };
+        let name = kind.name();
+        let html = self.env.get_template(&format!("{name}.html"))?.render(&ctx)?;
+        let text = self.env.get_template(&format!("{name}.txt"))?.render(&ctx)?;
+        Ok(OutgoingMail {
+            to: to.as_str().to_owned(),
+            subject,
+            html,
+            text,
+            kind: name,
+            message_id: format!("<{}@introgy>", crate::auth::random_hex(16)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mail_renders_with_code_link_and_expiry() {
+        let templates = Templates::new("https://introgy.ai/", "Introgy").unwrap();
+        let to = Email::parse("ada@example.com", "email").unwrap();
+        let kinds = [
+            MailKind::VerificationCode { code: "012345".into(), valid_minutes: 10 },
+            MailKind::ResetCode { code: "987654".into(), valid_minutes: 10 },
+            MailKind::SignupAttempt,
+            MailKind::PasswordChanged,
+        ];
+        for kind in kinds {
+            let mail = templates.render(&to, &kind).unwrap();
+            // HTML escaping writes `/` as `&#x2f;`, which mail clients decode in attributes.
+            assert!(mail.html.contains("href=\"https:"), "{} html link", kind.name());
+            assert!(mail.text.contains("https://introgy.ai/"), "{} text link", kind.name());
+            assert!(mail.html.contains("<html"), "{} layout", kind.name());
+            if let MailKind::VerificationCode { code, .. } | MailKind::ResetCode { code, .. } = &kind {
+                assert!(mail.html.contains(code.as_str()) && mail.text.contains(code.as_str()));
+                assert!(mail.text.contains("10 minutes"), "{} expiry", kind.name());
+            }
+        }
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        let templates = Templates::new("https://introgy.ai", "<b>Brand</b>").unwrap();
+        let to = Email::parse("ada@example.com", "email").unwrap();
+        let mail = templates.render(&to, &MailKind::SignupAttempt).unwrap();
+        assert!(!mail.html.contains("<b>Brand</b>"));
+    }
+}

@@ -1,0 +1,242 @@
+//! Mail transports. Each classifies failures as transient (retry) or permanent.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::OutgoingMail;
+use crate::config::{SmtpConfig, SmtpTls, TransportConfig};
+use crate::domain::mask_email;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying: timeouts, 4xx SMTP replies, HTTP 429 and 5xx.
+    #[error("transient: {0:#}")]
+    Transient(anyhow::Error),
+    /// Retrying will not help: bad address, rejected credentials, HTTP 4xx.
+    #[error("permanent: {0:#}")]
+    Permanent(anyhow::Error),
+}
+
+#[async_trait]
+pub trait MailTransport: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    async fn send(&self, from: &Mailbox, mail: &OutgoingMail) -> Result<(), SendError>;
+    /// Proves the transport is usable without sending mail; describes what was found.
+    async fn check(&self) -> anyhow::Result<String>;
+}
+
+/// Builds the transport the configuration names.
+pub fn from_config(config: &TransportConfig) -> anyhow::Result<std::sync::Arc<dyn MailTransport>> {
+    Ok(match config {
+        TransportConfig::Log => std::sync::Arc::new(LogTransport),
+        TransportConfig::Smtp(smtp) => std::sync::Arc::new(SmtpTransport::new(smtp)?),
+        TransportConfig::SendGrid { api_key, api_url } => {
+            std::sync::Arc::new(SendGridTransport::new(api_key.clone(), api_url.clone())?)
+        }
+    })
+}
+
+/// Development only: writes the whole mail, code included, to the log.
+pub struct LogTransport;
+
+#[async_trait]
+impl MailTransport for LogTransport {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+
+    async fn send(&self, _from: &Mailbox, mail: &OutgoingMail) -> Result<(), SendError> {
+        tracing::warn!(
+            to = %mail.to,
+            subject = %mail.subject,
+            "DEVELOPMENT MAIL TRANSPORT: this mail was NOT sent; its text follows\n{}",
+            mail.text
+        );
+        Ok(())
+    }
+
+    async fn check(&self) -> anyhow::Result<String> {
+        Ok("log transport (development only: mails are printed, not sent)".into())
+    }
+}
+
+/// Keeps mails in memory; for tests and embedding.
+#[derive(Default)]
+pub struct MemoryTransport {
+    sent: Mutex<Vec<OutgoingMail>>,
+}
+
+impl MemoryTransport {
+    pub fn messages(&self) -> Vec<OutgoingMail> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[async_trait]
+impl MailTransport for MemoryTransport {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn send(&self, _from: &Mailbox, mail: &OutgoingMail) -> Result<(), SendError> {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(mail.clone());
+        Ok(())
+    }
+
+    async fn check(&self) -> anyhow::Result<String> {
+        Ok("memory transport".into())
+    }
+}
+
+fn build_message(from: &Mailbox, mail: &OutgoingMail) -> Result<Message, SendError> {
+    let to: Mailbox = mail
+        .to
+        .parse()
+        .map_err(|e| SendError::Permanent(anyhow::anyhow!("bad recipient {}: {e}", mask_email(&mail.to))))?;
+    Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(mail.subject.clone())
+        .message_id(Some(mail.message_id.clone()))
+        .multipart(MultiPart::alternative_plain_html(
+            mail.text.clone(),
+            mail.html.clone(),
+        ))
+        .map_err(|e| SendError::Permanent(anyhow::Error::new(e).context("Failed to build the message")))
+}
+
+/// SMTP through lettre: STARTTLS, implicit TLS or plain; AUTH when a user is set.
+pub struct SmtpTransport {
+    inner: AsyncSmtpTransport<Tokio1Executor>,
+    description: String,
+}
+
+impl SmtpTransport {
+    pub fn new(config: &SmtpConfig) -> anyhow::Result<Self> {
+        let builder = match config.tls {
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host),
+            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
+                .context("Failed to set up STARTTLS")?,
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
+                .context("Failed to set up TLS")?,
+        };
+        let mut builder = builder
+            .port(config.port)
+            .timeout(Some(Duration::from_secs(15)));
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                password.expose_secret().to_owned(),
+            ));
+        }
+        Ok(Self {
+            inner: builder.build(),
+            description: format!(
+                "smtp {}:{} ({:?}{})",
+                config.host,
+                config.port,
+                config.tls,
+                if config.user.is_some() { ", auth" } else { "" }
+            ),
+        })
+    }
+}
+
+#[async_trait]
+impl MailTransport for SmtpTransport {
+    fn name(&self) -> &'static str {
+        "smtp"
+    }
+
+    async fn send(&self, from: &Mailbox, mail: &OutgoingMail) -> Result<(), SendError> {
+        let message = build_message(from, mail)?;
+        self.inner.send(message).await.map(drop).map_err(|e| {
+            if e.is_permanent() {
+                SendError::Permanent(e.into())
+            } else {
+                SendError::Transient(e.into())
+            }
+        })
+    }
+
+    async fn check(&self) -> anyhow::Result<String> {
+        let ok = self
+            .inner
+            .test_connection()
+            .await
+            .with_context(|| format!("Failed to reach {}", self.description))?;
+        anyhow::ensure!(ok, "{} did not accept a connection", self.description);
+        Ok(format!("{}: connected", self.description))
+    }
+}
+
+/// SendGrid v3 `mail/send` over HTTPS.
+pub struct SendGridTransport {
+    client: reqwest::Client,
+    api_key: SecretString,
+    url: String,
+}
+
+impl SendGridTransport {
+    pub fn new(api_key: SecretString, url: String) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .context("Failed to build the HTTP client")?;
+        Ok(Self { client, api_key, url })
+    }
+}
+
+#[async_trait]
+impl MailTransport for SendGridTransport {
+    fn name(&self) -> &'static str {
+        "sendgrid"
+    }
+
+    async fn send(&self, from: &Mailbox, mail: &OutgoingMail) -> Result<(), SendError> {
+        let body = serde_json::json!({
+            "personalizations": [{"to": [{"email": mail.to}]}],
+            "from": {"email": from.email.to_string(), "name": from.name},
+            "subject": mail.subject,
+            "content": [
+                {"type": "text/plain", "value": mail.text},
+                {"type": "text/html", "value": mail.html},
+            ],
+            "headers": {"Message-ID": mail.message_id},
+        });
+        let response = self
+            .client
+            .post(&self.url)
+            .bearer_auth(self.api_key.expose_secret())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| SendError::Transient(anyhow::anyhow!("SendGrid request failed: {e}")))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let detail = response.text().await.unwrap_or_default();
+        let detail: String = detail.chars().take(500).collect();
+        let err = anyhow::anyhow!("SendGrid answered {status}: {detail}");
+        if status.as_u16() == 429 || status.is_server_error() {
+            Err(SendError::Transient(err))
+        } else {
+            Err(SendError::Permanent(err))
+        }
+    }
+
+    async fn check(&self) -> anyhow::Result<String> {
+        Ok(format!("sendgrid at {} (key configured)", self.url))
+    }
+}

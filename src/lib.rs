@@ -1,0 +1,26 @@
+//! Introgy backend: accounts, profiles and the social battery over HTTP/JSON.
+//!
+//! Map of the crate:
+//! - [`config`]: typed settings from flags, environment and env files.
+//! - [`startup`]: [`startup::Application`] (state, router, middleware, listener, shutdown).
+//! - [`error`]: [`error::ApiError`], the one JSON error envelope.
+//! - [`extract`]: body extractors whose rejections are `ApiError`s.
+//! - [`domain`]: parsed values (email, password, display name, one-time code).
+//! - [`auth`]: passwords, access tokens, one-time codes, sessions, the account flows and
+//!   the [`auth::AuthUser`] extractor.
+//! - [`store`]: the [`store::Store`] trait and its backends.
+//! - [`email`]: templates and mail transports.
+//! - [`routes`]: HTTP handlers, one module per resource, and the OpenAPI document.
+//! - [`cli`]: the `introgy` command line.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod email;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,34 @@
+//! HTTP routes, one module per resource, assembled into one router that serves every
+//! route at the root and again under `/api`.
+
+pub mod auth;
+pub mod docs;
+pub mod meta;
+pub mod users;
+
+use axum::routing::get;
+use axum::Router;
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Every resource route (without docs), relative to a mount point.
+fn api() -> Router<AppState> {
+    Router::new()
+        .route("/", get(meta::root))
+        .route("/health", get(meta::health))
+        .merge(auth::router())
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}
+
+/// The whole application router (state still to be provided).
+pub fn router() -> Router<AppState> {
+    let doc = docs::ApiDoc::openapi();
+    Router::new()
+        .merge(api())
+        .nest("/api", api())
+        .merge(docs::router("", doc.clone()))
+        .merge(docs::router("/api", doc))
+        .fallback(|| async { ApiError::NotFound("Route".into()) })
+}

@@ -1,0 +1,353 @@
+//! Building the application (state, router, middleware, listener) apart from running it,
+//! so tests can start the real thing on port 0 and learn the port.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, Response};
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
+use axum::Router;
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::otp::OtpHasher;
+use crate::auth::password::PasswordHasher;
+use crate::auth::tokens::JwtKeys;
+use crate::config::Config;
+use crate::email::{transport, MailTransport, Mailer};
+use crate::error::ApiError;
+use crate::store::Store;
+
+/// Largest accepted request body (SECURITY.md 23).
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+/// How often expired codes, sessions and mail-budget records are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+/// How long shutdown waits for queued mail.
+const MAIL_DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub mailer: Mailer,
+    pub keys: Arc<JwtKeys>,
+    pub otp: Arc<OtpHasher>,
+    pub hasher: PasswordHasher,
+    pub started_at: Instant,
+}
+
+/// A bound, ready-to-serve application.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    port: u16,
+}
+
+impl Application {
+    /// Builds with the mail transport the configuration names.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let transport = transport::from_config(&config.mail.transport)?;
+        Self::build_with_transport(config, transport).await
+    }
+
+    /// Builds with a given mail transport (tests read mail from a memory transport).
+    pub async fn build_with_transport(
+        config: Config,
+        transport: Arc<dyn MailTransport>,
+    ) -> anyhow::Result<Self> {
+        let store = crate::store::connect(&config).await?;
+        let secret = match &config.jwt_secret {
+            Some(secret) => secret.clone(),
+            None => load_or_create_dev_secret(&config.data_dir())?,
+        };
+        let keys = JwtKeys::new(&secret, &config.jwt_previous_secrets);
+        let mailer = Mailer::new(&config.mail, transport)?;
+        let state = AppState {
+            otp: Arc::new(OtpHasher::from_signing_secret(&secret)),
+            keys: Arc::new(keys),
+            hasher: PasswordHasher::new(config.bcrypt_cost, config.hash_concurrency),
+            store,
+            mailer,
+            started_at: Instant::now(),
+            config: Arc::new(config),
+        };
+        let address = format!("{}:{}", state.config.host, state.config.port);
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("Failed to listen on {address}"))?;
+        let port = listener.local_addr()?.port();
+        let router = build_router(state.clone());
+        Ok(Self {
+            listener,
+            router,
+            state,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGINT or SIGTERM, then finishes in-flight requests and queued mail.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        spawn_background_tasks(&state);
+        tracing::info!(
+            address = %format!("{}:{}", state.config.host, self.port),
+            environment = state.config.environment.as_str(),
+            store = state.store.backend(),
+            mail_transport = state.mailer.transport().name(),
+            "introgy listening"
+        );
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")?;
+        let pending = state.mailer.drain(MAIL_DRAIN_LIMIT).await;
+        if pending > 0 {
+            tracing::warn!(pending, "shutting down with mail still being sent");
+        }
+        tracing::info!("introgy stopped");
+        Ok(())
+    }
+}
+
+fn spawn_background_tasks(state: &AppState) {
+    // Compute the dummy bcrypt hash now, so the first login of an unknown address costs
+    // what every other one costs.
+    let hasher = state.hasher.clone();
+    tokio::spawn(async move {
+        if let Err(e) = hasher.dummy_hash().await {
+            tracing::error!(error = %e, "failed to prepare the dummy hash");
+        }
+    });
+    let store = Arc::clone(&state.store);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PURGE_INTERVAL);
+        loop {
+            tick.tick().await;
+            match store.purge_expired(chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "purged expired records"),
+                Err(e) => tracing::warn!(error = %e, "purge of expired records failed"),
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// Reads the development signing secret kept in the data directory, creating it on first
+/// start so that a restart does not log everyone out.
+pub fn load_or_create_dev_secret(dir: &Path) -> anyhow::Result<SecretString> {
+    let path = dir.join("introgy-jwt-secret");
+    if path.exists() {
+        let raw = std::fs::read_to_string(&path)
+            .with_context(|| format!("Failed to read {}", path.display()))?;
+        let trimmed = raw.trim();
+        anyhow::ensure!(
+            trimmed.len() >= 32,
+            "{} is too short to be a signing secret; delete it to generate a new one",
+            path.display()
+        );
+        return Ok(SecretString::from(trimmed));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
+    let secret = crate::auth::random_hex(64);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("Failed to create {}", path.display()))?;
+    std::io::Write::write_all(&mut file, secret.as_bytes())?;
+    tracing::warn!(
+        path = %path.display(),
+        "generated a development JWT signing secret; set JWT_SECRET_KEY in production"
+    );
+    Ok(SecretString::from(secret))
+}
+
+#[derive(Clone, Default)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&crate::auth::random_hex(8))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Assembles routes and middleware.
+pub fn build_router(state: AppState) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(
+            state
+                .config
+                .cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        ))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([REQUEST_ID.clone(), header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600));
+
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|request: &Request| {
+            let route = request
+                .extensions()
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str)
+                .unwrap_or("unmatched");
+            let request_id = request
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!(
+                "request",
+                method = %request.method(),
+                route,
+                request_id,
+                status = tracing::field::Empty,
+            )
+        })
+        .on_request(())
+        .on_response(
+            |response: &Response<Body>, latency: Duration, span: &tracing::Span| {
+                span.record("status", response.status().as_u16());
+                tracing::info!(
+                    status = response.status().as_u16(),
+                    latency_ms = latency.as_secs_f64() * 1000.0,
+                    "request finished"
+                );
+            },
+        )
+        .on_failure(());
+
+    let production = state.config.is_production();
+    crate::routes::router()
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
+        .layer(middleware::from_fn(move |req, next| {
+            security_headers(req, next, production)
+        }))
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), RandomRequestId))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            tracing::error!("a request handler panicked");
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .with_state(state)
+}
+
+async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response<Body> {
+    match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(anyhow::anyhow!("request timed out")).into_response(),
+    }
+}
+
+async fn security_headers(request: Request, next: Next, production: bool) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    let is_docs = ["/docs", "/redoc", "/api/docs", "/api/redoc"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix));
+    if !is_docs {
+        // API answers are personal: never stored by browsers or proxies.
+        headers
+            .entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
+    if production {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        );
+    }
+    response
+}

@@ -1,0 +1,194 @@
+//! Storage: the [`Store`] trait every backend implements, and the records it deals in.
+//!
+//! Handlers and services see only this module's types. Each backend maps its own
+//! duplicate-key error to [`StoreError::Conflict`] and its connectivity failures to
+//! [`StoreError::Unavailable`] (answered with 503). Operations that must be atomic
+//! (consuming a code, counting a guess, rotating a refresh token, reserving a mail send)
+//! are single store calls with a precondition, so they stay atomic on a backend without
+//! multi-document transactions.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::OtpPurpose;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint was hit (for example an email that is already registered).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached right now; callers answer 503.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] anyhow::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A user account as stored. Field names follow the old service's `IntrogyUsers`
+/// documents (`email`, `hashed_password`, `display_name`, `is_verified`, `created_at`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: String,
+    /// Trimmed and lowercased.
+    pub email: String,
+    pub hashed_password: String,
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
+    pub bio: Option<String>,
+    pub timezone: Option<String>,
+    pub introvert_level: Option<i32>,
+    pub is_verified: bool,
+    pub onboarding_completed: bool,
+    pub onboarding_completed_at: Option<DateTime<Utc>>,
+    pub preferences: serde_json::Map<String, serde_json::Value>,
+    pub battery_level: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What registration writes.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: String,
+    pub email: String,
+    pub hashed_password: String,
+    pub display_name: Option<String>,
+    pub battery_level: i32,
+    pub now: DateTime<Utc>,
+}
+
+/// A login session: the unit that logout and reuse detection revoke.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub id: String,
+    pub user_id: String,
+    pub created_at: DateTime<Utc>,
+    /// Absolute end of the session (`REFRESH_TOKEN_TTL_SECONDS` after login).
+    pub expires_at: DateTime<Utc>,
+    pub refreshed_at: DateTime<Utc>,
+}
+
+/// One refresh token of a session, stored by the SHA-256 of its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshToken {
+    pub token_hash: String,
+    pub session_id: String,
+    pub issued_at: DateTime<Utc>,
+    /// Set when the token was exchanged for a new one.
+    pub rotated_at: Option<DateTime<Utc>>,
+}
+
+/// An outstanding one-time code, stored as a keyed hash only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OneTimeCode {
+    pub user_id: String,
+    pub purpose: OtpPurpose,
+    pub code_hash: String,
+    /// Submissions counted so far (including the current one after
+    /// [`Store::take_code_attempt`]).
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Per-address mail budget (SECURITY.md 5).
+#[derive(Debug, Clone, Copy)]
+pub struct SendLimits {
+    pub min_interval: Duration,
+    pub per_hour: u32,
+}
+
+/// The storage interface. One behaviour, several backends.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `mongodb`.
+    fn backend(&self) -> &'static str;
+
+    /// Cheap round trip proving the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ---- users ----
+    /// Inserts a user; [`StoreError::Conflict`] when the email is taken.
+    async fn insert_user(&self, user: &NewUser) -> StoreResult<User>;
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>>;
+    /// `email` must already be normalised (see [`crate::domain::Email`]).
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    async fn set_password_hash(
+        &self,
+        user_id: &str,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    async fn mark_verified(&self, user_id: &str, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Sets a new password hash, marks the address verified, deletes every session and
+    /// every outstanding code of the user.
+    async fn reset_password(&self, user_id: &str, hash: &str, now: DateTime<Utc>)
+        -> StoreResult<()>;
+
+    // ---- one-time codes ----
+    /// Stores a code for `(user, purpose)`, replacing any previous one.
+    async fn put_code(&self, code: &OneTimeCode) -> StoreResult<()>;
+    /// Atomically counts one submission against the live code of `(user, purpose)`
+    /// and returns it, or `None` when there is no live code (none, expired, or
+    /// `max_attempts` already used).
+    async fn take_code_attempt(
+        &self,
+        user_id: &str,
+        purpose: OtpPurpose,
+        max_attempts: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<OneTimeCode>>;
+    /// Atomically deletes the code if it is still the one with `code_hash`; `true` for
+    /// exactly one caller.
+    async fn consume_code(
+        &self,
+        user_id: &str,
+        purpose: OtpPurpose,
+        code_hash: &str,
+    ) -> StoreResult<bool>;
+    /// Records a mail to `email` if the per-address budget allows it; `false` otherwise.
+    async fn reserve_mail_send(
+        &self,
+        email: &str,
+        now: DateTime<Utc>,
+        limits: SendLimits,
+    ) -> StoreResult<bool>;
+
+    // ---- sessions ----
+    async fn insert_session(&self, session: &Session, first: &RefreshToken) -> StoreResult<()>;
+    async fn session(&self, id: &str) -> StoreResult<Option<Session>>;
+    async fn refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>>;
+    /// Marks a token rotated if nobody did yet; `true` for exactly one caller.
+    async fn mark_refresh_rotated(&self, token_hash: &str, now: DateTime<Utc>)
+        -> StoreResult<bool>;
+    /// Adds a token to an existing session and records the refresh time;
+    /// [`StoreError::Conflict`] if the session is gone.
+    async fn insert_refresh_token(&self, token: &RefreshToken) -> StoreResult<()>;
+    async fn delete_session(&self, id: &str) -> StoreResult<()>;
+    /// Deletes every session of the user except `except`; returns how many went.
+    async fn delete_user_sessions(&self, user_id: &str, except: Option<&str>) -> StoreResult<u64>;
+
+    // ---- housekeeping ----
+    /// Deletes expired codes and sessions and mail-send records older than an hour.
+    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+}
+
+/// Opens the store the configuration names.
+pub async fn connect(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Store>> {
+    match &config.database {
+        crate::config::DatabaseConfig::Sqlite { path } => {
+            let store = sqlite::SqliteStore::open(path, config.store_timeout).await?;
+            Ok(Arc::new(store))
+        }
+        crate::config::DatabaseConfig::Mongo { .. } => anyhow::bail!(
+            "the MongoDB store is not available in this build yet (issue 4); use DATABASE_URL=sqlite:PATH"
+        ),
+    }
+}

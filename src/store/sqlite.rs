@@ -1,0 +1,596 @@
+//! The embedded SQLite store: one file, WAL mode, migrations compiled into the binary
+//! and applied on open.
+//!
+//! SQLite allows one writer at a time, so writes go through a single connection behind a
+//! mutex: every write (and every multi-statement transaction) is therefore serialised,
+//! which is what makes "count a guess", "consume a code" and "rotate a token" atomic.
+//! Reads use a small pool of read-only connections and run concurrently with the writer
+//! (WAL). All database work runs on tokio's blocking pool, never on the async workers.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+
+use super::{
+    NewUser, OneTimeCode, RefreshToken, SendLimits, Session, Store, StoreError, StoreResult, User,
+};
+use crate::domain::OtpPurpose;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_accounts.sql")];
+
+const READERS: usize = 4;
+
+struct Inner {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+/// SQLite-backed [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+    path: PathBuf,
+    timeout: Duration,
+}
+
+fn lock(mutex: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding the lock leaves the connection usable (SQLite rolls back an
+    // unfinished transaction when it is dropped), so poisoning is not fatal.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the database schema (version {version}) is newer than this binary knows ({}); upgrade introgy",
+            MIGRATIONS.len()
+        );
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("Failed to apply migration {}", index + 1))?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+        tracing::info!(migration = index + 1, "applied SQLite migration");
+    }
+    Ok(())
+}
+
+fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn map_err(err: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi;
+    if let rusqlite::Error::SqliteFailure(failure, _) = &err {
+        match failure.extended_code {
+            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                return StoreError::Conflict("duplicate key".into())
+            }
+            ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+                return StoreError::Conflict("referenced record is gone".into())
+            }
+            _ => {}
+        }
+        if matches!(
+            failure.code,
+            ffi::ErrorCode::DatabaseBusy
+                | ffi::ErrorCode::DatabaseLocked
+                | ffi::ErrorCode::CannotOpen
+                | ffi::ErrorCode::SystemIoFailure
+                | ffi::ErrorCode::DiskFull
+                | ffi::ErrorCode::ReadOnly
+        ) {
+            return StoreError::Unavailable(err.into());
+        }
+    }
+    StoreError::Other(err.into())
+}
+
+const USER_COLUMNS: &str = "id, email, hashed_password, display_name, avatar_url, bio, timezone, \
+    introvert_level, is_verified, onboarding_completed, onboarding_completed_at, preferences, \
+    battery_level, created_at, updated_at";
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    let preferences: String = row.get(11)?;
+    Ok(User {
+        id: row.get(0)?,
+        email: row.get(1)?,
+        hashed_password: row.get(2)?,
+        display_name: row.get(3)?,
+        avatar_url: row.get(4)?,
+        bio: row.get(5)?,
+        timezone: row.get(6)?,
+        introvert_level: row.get(7)?,
+        is_verified: row.get(8)?,
+        onboarding_completed: row.get(9)?,
+        onboarding_completed_at: row.get::<_, Option<i64>>(10)?.map(from_millis),
+        preferences: serde_json::from_str(&preferences).unwrap_or_default(),
+        battery_level: row.get(12)?,
+        created_at: from_millis(row.get(13)?),
+        updated_at: from_millis(row.get(14)?),
+    })
+}
+
+fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        created_at: from_millis(row.get(2)?),
+        expires_at: from_millis(row.get(3)?),
+        refreshed_at: from_millis(row.get(4)?),
+    })
+}
+
+fn purpose_from_str(raw: &str) -> OtpPurpose {
+    match raw {
+        "reset_password" => OtpPurpose::ResetPassword,
+        _ => OtpPurpose::VerifyEmail,
+    }
+}
+
+fn code_from_row(row: &Row<'_>) -> rusqlite::Result<OneTimeCode> {
+    let purpose: String = row.get(1)?;
+    Ok(OneTimeCode {
+        user_id: row.get(0)?,
+        purpose: purpose_from_str(&purpose),
+        code_hash: row.get(2)?,
+        attempts: row.get(3)?,
+        created_at: from_millis(row.get(4)?),
+        expires_at: from_millis(row.get(5)?),
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path, timeout: Duration) -> anyhow::Result<Self> {
+        let path = path.to_path_buf();
+        let opened_path = path.clone();
+        let inner = tokio::task::spawn_blocking(move || -> anyhow::Result<Inner> {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("Failed to create {}", parent.display()))?;
+            }
+            let mut writer = Connection::open(&path)
+                .with_context(|| format!("Failed to open SQLite database {}", path.display()))?;
+            let mode: String =
+                writer.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                tracing::warn!(%mode, "SQLite did not switch to WAL mode");
+            }
+            configure(&writer)?;
+            migrate(&mut writer)?;
+            let readers = (0..READERS)
+                .map(|_| {
+                    let conn = Connection::open_with_flags(
+                        &path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    configure(&conn)?;
+                    Ok(Mutex::new(conn))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(Inner {
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            })
+        })
+        .await
+        .context("SQLite open task failed")??;
+        Ok(Self {
+            inner: Arc::new(inner),
+            path: opened_path,
+            timeout,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let task = tokio::task::spawn_blocking(move || f(&inner));
+        match tokio::time::timeout(self.timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(StoreError::Other(
+                anyhow::Error::new(join).context("SQLite task panicked"),
+            )),
+            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
+                "SQLite did not answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// Runs `f` on one of the read connections.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.run(move |inner| {
+            let start = inner.next_reader.fetch_add(1, Ordering::Relaxed);
+            // Prefer an idle connection; fall back to waiting on the round-robin choice.
+            let guard = (0..inner.readers.len())
+                .find_map(|i| inner.readers[(start + i) % inner.readers.len()].try_lock().ok())
+                .unwrap_or_else(|| lock(&inner.readers[start % inner.readers.len()]));
+            f(&guard).map_err(map_err)
+        })
+        .await
+    }
+
+    /// Runs `f` on the single write connection.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.run(move |inner| f(&mut lock(&inner.writer)).map_err(map_err))
+            .await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn insert_user(&self, user: &NewUser) -> StoreResult<User> {
+        let user = user.clone();
+        self.write(move |conn| {
+            conn.query_row(
+                &format!(
+                    "INSERT INTO users (id, email, hashed_password, display_name, battery_level, \
+                     created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING {USER_COLUMNS}"
+                ),
+                params![
+                    user.id,
+                    user.email,
+                    user.hashed_password,
+                    user.display_name,
+                    user.battery_level,
+                    millis(user.now)
+                ],
+                user_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+                [id],
+                user_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let email = email.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1"),
+                [email],
+                user_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn set_password_hash(
+        &self,
+        user_id: &str,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (user_id, hash) = (user_id.to_owned(), hash.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE users SET hashed_password = ?2, updated_at = ?3 WHERE id = ?1",
+                params![user_id, hash, millis(now)],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn mark_verified(&self, user_id: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        let user_id = user_id.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE users SET is_verified = 1, updated_at = ?2 WHERE id = ?1 AND is_verified = 0",
+                params![user_id, millis(now)],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn reset_password(
+        &self,
+        user_id: &str,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (user_id, hash) = (user_id.to_owned(), hash.to_owned());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "UPDATE users SET hashed_password = ?2, is_verified = 1, updated_at = ?3 WHERE id = ?1",
+                params![user_id, hash, millis(now)],
+            )?;
+            tx.execute("DELETE FROM sessions WHERE user_id = ?1", [&user_id])?;
+            tx.execute("DELETE FROM one_time_codes WHERE user_id = ?1", [&user_id])?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn put_code(&self, code: &OneTimeCode) -> StoreResult<()> {
+        let code = code.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO one_time_codes (user_id, purpose, code_hash, attempts, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5) \
+                 ON CONFLICT (user_id, purpose) DO UPDATE SET code_hash = excluded.code_hash, \
+                 attempts = 0, created_at = excluded.created_at, expires_at = excluded.expires_at",
+                params![
+                    code.user_id,
+                    code.purpose.as_str(),
+                    code.code_hash,
+                    millis(code.created_at),
+                    millis(code.expires_at)
+                ],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn take_code_attempt(
+        &self,
+        user_id: &str,
+        purpose: OtpPurpose,
+        max_attempts: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<OneTimeCode>> {
+        let user_id = user_id.to_owned();
+        self.write(move |conn| {
+            conn.query_row(
+                "UPDATE one_time_codes SET attempts = attempts + 1 \
+                 WHERE user_id = ?1 AND purpose = ?2 AND attempts < ?3 AND expires_at > ?4 \
+                 RETURNING user_id, purpose, code_hash, attempts, created_at, expires_at",
+                params![user_id, purpose.as_str(), max_attempts, millis(now)],
+                code_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn consume_code(
+        &self,
+        user_id: &str,
+        purpose: OtpPurpose,
+        code_hash: &str,
+    ) -> StoreResult<bool> {
+        let (user_id, code_hash) = (user_id.to_owned(), code_hash.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM one_time_codes WHERE user_id = ?1 AND purpose = ?2 AND code_hash = ?3",
+                params![user_id, purpose.as_str(), code_hash],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn reserve_mail_send(
+        &self,
+        email: &str,
+        now: DateTime<Utc>,
+        limits: SendLimits,
+    ) -> StoreResult<bool> {
+        let email = email.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now_ms = millis(now);
+            let hour_ago = now_ms - 3_600_000;
+            tx.execute(
+                "DELETE FROM mail_sends WHERE email = ?1 AND sent_at <= ?2",
+                params![email, hour_ago],
+            )?;
+            let (count, last): (u32, Option<i64>) = tx.query_row(
+                "SELECT COUNT(*), MAX(sent_at) FROM mail_sends WHERE email = ?1",
+                [&email],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            let min_interval_ms = limits.min_interval.as_millis() as i64;
+            let too_soon = last.is_some_and(|last| now_ms - last < min_interval_ms);
+            if count >= limits.per_hour || too_soon {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO mail_sends (email, sent_at) VALUES (?1, ?2)",
+                params![email, now_ms],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn insert_session(&self, session: &Session, first: &RefreshToken) -> StoreResult<()> {
+        let (session, first) = (session.clone(), first.clone());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO sessions (id, user_id, created_at, expires_at, refreshed_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    session.id,
+                    session.user_id,
+                    millis(session.created_at),
+                    millis(session.expires_at),
+                    millis(session.refreshed_at)
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES (?1, ?2, ?3)",
+                params![first.token_hash, first.session_id, millis(first.issued_at)],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, user_id, created_at, expires_at, refreshed_at FROM sessions WHERE id = ?1",
+            )?
+            .query_row([id], session_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>> {
+        let token_hash = token_hash.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT token_hash, session_id, issued_at, rotated_at FROM refresh_tokens WHERE token_hash = ?1",
+                [token_hash],
+                |row| {
+                    Ok(RefreshToken {
+                        token_hash: row.get(0)?,
+                        session_id: row.get(1)?,
+                        issued_at: from_millis(row.get(2)?),
+                        rotated_at: row.get::<_, Option<i64>>(3)?.map(from_millis),
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn mark_refresh_rotated(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let token_hash = token_hash.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE refresh_tokens SET rotated_at = ?2 WHERE token_hash = ?1 AND rotated_at IS NULL",
+                params![token_hash, millis(now)],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn insert_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
+        let token = token.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let touched = tx.execute(
+                "UPDATE sessions SET refreshed_at = ?2 WHERE id = ?1",
+                params![token.session_id, millis(token.issued_at)],
+            )?;
+            if touched == 0 {
+                // The session was revoked meanwhile: same answer as a foreign-key miss.
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error {
+                        code: rusqlite::ffi::ErrorCode::ConstraintViolation,
+                        extended_code: rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY,
+                    },
+                    None,
+                ));
+            }
+            tx.execute(
+                "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES (?1, ?2, ?3)",
+                params![token.token_hash, token.session_id, millis(token.issued_at)],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |conn| conn.execute("DELETE FROM sessions WHERE id = ?1", [id]).map(drop))
+            .await
+    }
+
+    async fn delete_user_sessions(&self, user_id: &str, except: Option<&str>) -> StoreResult<u64> {
+        let (user_id, except) = (user_id.to_owned(), except.map(str::to_owned));
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR id <> ?2)",
+                params![user_id, except],
+            )
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now_ms = millis(now);
+            let mut removed = 0;
+            removed += tx.execute("DELETE FROM one_time_codes WHERE expires_at <= ?1", [now_ms])?;
+            removed += tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now_ms])?;
+            removed += tx.execute(
+                "DELETE FROM mail_sends WHERE sent_at <= ?1",
+                [now_ms - 3_600_000],
+            )?;
+            tx.commit()?;
+            Ok(removed as u64)
+        })
+        .await
+    }
+}
