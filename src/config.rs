@@ -220,7 +220,10 @@ pub enum TransportConfig {
     /// Development only: mails go to the log, codes included.
     Log,
     Smtp(SmtpConfig),
-    SendGrid { api_key: SecretString, api_url: String },
+    SendGrid {
+        api_key: SecretString,
+        api_url: String,
+    },
 }
 
 impl TransportConfig {
@@ -270,9 +273,7 @@ pub struct Config {
 pub struct ConfigError(pub String);
 
 fn non_empty(value: Option<String>) -> Option<String> {
-    value
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 fn non_empty_secret(value: Option<SecretString>) -> Option<SecretString> {
@@ -381,14 +382,16 @@ impl Config {
             )));
         }
 
-        let host = non_empty(args.host).unwrap_or_else(|| {
-            if production { "0.0.0.0" } else { "127.0.0.1" }.to_owned()
-        });
-        let hash_concurrency = args.hash_concurrency.map(|n| n as usize).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        });
+        let host = non_empty(args.host)
+            .unwrap_or_else(|| if production { "0.0.0.0" } else { "127.0.0.1" }.to_owned());
+        let hash_concurrency = args
+            .hash_concurrency
+            .map(|n| n as usize)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            });
 
         Ok(Self {
             environment: args.environment,
@@ -499,8 +502,8 @@ fn parse_transport(
             })
         }
         TransportKind::Smtp => {
-            let host =
-                smtp_host.ok_or_else(|| ConfigError("EMAIL_TRANSPORT=smtp needs SMTP_HOST".into()))?;
+            let host = smtp_host
+                .ok_or_else(|| ConfigError("EMAIL_TRANSPORT=smtp needs SMTP_HOST".into()))?;
             if smtp_user.is_some() != smtp_password.is_some() {
                 return Err(ConfigError(
                     "SMTP_USER and SMTP_PASSWORD must be set together".into(),
@@ -554,23 +557,28 @@ mod tests {
         Config::from_args(Wrapper::try_parse_from(argv).expect("args parse").args)
     }
 
-    const LONG_SECRET: &str =
-        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const LONG_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     #[test]
     fn defaults_are_the_documented_ones() {
         let config = parse(&[]).unwrap();
         assert_eq!(config.host, "127.0.0.1");
         assert_eq!(config.port, 8000);
-        assert!(matches!(config.database, DatabaseConfig::Sqlite { ref path } if path == Path::new("introgy.db")));
+        assert!(
+            matches!(config.database, DatabaseConfig::Sqlite { ref path } if path == Path::new("introgy.db"))
+        );
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
         assert_eq!(config.refresh_token_ttl, Duration::from_secs(2_592_000));
         assert_eq!(config.otp_ttl, Duration::from_secs(600));
         assert_eq!(config.mail.from_email, "support@introgy.ai");
         assert_eq!(config.mail.from_name, "Introgy");
         assert_eq!(config.mail.transport.name(), "log");
-        assert!(config.cors_origins.contains(&"https://introgy.ai".to_owned()));
-        assert!(config.cors_origins.contains(&"http://localhost:5173".to_owned()));
+        assert!(config
+            .cors_origins
+            .contains(&"https://introgy.ai".to_owned()));
+        assert!(config
+            .cors_origins
+            .contains(&"http://localhost:5173".to_owned()));
     }
 
     #[test]
@@ -595,8 +603,13 @@ mod tests {
 
     #[test]
     fn production_refuses_the_log_transport() {
-        let err = parse(&["--environment", "production", "--jwt-secret-key", LONG_SECRET])
-            .unwrap_err();
+        let err = parse(&[
+            "--environment",
+            "production",
+            "--jwt-secret-key",
+            LONG_SECRET,
+        ])
+        .unwrap_err();
         assert!(err.0.contains("mail transport"), "{err}");
         let err = parse(&[
             "--environment",
@@ -646,9 +659,22 @@ mod tests {
     #[test]
     fn smtp_tls_follows_the_port() {
         let config = parse(&["--smtp-host", "mail", "--smtp-port", "465"]).unwrap();
-        assert!(matches!(config.mail.transport, TransportConfig::Smtp(SmtpConfig { tls: SmtpTls::Tls, .. })));
+        assert!(matches!(
+            config.mail.transport,
+            TransportConfig::Smtp(SmtpConfig {
+                tls: SmtpTls::Tls,
+                ..
+            })
+        ));
         let config = parse(&["--smtp-host", "mail"]).unwrap();
-        assert!(matches!(config.mail.transport, TransportConfig::Smtp(SmtpConfig { tls: SmtpTls::Starttls, port: 587, .. })));
+        assert!(matches!(
+            config.mail.transport,
+            TransportConfig::Smtp(SmtpConfig {
+                tls: SmtpTls::Starttls,
+                port: 587,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -660,7 +686,9 @@ mod tests {
             "mongodb://localhost",
         ])
         .unwrap();
-        assert!(matches!(config.database, DatabaseConfig::Sqlite { ref path } if path == Path::new("/var/lib/introgy/introgy.db")));
+        assert!(
+            matches!(config.database, DatabaseConfig::Sqlite { ref path } if path == Path::new("/var/lib/introgy/introgy.db"))
+        );
         assert_eq!(config.data_dir(), PathBuf::from("/var/lib/introgy"));
         let config = parse(&["--mongo-uri", "mongodb://localhost:27017"]).unwrap();
         assert!(matches!(config.database, DatabaseConfig::Mongo { ref db, .. } if db == "introgy"));
@@ -673,7 +701,17 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_secrets() {
-        let config = parse(&["--jwt-secret-key", LONG_SECRET, "--smtp-host", "m", "--smtp-user", "u", "--smtp-password", "hunter2-password"]).unwrap();
+        let config = parse(&[
+            "--jwt-secret-key",
+            LONG_SECRET,
+            "--smtp-host",
+            "m",
+            "--smtp-user",
+            "u",
+            "--smtp-password",
+            "hunter2-password",
+        ])
+        .unwrap();
         let printed = format!("{config:?}");
         assert!(!printed.contains(LONG_SECRET));
         assert!(!printed.contains("hunter2-password"));

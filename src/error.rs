@@ -260,8 +260,16 @@ mod tests {
                 422,
                 "validation_error",
             ),
-            (ApiError::bad_request("invalid_code", "x"), 400, "invalid_code"),
-            (ApiError::unauthorized("invalid_token", "x"), 401, "invalid_token"),
+            (
+                ApiError::bad_request("invalid_code", "x"),
+                400,
+                "invalid_code",
+            ),
+            (
+                ApiError::unauthorized("invalid_token", "x"),
+                401,
+                "invalid_token",
+            ),
             (
                 ApiError::Forbidden {
                     code: "email_not_verified",
@@ -273,7 +281,11 @@ mod tests {
             (ApiError::NotFound("User".into()), 404, "not_found"),
             (ApiError::Conflict("x".into()), 409, "conflict"),
             (ApiError::PayloadTooLarge, 413, "payload_too_large"),
-            (ApiError::UnsupportedMediaType, 415, "unsupported_media_type"),
+            (
+                ApiError::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+            ),
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
             (
                 ApiError::TooManyRequests {

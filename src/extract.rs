@@ -16,13 +16,21 @@ pub struct ApiJson<T>(pub T);
 /// True when the request declares a JSON body (`application/json`, `...+json`).
 pub fn is_json(req: &Request) -> bool {
     content_type(req).is_some_and(|ct| {
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
     })
 }
 
 pub fn content_type(req: &Request) -> Option<&str> {
-    req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok())
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// Reads the whole body within the configured limit.
@@ -69,6 +77,9 @@ fn describe(path: &str, err: &serde_json::Error) -> FieldError {
             .map(str::to_owned)
     };
     let kind = match err.classify() {
+        // A syntax complaint at a located value (e.g. a number where an enum name is
+        // expected) is about that value, not about the document.
+        Category::Syntax if loc.len() > 1 => "value_error",
         Category::Syntax | Category::Eof => "json_invalid",
         Category::Io => "json_invalid",
         Category::Data => {
@@ -136,14 +147,36 @@ mod tests {
             ("{", vec!["body"], "json_invalid"),
             ("not json", vec!["body"], "json_invalid"),
             (r#"{"email":"a@b.co"}"#, vec!["body", "count"], "missing"),
-            (r#"{"email":"a@b.co","count":1,"admin":true}"#, vec!["body", "admin"], "extra_forbidden"),
-            (r#"{"email":5,"count":1}"#, vec!["body", "email"], "type_error"),
-            (r#"{"email":"a@b.co","count":300}"#, vec!["body", "count"], "value_error"),
-            (r#"{"email":"a@b.co","count":1} trailing"#, vec!["body"], "json_invalid"),
+            (
+                r#"{"email":"a@b.co","count":1,"admin":true}"#,
+                vec!["body", "admin"],
+                "extra_forbidden",
+            ),
+            (
+                r#"{"email":5,"count":1}"#,
+                vec!["body", "email"],
+                "type_error",
+            ),
+            (
+                r#"{"email":"a@b.co","count":300}"#,
+                vec!["body", "count"],
+                "value_error",
+            ),
+            (
+                r#"{"email":"a@b.co","count":1} trailing"#,
+                vec!["body"],
+                "json_invalid",
+            ),
         ];
         for (body, loc, kind) in cases {
             let err = error_of(body);
-            assert_eq!(err.loc, loc.iter().map(|s| serde_json::Value::from(*s)).collect::<Vec<_>>(), "loc for {body}");
+            assert_eq!(
+                err.loc,
+                loc.iter()
+                    .map(|s| serde_json::Value::from(*s))
+                    .collect::<Vec<_>>(),
+                "loc for {body}"
+            );
             assert_eq!(err.kind, kind, "type for {body}");
             assert!(!err.msg.contains(" at line "), "{}", err.msg);
         }

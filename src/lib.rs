@@ -10,10 +10,12 @@
 //!   the [`auth::AuthUser`] extractor.
 //! - [`store`]: the [`store::Store`] trait and its backends.
 //! - [`email`]: templates and mail transports.
+//! - [`background`]: work that runs after a response, counted for shutdown and tests.
 //! - [`routes`]: HTTP handlers, one module per resource, and the OpenAPI document.
 //! - [`cli`]: the `introgy` command line.
 
 pub mod auth;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -17,12 +17,15 @@ use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::otp::OtpHasher;
 use crate::auth::password::PasswordHasher;
 use crate::auth::tokens::JwtKeys;
+use crate::background::Background;
 use crate::config::Config;
 use crate::email::{transport, MailTransport, Mailer};
 use crate::error::ApiError;
@@ -46,6 +49,8 @@ pub struct AppState {
     pub keys: Arc<JwtKeys>,
     pub otp: Arc<OtpHasher>,
     pub hasher: PasswordHasher,
+    /// Work running after responses (codes, mail).
+    pub background: Background,
     pub started_at: Instant,
 }
 
@@ -70,18 +75,29 @@ impl Application {
         transport: Arc<dyn MailTransport>,
     ) -> anyhow::Result<Self> {
         let store = crate::store::connect(&config).await?;
+        Self::build_with(config, store, transport).await
+    }
+
+    /// Builds around a given store and mail transport (fault-injection tests).
+    pub async fn build_with(
+        config: Config,
+        store: Arc<dyn Store>,
+        transport: Arc<dyn MailTransport>,
+    ) -> anyhow::Result<Self> {
         let secret = match &config.jwt_secret {
             Some(secret) => secret.clone(),
             None => load_or_create_dev_secret(&config.data_dir())?,
         };
         let keys = JwtKeys::new(&secret, &config.jwt_previous_secrets);
-        let mailer = Mailer::new(&config.mail, transport)?;
+        let background = Background::default();
+        let mailer = Mailer::new(&config.mail, transport, background.clone())?;
         let state = AppState {
             otp: Arc::new(OtpHasher::from_signing_secret(&secret)),
             keys: Arc::new(keys),
             hasher: PasswordHasher::new(config.bcrypt_cost, config.hash_concurrency),
             store,
             mailer,
+            background,
             started_at: Instant::now(),
             config: Arc::new(config),
         };
@@ -134,7 +150,7 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server failed")?;
-        let pending = state.mailer.drain(MAIL_DRAIN_LIMIT).await;
+        let pending = state.background.wait_idle(MAIL_DRAIN_LIMIT).await;
         if pending > 0 {
             tracing::warn!(pending, "shutting down with mail still being sent");
         }
@@ -298,7 +314,10 @@ pub fn build_router(state: AppState) -> Router {
     let production = state.config.is_production();
     crate::routes::router()
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
         .layer(middleware::from_fn(move |req, next| {
             security_headers(req, next, production)
         }))
@@ -313,7 +332,11 @@ pub fn build_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response<Body> {
+async fn request_timeout(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response<Body> {
     match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Unavailable(anyhow::anyhow!("request timed out")).into_response(),
@@ -328,7 +351,10 @@ async fn security_headers(request: Request, next: Next, production: bool) -> Res
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     let is_docs = ["/docs", "/redoc", "/api/docs", "/api/redoc"]
         .iter()

@@ -39,7 +39,11 @@ pub fn new_user_id() -> String {
     let seconds = chrono::Utc::now().timestamp() as u32;
     let mut tail = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut tail);
-    format!("{}{}", hex::encode(seconds.to_be_bytes()), hex::encode(tail))
+    format!(
+        "{}{}",
+        hex::encode(seconds.to_be_bytes()),
+        hex::encode(tail)
+    )
 }
 
 #[cfg(test)]
@@ -58,7 +62,9 @@ mod tests {
     fn tokens_are_random_and_url_safe() {
         let a = random_token(32);
         assert_eq!(a.len(), 43);
-        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_ne!(a, random_token(32));
     }
 }

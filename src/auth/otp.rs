@@ -50,7 +50,13 @@ impl OtpHasher {
     }
 
     /// Constant-time comparison of a stored hash with the hash of a submitted code.
-    pub fn matches(&self, stored_hash: &str, purpose: OtpPurpose, user_id: &str, code: &OtpCode) -> bool {
+    pub fn matches(
+        &self,
+        stored_hash: &str,
+        purpose: OtpPurpose,
+        user_id: &str,
+        code: &OtpCode,
+    ) -> bool {
         let candidate = self.hash(purpose, user_id, code);
         stored_hash.as_bytes().ct_eq(candidate.as_bytes()).into()
     }
@@ -67,8 +73,9 @@ mod tests {
     #[test]
     fn generated_codes_are_six_digits_and_vary() {
         let hasher = hasher();
-        let codes: std::collections::HashSet<String> =
-            (0..50).map(|_| hasher.generate().as_str().to_owned()).collect();
+        let codes: std::collections::HashSet<String> = (0..50)
+            .map(|_| hasher.generate().as_str().to_owned())
+            .collect();
         assert!(codes.iter().all(|c| OtpCode::parse(c).is_some()));
         assert!(codes.len() > 40, "codes repeat too often: {}", codes.len());
     }
@@ -81,7 +88,12 @@ mod tests {
         assert!(hasher.matches(&stored, OtpPurpose::VerifyEmail, "user-1", &code));
         assert!(!hasher.matches(&stored, OtpPurpose::ResetPassword, "user-1", &code));
         assert!(!hasher.matches(&stored, OtpPurpose::VerifyEmail, "user-2", &code));
-        assert!(!hasher.matches(&stored, OtpPurpose::VerifyEmail, "user-1", &OtpCode::parse("012346").unwrap()));
+        assert!(!hasher.matches(
+            &stored,
+            OtpPurpose::VerifyEmail,
+            "user-1",
+            &OtpCode::parse("012346").unwrap()
+        ));
         assert!(!stored.contains("012345"));
     }
 

@@ -114,15 +114,24 @@ mod tests {
     #[tokio::test]
     async fn passlib_hashes_verify() {
         let hasher = PasswordHasher::new(4, 1);
-        assert!(hasher.verify("correct horse battery staple", PASSLIB_HASH).await.unwrap());
-        assert!(!hasher.verify("wrong horse battery staple", PASSLIB_HASH).await.unwrap());
+        assert!(hasher
+            .verify("correct horse battery staple", PASSLIB_HASH)
+            .await
+            .unwrap());
+        assert!(!hasher
+            .verify("wrong horse battery staple", PASSLIB_HASH)
+            .await
+            .unwrap());
     }
 
     #[tokio::test]
     async fn overlong_candidates_never_match() {
         let hasher = PasswordHasher::new(4, 1);
         let long = "a".repeat(72);
-        let hash = hasher.hash(&Password::parse(&long, "p").unwrap()).await.unwrap();
+        let hash = hasher
+            .hash(&Password::parse(&long, "p").unwrap())
+            .await
+            .unwrap();
         assert!(hasher.verify(&long, &hash).await.unwrap());
         assert!(!hasher.verify(&format!("{long}b"), &hash).await.unwrap());
     }

@@ -118,7 +118,8 @@ pub fn request_code(state: &AppState, email: Email, purpose: OtpPurpose) {
 }
 
 fn spawn_code(state: AppState, email: Email, purpose: OtpPurpose, user: Option<User>) {
-    tokio::spawn(async move {
+    let background = state.background.clone();
+    background.spawn(async move {
         if let Err(e) = issue_code(&state, &email, purpose, user).await {
             tracing::error!(error = %e, email = %email.masked(), "failed to issue a one-time code");
         }
@@ -128,14 +129,17 @@ fn spawn_code(state: AppState, email: Email, purpose: OtpPurpose, user: Option<U
 /// Sends a notice if the address's mail budget allows.
 fn spawn_mail_if_budget(state: &AppState, email: Email, kind: MailKind) {
     let state = state.clone();
-    tokio::spawn(async move {
+    let background = state.background.clone();
+    background.spawn(async move {
         match state
             .store
             .reserve_mail_send(email.as_str(), Utc::now(), SEND_LIMITS)
             .await
         {
             Ok(true) => state.mailer.send_in_background(email, kind),
-            Ok(false) => tracing::info!(email = %email.masked(), "mail budget exhausted; notice not sent"),
+            Ok(false) => {
+                tracing::info!(email = %email.masked(), "mail budget exhausted; notice not sent")
+            }
             Err(e) => tracing::error!(error = %e, "failed to reserve a mail send"),
         }
     });
@@ -211,7 +215,10 @@ async fn redeem_code(
     else {
         return Err(invalid_code());
     };
-    if !state.otp.matches(&record.code_hash, purpose, &user.id, &code) {
+    if !state
+        .otp
+        .matches(&record.code_hash, purpose, &user.id, &code)
+    {
         tracing::info!(attempts = record.attempts, "wrong one-time code");
         return Err(invalid_code());
     }
@@ -368,7 +375,12 @@ pub async fn logout(state: &AppState, auth: &AuthUser, scope: LogoutScope) -> Ap
             state.store.delete_session(&auth.session_id).await?;
             1
         }
-        LogoutScope::Global => state.store.delete_user_sessions(&auth.user_id, None).await?,
+        LogoutScope::Global => {
+            state
+                .store
+                .delete_user_sessions(&auth.user_id, None)
+                .await?
+        }
         LogoutScope::Others => {
             state
                 .store
@@ -394,8 +406,13 @@ pub async fn reset_password(
     };
     redeem_code(state, &user, OtpPurpose::ResetPassword, code).await?;
     let hash = state.hasher.hash(&new_password).await?;
-    state.store.reset_password(&user.id, &hash, Utc::now()).await?;
+    state
+        .store
+        .reset_password(&user.id, &hash, Utc::now())
+        .await?;
     tracing::info!(user_id = %user.id, "password reset; all sessions revoked");
-    state.mailer.send_in_background(email, MailKind::PasswordChanged);
+    state
+        .mailer
+        .send_in_background(email, MailKind::PasswordChanged);
     Ok(())
 }

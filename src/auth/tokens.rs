@@ -148,7 +148,9 @@ mod tests {
     fn issued_tokens_verify_and_carry_every_claim() {
         let keys = keys("a".repeat(64).as_str());
         let now = Utc::now();
-        let token = keys.issue("u1", "s1", now, now + Duration::minutes(15)).unwrap();
+        let token = keys
+            .issue("u1", "s1", now, now + Duration::minutes(15))
+            .unwrap();
         let claims = keys.verify(&token).unwrap();
         assert_eq!(claims.sub, "u1");
         assert_eq!(claims.sid, "s1");
@@ -164,7 +166,9 @@ mod tests {
     fn tampered_expired_and_foreign_tokens_are_rejected() {
         let keys = keys("a".repeat(64).as_str());
         let now = Utc::now();
-        let token = keys.issue("u1", "s1", now, now + Duration::minutes(15)).unwrap();
+        let token = keys
+            .issue("u1", "s1", now, now + Duration::minutes(15))
+            .unwrap();
 
         let mut tampered = token.clone().into_bytes();
         let middle = tampered.len() / 2;
@@ -172,12 +176,19 @@ mod tests {
         assert!(keys.verify(&String::from_utf8(tampered).unwrap()).is_err());
 
         let expired = keys
-            .issue("u1", "s1", now - Duration::hours(2), now - Duration::hours(1))
+            .issue(
+                "u1",
+                "s1",
+                now - Duration::hours(2),
+                now - Duration::hours(1),
+            )
             .unwrap();
         assert!(matches!(keys.verify(&expired), Err(TokenError::Invalid(_))));
 
         let other = JwtKeys::new(&SecretString::from("b".repeat(64)), &[]);
-        let foreign = other.issue("u1", "s1", now, now + Duration::minutes(5)).unwrap();
+        let foreign = other
+            .issue("u1", "s1", now, now + Duration::minutes(5))
+            .unwrap();
         assert_eq!(keys.verify(&foreign), Err(TokenError::UnknownKey));
     }
 
@@ -196,7 +207,12 @@ mod tests {
 
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(keys.current_kid().to_owned());
-        let hs256 = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret("a".repeat(64).as_bytes())).unwrap();
+        let hs256 = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret("a".repeat(64).as_bytes()),
+        )
+        .unwrap();
         assert_eq!(keys.verify(&hs256), Err(TokenError::Malformed));
     }
 
@@ -208,13 +224,25 @@ mod tests {
         let mut header = Header::new(Algorithm::HS512);
         header.kid = Some(keys.current_kid().to_owned());
         let sign = |claims: serde_json::Value| {
-            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+            jsonwebtoken::encode(
+                &header,
+                &claims,
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
         };
-        let wrong_aud = sign(serde_json::json!({"sub":"u1","sid":"s1","exp":now+600,"iat":now,
-            "iss":ISSUER,"aud":"someone-else","type":"access"}));
-        assert!(matches!(keys.verify(&wrong_aud), Err(TokenError::Invalid(_))));
-        let refresh_typed = sign(serde_json::json!({"sub":"u1","sid":"s1","exp":now+600,"iat":now,
-            "iss":ISSUER,"aud":AUDIENCE,"type":"refresh"}));
+        let wrong_aud = sign(
+            serde_json::json!({"sub":"u1","sid":"s1","exp":now+600,"iat":now,
+            "iss":ISSUER,"aud":"someone-else","type":"access"}),
+        );
+        assert!(matches!(
+            keys.verify(&wrong_aud),
+            Err(TokenError::Invalid(_))
+        ));
+        let refresh_typed = sign(
+            serde_json::json!({"sub":"u1","sid":"s1","exp":now+600,"iat":now,
+            "iss":ISSUER,"aud":AUDIENCE,"type":"refresh"}),
+        );
         assert_eq!(keys.verify(&refresh_typed), Err(TokenError::WrongType));
     }
 
@@ -224,7 +252,9 @@ mod tests {
         let new = SecretString::from("n".repeat(64));
         let now = Utc::now();
         let before = JwtKeys::new(&old, &[]);
-        let token = before.issue("u1", "s1", now, now + Duration::minutes(5)).unwrap();
+        let token = before
+            .issue("u1", "s1", now, now + Duration::minutes(5))
+            .unwrap();
         let during = JwtKeys::new(&new, std::slice::from_ref(&old));
         assert!(during.verify(&token).is_ok());
         assert_ne!(during.current_kid(), before.current_kid());

@@ -58,7 +58,10 @@ pub fn run(env_files: &[&str]) -> ExitCode {
     if !env_files.is_empty() {
         tracing::info!(files = ?env_files, "read environment files");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("introgy: cannot start the async runtime: {e}");

@@ -11,7 +11,11 @@ impl DisplayName {
     pub fn parse(raw: &str, field: &str) -> Result<Self, FieldError> {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
-            return Err(FieldError::body(field, "display name must not be empty", "value_error.display_name"));
+            return Err(FieldError::body(
+                field,
+                "display name must not be empty",
+                "value_error.display_name",
+            ));
         }
         if trimmed.chars().count() > MAX_DISPLAY_NAME_CHARS {
             return Err(FieldError::body(
@@ -21,7 +25,11 @@ impl DisplayName {
             ));
         }
         if trimmed.chars().any(char::is_control) {
-            return Err(FieldError::body(field, "display name must not contain control characters", "value_error.display_name"));
+            return Err(FieldError::body(
+                field,
+                "display name must not contain control characters",
+                "value_error.display_name",
+            ));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -37,7 +45,12 @@ mod tests {
 
     #[test]
     fn names_are_trimmed_and_bounded() {
-        assert_eq!(DisplayName::parse("  Ada  ", "display_name").unwrap().into_inner(), "Ada");
+        assert_eq!(
+            DisplayName::parse("  Ada  ", "display_name")
+                .unwrap()
+                .into_inner(),
+            "Ada"
+        );
         assert!(DisplayName::parse("   ", "display_name").is_err());
         assert!(DisplayName::parse(&"x".repeat(101), "display_name").is_err());
         assert!(DisplayName::parse("Ada\u{0}", "display_name").is_err());

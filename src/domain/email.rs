@@ -102,10 +102,16 @@ mod tests {
             ("ada@.example.com", "leading dot in domain"),
         ];
         for (input, why) in cases {
-            assert!(Email::parse(input, "email").is_err(), "accepted {input:?} ({why})");
+            assert!(
+                Email::parse(input, "email").is_err(),
+                "accepted {input:?} ({why})"
+            );
         }
         let long = format!("{}@example.com", "a".repeat(250));
-        assert!(Email::parse(&long, "email").is_err(), "accepted an overlong address");
+        assert!(
+            Email::parse(&long, "email").is_err(),
+            "accepted an overlong address"
+        );
     }
 
     #[test]

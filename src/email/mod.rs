@@ -8,12 +8,12 @@
 mod templates;
 pub mod transport;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::Mailbox;
-use tokio::sync::Notify;
+
+use crate::background::Background;
 
 use crate::config::MailConfig;
 use crate::domain::{mask_email, Email};
@@ -23,8 +23,14 @@ pub use transport::{MailTransport, MemoryTransport, SendError};
 /// The mails the service sends.
 #[derive(Debug, Clone)]
 pub enum MailKind {
-    VerificationCode { code: String, valid_minutes: u64 },
-    ResetCode { code: String, valid_minutes: u64 },
+    VerificationCode {
+        code: String,
+        valid_minutes: u64,
+    },
+    ResetCode {
+        code: String,
+        valid_minutes: u64,
+    },
     /// Someone tried to register with an address that already has an account.
     SignupAttempt,
     PasswordChanged,
@@ -60,12 +66,16 @@ pub struct Mailer {
     transport: Arc<dyn MailTransport>,
     from: Mailbox,
     templates: Arc<Templates>,
-    in_flight: Arc<(AtomicUsize, Notify)>,
+    background: Background,
     retry_base: Duration,
 }
 
 impl Mailer {
-    pub fn new(config: &MailConfig, transport: Arc<dyn MailTransport>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &MailConfig,
+        transport: Arc<dyn MailTransport>,
+        background: Background,
+    ) -> anyhow::Result<Self> {
         let from = Mailbox::new(
             Some(config.from_name.clone()),
             config
@@ -77,7 +87,7 @@ impl Mailer {
             transport,
             from,
             templates: Arc::new(Templates::new(&config.frontend_url, &config.from_name)?),
-            in_flight: Arc::new((AtomicUsize::new(0), Notify::new())),
+            background,
             retry_base: Duration::from_secs(2),
         })
     }
@@ -127,27 +137,8 @@ impl Mailer {
     /// Sends on a background task; the caller's response does not wait for it.
     pub fn send_in_background(&self, to: Email, kind: MailKind) {
         let mailer = self.clone();
-        self.in_flight.0.fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let _ = mailer.send(&to, &kind).await;
-            if mailer.in_flight.0.fetch_sub(1, Ordering::SeqCst) == 1 {
-                mailer.in_flight.1.notify_waiters();
-            }
         });
-    }
-
-    /// Waits (up to `limit`) for background sends to finish; used at shutdown.
-    pub async fn drain(&self, limit: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.in_flight.1.notified();
-            let pending = self.in_flight.0.load(Ordering::SeqCst);
-            if pending == 0 {
-                return 0;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.in_flight.0.load(Ordering::SeqCst);
-            }
-        }
     }
 }

@@ -8,14 +8,32 @@ use crate::domain::Email;
 
 const SOURCES: &[(&str, &str)] = &[
     ("layout.html", include_str!("templates/layout.html")),
-    ("verification_code.html", include_str!("templates/verification_code.html")),
-    ("verification_code.txt", include_str!("templates/verification_code.txt")),
+    (
+        "verification_code.html",
+        include_str!("templates/verification_code.html"),
+    ),
+    (
+        "verification_code.txt",
+        include_str!("templates/verification_code.txt"),
+    ),
     ("reset_code.html", include_str!("templates/reset_code.html")),
     ("reset_code.txt", include_str!("templates/reset_code.txt")),
-    ("signup_attempt.html", include_str!("templates/signup_attempt.html")),
-    ("signup_attempt.txt", include_str!("templates/signup_attempt.txt")),
-    ("password_changed.html", include_str!("templates/password_changed.html")),
-    ("password_changed.txt", include_str!("templates/password_changed.txt")),
+    (
+        "signup_attempt.html",
+        include_str!("templates/signup_attempt.html"),
+    ),
+    (
+        "signup_attempt.txt",
+        include_str!("templates/signup_attempt.txt"),
+    ),
+    (
+        "password_changed.html",
+        include_str!("templates/password_changed.html"),
+    ),
+    (
+        "password_changed.txt",
+        include_str!("templates/password_changed.txt"),
+    ),
 ];
 
 pub struct Templates {
@@ -39,20 +57,29 @@ impl Templates {
 
     pub fn render(&self, to: &Email, kind: &MailKind) -> anyhow::Result<OutgoingMail> {
         let (subject, code, minutes, link) = match kind {
-            MailKind::VerificationCode { code, valid_minutes } => (
+            MailKind::VerificationCode {
+                code,
+                valid_minutes,
+            } => (
                 format!("{code} is your {} verification code", self.brand),
                 Some(code.as_str()),
                 Some(*valid_minutes),
                 format!("{}/verify-email", self.frontend_url),
             ),
-            MailKind::ResetCode { code, valid_minutes } => (
+            MailKind::ResetCode {
+                code,
+                valid_minutes,
+            } => (
                 format!("{code} is your {} password reset code", self.brand),
                 Some(code.as_str()),
                 Some(*valid_minutes),
                 format!("{}/reset-password", self.frontend_url),
             ),
             MailKind::SignupAttempt => (
-                format!("Someone tried to sign up for {} with your address", self.brand),
+                format!(
+                    "Someone tried to sign up for {} with your address",
+                    self.brand
+                ),
                 None,
                 None,
                 format!("{}/login", self.frontend_url),
@@ -74,8 +101,14 @@ impl Templates {
             subject => subject,
         };
         let name = kind.name();
-        let html = self.env.get_template(&format!("{name}.html"))?.render(&ctx)?;
-        let text = self.env.get_template(&format!("{name}.txt"))?.render(&ctx)?;
+        let html = self
+            .env
+            .get_template(&format!("{name}.html"))?
+            .render(&ctx)?;
+        let text = self
+            .env
+            .get_template(&format!("{name}.txt"))?
+            .render(&ctx)?;
         Ok(OutgoingMail {
             to: to.as_str().to_owned(),
             subject,
@@ -96,18 +129,34 @@ mod tests {
         let templates = Templates::new("https://introgy.ai/", "Introgy").unwrap();
         let to = Email::parse("ada@example.com", "email").unwrap();
         let kinds = [
-            MailKind::VerificationCode { code: "012345".into(), valid_minutes: 10 },
-            MailKind::ResetCode { code: "987654".into(), valid_minutes: 10 },
+            MailKind::VerificationCode {
+                code: "012345".into(),
+                valid_minutes: 10,
+            },
+            MailKind::ResetCode {
+                code: "987654".into(),
+                valid_minutes: 10,
+            },
             MailKind::SignupAttempt,
             MailKind::PasswordChanged,
         ];
         for kind in kinds {
             let mail = templates.render(&to, &kind).unwrap();
             // HTML escaping writes `/` as `&#x2f;`, which mail clients decode in attributes.
-            assert!(mail.html.contains("href=\"https:"), "{} html link", kind.name());
-            assert!(mail.text.contains("https://introgy.ai/"), "{} text link", kind.name());
+            assert!(
+                mail.html.contains("href=\"https:"),
+                "{} html link",
+                kind.name()
+            );
+            assert!(
+                mail.text.contains("https://introgy.ai/"),
+                "{} text link",
+                kind.name()
+            );
             assert!(mail.html.contains("<html"), "{} layout", kind.name());
-            if let MailKind::VerificationCode { code, .. } | MailKind::ResetCode { code, .. } = &kind {
+            if let MailKind::VerificationCode { code, .. } | MailKind::ResetCode { code, .. } =
+                &kind
+            {
                 assert!(mail.html.contains(code.as_str()) && mail.text.contains(code.as_str()));
                 assert!(mail.text.contains("10 minutes"), "{} expiry", kind.name());
             }

@@ -99,10 +99,12 @@ impl MailTransport for MemoryTransport {
 }
 
 fn build_message(from: &Mailbox, mail: &OutgoingMail) -> Result<Message, SendError> {
-    let to: Mailbox = mail
-        .to
-        .parse()
-        .map_err(|e| SendError::Permanent(anyhow::anyhow!("bad recipient {}: {e}", mask_email(&mail.to))))?;
+    let to: Mailbox = mail.to.parse().map_err(|e| {
+        SendError::Permanent(anyhow::anyhow!(
+            "bad recipient {}: {e}",
+            mask_email(&mail.to)
+        ))
+    })?;
     Message::builder()
         .from(from.clone())
         .to(to)
@@ -112,7 +114,9 @@ fn build_message(from: &Mailbox, mail: &OutgoingMail) -> Result<Message, SendErr
             mail.text.clone(),
             mail.html.clone(),
         ))
-        .map_err(|e| SendError::Permanent(anyhow::Error::new(e).context("Failed to build the message")))
+        .map_err(|e| {
+            SendError::Permanent(anyhow::Error::new(e).context("Failed to build the message"))
+        })
 }
 
 /// SMTP through lettre: STARTTLS, implicit TLS or plain; AUTH when a user is set.
@@ -193,7 +197,11 @@ impl SendGridTransport {
             .timeout(Duration::from_secs(15))
             .build()
             .context("Failed to build the HTTP client")?;
-        Ok(Self { client, api_key, url })
+        Ok(Self {
+            client,
+            api_key,
+            url,
+        })
     }
 }
 

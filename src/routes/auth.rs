@@ -242,22 +242,25 @@ pub async fn verify_otp(
         (status = 422, description = "Invalid input", body = ValidationErrorBody),
     ))]
 pub async fn login(State(state): State<AppState>, req: Request) -> ApiResult<Json<TokenResponse>> {
-    let form = content_type(&req)
-        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    let form = content_type(&req).is_some_and(|ct| {
+        ct.to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    });
     let (email, password) = if form {
-        let Form(form) = Form::<LoginForm>::from_request(req, &state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge
-                } else {
-                    ApiError::Validation(vec![FieldError {
-                        loc: vec!["body".into()],
-                        msg: rejection.body_text(),
-                        kind: "value_error".into(),
-                    }])
-                }
-            })?;
+        let Form(form) =
+            Form::<LoginForm>::from_request(req, &state)
+                .await
+                .map_err(|rejection| {
+                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::PayloadTooLarge
+                    } else {
+                        ApiError::Validation(vec![FieldError {
+                            loc: vec!["body".into()],
+                            msg: rejection.body_text(),
+                            kind: "value_error".into(),
+                        }])
+                    }
+                })?;
         (form.username, form.password)
     } else if is_json(&req) {
         let body: LoginJson = parse_json(&body_bytes(req).await?)?;

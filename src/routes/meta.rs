@@ -58,13 +58,22 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
             false
         }
     };
-    let status = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if connected {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(HealthResponse {
             status: if connected { "ok" } else { "degraded" }.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            database: if connected { "connected" } else { "disconnected" }.to_owned(),
+            database: if connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+            .to_owned(),
             store: state.store.backend().to_owned(),
             mail_transport: state.mailer.transport().name().to_owned(),
             uptime_seconds: state.started_at.elapsed().as_secs(),

@@ -129,8 +129,12 @@ pub trait Store: Send + Sync + 'static {
     async fn mark_verified(&self, user_id: &str, now: DateTime<Utc>) -> StoreResult<()>;
     /// Sets a new password hash, marks the address verified, deletes every session and
     /// every outstanding code of the user.
-    async fn reset_password(&self, user_id: &str, hash: &str, now: DateTime<Utc>)
-        -> StoreResult<()>;
+    async fn reset_password(
+        &self,
+        user_id: &str,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     // ---- one-time codes ----
     /// Stores a code for `(user, purpose)`, replacing any previous one.

@@ -44,7 +44,9 @@ pub struct SqliteStore {
 fn lock(mutex: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     // A panic while holding the lock leaves the connection usable (SQLite rolls back an
     // unfinished transaction when it is dropped), so poisoning is not fatal.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -239,7 +241,11 @@ impl SqliteStore {
             let start = inner.next_reader.fetch_add(1, Ordering::Relaxed);
             // Prefer an idle connection; fall back to waiting on the round-robin choice.
             let guard = (0..inner.readers.len())
-                .find_map(|i| inner.readers[(start + i) % inner.readers.len()].try_lock().ok())
+                .find_map(|i| {
+                    inner.readers[(start + i) % inner.readers.len()]
+                        .try_lock()
+                        .ok()
+                })
                 .unwrap_or_else(|| lock(&inner.readers[start % inner.readers.len()]));
             f(&guard).map_err(map_err)
         })
@@ -264,7 +270,9 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await
+        // Touch the schema, so a broken or vanished file is noticed (`SELECT 1` would not).
+        self.read(|conn| conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(())))
+            .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -561,8 +569,11 @@ impl Store for SqliteStore {
 
     async fn delete_session(&self, id: &str) -> StoreResult<()> {
         let id = id.to_owned();
-        self.write(move |conn| conn.execute("DELETE FROM sessions WHERE id = ?1", [id]).map(drop))
-            .await
+        self.write(move |conn| {
+            conn.execute("DELETE FROM sessions WHERE id = ?1", [id])
+                .map(drop)
+        })
+        .await
     }
 
     async fn delete_user_sessions(&self, user_id: &str, except: Option<&str>) -> StoreResult<u64> {
@@ -582,7 +593,10 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now_ms = millis(now);
             let mut removed = 0;
-            removed += tx.execute("DELETE FROM one_time_codes WHERE expires_at <= ?1", [now_ms])?;
+            removed += tx.execute(
+                "DELETE FROM one_time_codes WHERE expires_at <= ?1",
+                [now_ms],
+            )?;
             removed += tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now_ms])?;
             removed += tx.execute(
                 "DELETE FROM mail_sends WHERE sent_at <= ?1",

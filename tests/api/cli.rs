@@ -1,0 +1,160 @@
+//! The binary itself: help, configuration refusals, `check`.
+
+use std::process::Command;
+
+fn introgy() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_introgy"));
+    // A clean environment: only what each test sets.
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+}
+
+#[test]
+fn help_lists_every_setting_with_its_environment_variable() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check", "--help"],
+    ] {
+        let output = introgy()
+            .args(&args)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}");
+        let help = String::from_utf8(output.stdout).unwrap();
+        for variable in [
+            "ENVIRONMENT",
+            "MONGO_URI",
+            "JWT_SECRET_KEY",
+            "SMTP_HOST",
+            "SMTP_PORT",
+            "SMTP_USER",
+            "SMTP_PASSWORD",
+            "SENDGRID_API_KEY",
+            "FROM_EMAIL",
+            "EMAIL_FROM_NAME",
+            "FRONTEND_URL",
+            "HOST",
+            "PORT",
+            "DATABASE_URL",
+            "MONGO_DB",
+            "SMTP_TLS",
+            "EMAIL_TRANSPORT",
+            "SENDGRID_API_URL",
+            "CORS_ORIGINS",
+            "ACCESS_TOKEN_TTL_SECONDS",
+            "REFRESH_TOKEN_TTL_SECONDS",
+            "OTP_TTL_SECONDS",
+            "TRUSTED_PROXIES",
+        ] {
+            assert!(
+                help.contains(&format!("env: {variable}")),
+                "{args:?} does not list {variable}"
+            );
+        }
+    }
+}
+
+#[test]
+fn production_refuses_to_start_without_a_secret_or_a_mail_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("SMTP_HOST", "mail.example.com")], "JWT_SECRET_KEY"),
+        (
+            &[
+                ("SMTP_HOST", "mail.example.com"),
+                ("JWT_SECRET_KEY", "short"),
+            ],
+            "at least 64",
+        ),
+        (&[("JWT_SECRET_KEY", &"k".repeat(64))], "mail transport"),
+    ];
+    for (env, expected) in cases {
+        let output = introgy()
+            .env("ENVIRONMENT", "production")
+            .envs(env.iter().copied())
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "started with {env:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains(expected), "{env:?}: {stderr}");
+        for (_, value) in env {
+            if value.len() > 8 && value.starts_with('k') {
+                assert!(!stderr.contains(value), "secret printed");
+            }
+        }
+    }
+}
+
+#[test]
+fn check_reports_store_and_transport_and_succeeds_on_a_fresh_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = introgy()
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("store:          ok"), "{stdout}");
+    assert!(stdout.contains("mail transport: log"), "{stdout}");
+}
+
+#[test]
+fn check_fails_clearly_when_smtp_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = introgy()
+        .args([
+            "check",
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-port",
+            "1",
+            "--smtp-tls",
+            "none",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("mail:           FAILED"), "{stdout}");
+}
+
+#[test]
+fn env_files_are_read_and_real_environment_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Mongo.env"),
+        "DATABASE_URL=sqlite:from-file.db\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("Email.env"),
+        "FROM_EMAIL=file@example.com\nSMTP_PORT=2525\n",
+    )
+    .unwrap();
+    let output = introgy()
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("sqlite:from-file.db"), "{stdout}");
+    let output = introgy()
+        .arg("check")
+        .env("DATABASE_URL", "sqlite:from-env.db")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("sqlite:from-env.db"), "{stdout}");
+}

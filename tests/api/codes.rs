@@ -1,0 +1,301 @@
+//! One-time codes: SECURITY.md 1–7.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{json_of, spawn_app, unique_email, TestApp, PASSWORD};
+
+const INVALID: &str = r#"{"detail":"Invalid or expired verification code","code":"invalid_code"}"#;
+
+async fn assert_invalid(response: reqwest::Response, why: &str) {
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{why}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::from_str::<Value>(INVALID).unwrap(),
+        "{why}"
+    );
+}
+
+/// Registers and returns (email, first verification code).
+async fn registered(app: &TestApp) -> (String, String) {
+    let email = unique_email();
+    app.register(&email, PASSWORD).await;
+    let code = app.code_from_mail(&email, "verification_code", 1).await;
+    (email, code)
+}
+
+fn wrong(code: &str) -> String {
+    let n: u32 = code.parse().unwrap();
+    format!("{:06}", (n + 1) % 1_000_000)
+}
+
+#[tokio::test]
+async fn codes_are_stored_only_as_a_keyed_hash() {
+    let app = spawn_app().await;
+    let (email, code) = registered(&app).await;
+    let (user_id, stored): (String, String) = app
+        .db()
+        .query_row(
+            "SELECT u.id, c.code_hash FROM one_time_codes c JOIN users u ON u.id = c.user_id WHERE u.email = ?1",
+            [&email],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(!stored.contains(&code));
+    assert_eq!(stored.len(), 64, "an HMAC-SHA-256 in hex");
+    // An unkeyed hash of the code (what a dump could reverse) is not what is stored.
+    assert_ne!(stored, introgy::auth::sha256_hex(&code));
+    let parsed = introgy::domain::OtpCode::parse(&code).unwrap();
+    assert_eq!(
+        stored,
+        app.state
+            .otp
+            .hash(introgy::domain::OtpPurpose::VerifyEmail, &user_id, &parsed)
+    );
+}
+
+#[tokio::test]
+async fn a_code_works_once() {
+    let app = spawn_app().await;
+    let (email, code) = registered(&app).await;
+    assert_eq!(app.verify_otp(&email, &code).await.status(), StatusCode::OK);
+    assert_invalid(app.verify_otp(&email, &code).await, "used code").await;
+}
+
+#[tokio::test]
+async fn exactly_one_of_twenty_parallel_submissions_of_the_right_code_wins() {
+    let app = spawn_app().await;
+    let (email, code) = registered(&app).await;
+    let responses = futures::future::join_all((0..20).map(|_| app.verify_otp(&email, &code))).await;
+    let winners = responses
+        .iter()
+        .filter(|r| r.status() == StatusCode::OK)
+        .count();
+    let losers = responses
+        .iter()
+        .filter(|r| r.status() == StatusCode::BAD_REQUEST)
+        .count();
+    assert_eq!(winners, 1);
+    assert_eq!(losers, 19);
+}
+
+#[tokio::test]
+async fn five_wrong_guesses_kill_the_code_even_for_the_right_digits() {
+    let app = spawn_app().await;
+    let (email, code) = registered(&app).await;
+    for _ in 0..5 {
+        assert_invalid(app.verify_otp(&email, &wrong(&code)).await, "wrong code").await;
+    }
+    assert_invalid(
+        app.verify_otp(&email, &code).await,
+        "right code after 5 wrong",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn four_wrong_guesses_still_leave_the_right_code_usable() {
+    let app = spawn_app().await;
+    let (email, code) = registered(&app).await;
+    for _ in 0..4 {
+        assert_invalid(app.verify_otp(&email, &wrong(&code)).await, "wrong code").await;
+    }
+    assert_eq!(app.verify_otp(&email, &code).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn parallel_wrong_guesses_are_counted_atomically() {
+    let app = spawn_app().await;
+    let (email, code) = registered(&app).await;
+    let bad = wrong(&code);
+    futures::future::join_all((0..30).map(|_| app.verify_otp(&email, &bad))).await;
+    let attempts: u32 = app
+        .db()
+        .query_row("SELECT attempts FROM one_time_codes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(attempts, 5);
+    assert_invalid(
+        app.verify_otp(&email, &code).await,
+        "right code after a flood",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn expired_codes_are_refused() {
+    let app = spawn_app().await;
+    let (email, code) = registered(&app).await;
+    app.db()
+        .execute(
+            "UPDATE one_time_codes SET expires_at = expires_at - 601000",
+            [],
+        )
+        .unwrap();
+    assert_invalid(app.verify_otp(&email, &code).await, "expired code").await;
+}
+
+#[tokio::test]
+async fn codes_expire_after_the_configured_ttl() {
+    let app = crate::helpers::spawn_app_with(&["--otp-ttl-seconds", "120"]).await;
+    let (email, _) = registered(&app).await;
+    let (created, expires): (i64, i64) = app
+        .db()
+        .query_row(
+            "SELECT created_at, expires_at FROM one_time_codes",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(expires - created, 120_000);
+    let mail = &app.mails(&email, "verification_code")[0];
+    assert!(mail.text.contains("2 minutes"), "{}", mail.text);
+}
+
+#[tokio::test]
+async fn wrong_expired_used_and_unknown_all_answer_identically() {
+    let app = spawn_app().await;
+    let (email, code) = registered(&app).await;
+    assert_invalid(app.verify_otp(&email, &wrong(&code)).await, "wrong").await;
+    assert_invalid(
+        app.verify_otp(&unique_email(), &code).await,
+        "unknown email",
+    )
+    .await;
+    assert_invalid(app.verify_otp(&email, "12ab56").await, "not digits").await;
+    assert_eq!(app.verify_otp(&email, &code).await.status(), StatusCode::OK);
+    assert_invalid(app.verify_otp(&email, &code).await, "used").await;
+}
+
+#[tokio::test]
+async fn sending_is_limited_to_one_per_minute_per_address() {
+    let app = spawn_app().await;
+    let (email, _) = registered(&app).await;
+    let again = app.send_code(&email, "verify_email").await;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    app.settle().await;
+    assert_eq!(
+        app.mails(&email, "verification_code").len(),
+        1,
+        "cooldown sent a mail"
+    );
+    app.age_mail_sends(61);
+    app.send_code(&email, "verify_email").await;
+    app.wait_for_mails(&email, "verification_code", 2).await;
+}
+
+#[tokio::test]
+async fn sending_is_limited_to_five_per_hour_per_address() {
+    let app = spawn_app().await;
+    let (email, _) = registered(&app).await;
+    for _ in 0..6 {
+        app.age_mail_sends(61);
+        let response = app.send_code(&email, "verify_email").await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        app.settle().await;
+    }
+    assert_eq!(app.mails(&email, "verification_code").len(), 5);
+    // An hour later the budget is back.
+    app.age_mail_sends(3600);
+    app.send_code(&email, "verify_email").await;
+    app.wait_for_mails(&email, "verification_code", 6).await;
+}
+
+#[tokio::test]
+async fn a_refused_send_does_not_reset_the_guess_budget() {
+    let app = spawn_app().await;
+    let (email, code) = registered(&app).await;
+    for _ in 0..5 {
+        app.verify_otp(&email, &wrong(&code)).await;
+    }
+    // Inside the cooldown: same 202, but no new code replaces the dead one.
+    assert_eq!(
+        app.send_code(&email, "verify_email").await.status(),
+        StatusCode::ACCEPTED
+    );
+    app.settle().await;
+    assert_eq!(app.mails(&email, "verification_code").len(), 1);
+    assert_invalid(app.verify_otp(&email, &code).await, "dead code stays dead").await;
+}
+
+#[tokio::test]
+async fn a_new_code_replaces_the_old_one() {
+    let app = spawn_app().await;
+    let (email, first) = registered(&app).await;
+    app.age_mail_sends(61);
+    app.send_code(&email, "verify_email").await;
+    let second = app.code_from_mail(&email, "verification_code", 2).await;
+    if first != second {
+        assert_invalid(app.verify_otp(&email, &first).await, "replaced code").await;
+    }
+    assert_eq!(
+        app.verify_otp(&email, &second).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_verification_code_does_not_reset_a_password() {
+    let app = spawn_app().await;
+    let (email, code) = registered(&app).await;
+    assert_invalid(
+        app.reset_password(&email, &code, "a brand new password")
+            .await,
+        "verification code used for reset",
+    )
+    .await;
+    // And it is still usable for what it was for.
+    assert_eq!(app.verify_otp(&email, &code).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_reset_code_does_not_verify_an_email() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    app.age_mail_sends(61);
+    app.send_code(&user.email, "reset_password").await;
+    let code = app.code_from_mail(&user.email, "reset_code", 1).await;
+    assert_invalid(
+        app.verify_otp(&user.email, &code).await,
+        "reset code used to verify",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn reset_codes_for_unknown_addresses_answer_the_same_and_send_nothing() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let unknown = unique_email();
+    let known = app.send_code(&user.email, "reset_password").await;
+    let (known_status, known_body) = (known.status(), known.text().await.unwrap());
+    let unknown_response = app.send_code(&unknown, "reset_password").await;
+    assert_eq!(unknown_response.status(), known_status);
+    assert_eq!(unknown_response.text().await.unwrap(), known_body);
+    // Inside the cooldown, too.
+    let again = app.send_code(&user.email, "reset_password").await;
+    assert_eq!(again.status(), known_status);
+    assert_eq!(again.text().await.unwrap(), known_body);
+    app.settle().await;
+    assert!(app.mail.messages().iter().all(|m| m.to != unknown));
+}
+
+#[tokio::test]
+async fn the_send_otp_alias_and_an_unknown_purpose() {
+    let app = spawn_app().await;
+    let (email, _) = registered(&app).await;
+    app.age_mail_sends(61);
+    let response = app
+        .post_json("/auth/send-otp", &json!({"email": email}))
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    app.wait_for_mails(&email, "verification_code", 2).await;
+    let response = app
+        .post_json(
+            "/auth/send-otp",
+            &json!({"email": email, "purpose": "make_admin"}),
+        )
+        .await;
+    let body = json_of(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "purpose"]));
+}

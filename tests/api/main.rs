@@ -1,0 +1,13 @@
+//! Black-box tests: the real application over HTTP, one file per resource or concern.
+
+mod cli;
+mod codes;
+mod docs_and_meta;
+mod helpers;
+mod input;
+mod login;
+mod register;
+mod reset;
+mod sessions;
+mod smtp;
+mod tokens;

@@ -1,0 +1,246 @@
+//! Refresh rotation, reuse detection, logout and session lifetime: SECURITY.md 18–20.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{json_of, spawn_app, spawn_app_with, PASSWORD};
+
+#[tokio::test]
+async fn every_refresh_rotates_the_token() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let body = json_of(app.refresh(&user.refresh_token).await, StatusCode::OK).await;
+    let next = body["refresh_token"].as_str().unwrap();
+    assert_ne!(next, user.refresh_token);
+    assert_eq!(body["token_type"], "bearer");
+    assert_eq!(body["user"]["id"], user.id.as_str());
+    let access = body["access_token"].as_str().unwrap();
+    assert_eq!(app.verify_token(access).await.status(), StatusCode::OK);
+    // The new token rotates in turn.
+    assert_eq!(app.refresh(next).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn two_tabs_refreshing_at_once_both_succeed_within_the_grace_window() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let (a, b) = tokio::join!(
+        app.refresh(&user.refresh_token),
+        app.refresh(&user.refresh_token)
+    );
+    assert_eq!(a.status(), StatusCode::OK);
+    assert_eq!(b.status(), StatusCode::OK);
+    let a: Value = a.json().await.unwrap();
+    let b: Value = b.json().await.unwrap();
+    // Both tabs carry on.
+    assert_eq!(
+        app.refresh(a["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.refresh(b["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn reusing_a_rotated_token_after_the_grace_window_revokes_the_session() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let body = json_of(app.refresh(&user.refresh_token).await, StatusCode::OK).await;
+    let next = body["refresh_token"].as_str().unwrap().to_owned();
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    // Eleven seconds pass (moved in the store rather than waited for).
+    app.db()
+        .execute("UPDATE refresh_tokens SET rotated_at = rotated_at - 11000 WHERE rotated_at IS NOT NULL", [])
+        .unwrap();
+    let body = json_of(
+        app.refresh(&user.refresh_token).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(body["code"], "refresh_token_reused");
+    // The whole session is gone: its newest refresh token and its access tokens too.
+    assert_eq!(app.refresh(&next).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.verify_token(&access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.verify_token(&user.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Other sessions of the user are untouched.
+    assert_eq!(
+        app.login(&user.email, PASSWORD).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn unknown_refresh_tokens_are_refused() {
+    let app = spawn_app().await;
+    for token in ["", "nonsense", &"x".repeat(5000)] {
+        let body = json_of(app.refresh(token).await, StatusCode::UNAUTHORIZED).await;
+        assert_eq!(body["code"], "invalid_refresh_token");
+    }
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_its_access_token_at_once() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    assert_eq!(
+        app.verify_token(&user.access_token).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.logout(&user.access_token, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.verify_token(&user.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.refresh(&user.refresh_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.logout(&user.access_token, None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn second_session(app: &crate::helpers::TestApp, email: &str) -> String {
+    let body = json_of(app.login(email, PASSWORD).await, StatusCode::OK).await;
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn logout_local_keeps_other_sessions() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let other = second_session(&app, &user.email).await;
+    assert_eq!(
+        app.logout(&user.access_token, Some("local")).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.verify_token(&user.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.verify_token(&other).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn logout_global_ends_every_session() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let other = second_session(&app, &user.email).await;
+    assert_eq!(
+        app.logout(&user.access_token, Some("global"))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.verify_token(&user.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.verify_token(&other).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn logout_others_keeps_only_this_session() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let other = second_session(&app, &user.email).await;
+    let third = second_session(&app, &user.email).await;
+    assert_eq!(
+        app.logout(&user.access_token, Some("others"))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.verify_token(&user.access_token).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.verify_token(&other).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.verify_token(&third).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn logout_refuses_an_unknown_scope() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let response = app.logout(&user.access_token, Some("everything")).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        app.verify_token(&user.access_token).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn sessions_have_an_absolute_lifetime() {
+    let app = spawn_app_with(&["--refresh-token-ttl-seconds", "3600"]).await;
+    let user = app.signup().await;
+    let (created, expires): (i64, i64) = app
+        .db()
+        .query_row("SELECT created_at, expires_at FROM sessions", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(expires - created, 3_600_000);
+    // Refreshing does not extend it.
+    let body = json_of(app.refresh(&user.refresh_token).await, StatusCode::OK).await;
+    let after: i64 = app
+        .db()
+        .query_row("SELECT expires_at FROM sessions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(after, expires);
+    // Past its end, neither the refresh token nor the access token works.
+    app.db()
+        .execute(
+            "UPDATE sessions SET expires_at = ?1",
+            [chrono::Utc::now().timestamp_millis() - 1],
+        )
+        .unwrap();
+    let next = body["refresh_token"].as_str().unwrap();
+    assert_eq!(app.refresh(next).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.verify_token(body["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn access_tokens_never_outlive_their_session() {
+    let app = spawn_app_with(&[
+        "--refresh-token-ttl-seconds",
+        "60",
+        "--access-token-ttl-seconds",
+        "900",
+    ])
+    .await;
+    let user = app.signup().await;
+    let body = json_of(app.refresh(&user.refresh_token).await, StatusCode::OK).await;
+    assert!(body["expires_in"].as_u64().unwrap() <= 60);
+}
