@@ -5,9 +5,11 @@
 //! - [`startup`]: [`startup::Application`] (state, router, middleware, listener, shutdown).
 //! - [`error`]: [`error::ApiError`], the one JSON error envelope.
 //! - [`extract`]: body extractors whose rejections are `ApiError`s.
+//! - [`limits`]: in-process rate limits.
 //! - [`domain`]: parsed values (email, password, display name, one-time code).
 //! - [`auth`]: passwords, access tokens, one-time codes, sessions, the account flows and
 //!   the [`auth::AuthUser`] extractor.
+//! - [`battery`]: the social battery rules, pure.
 //! - [`store`]: the [`store::Store`] trait and its backends.
 //! - [`email`]: templates and mail transports.
 //! - [`background`]: work that runs after a response, counted for shutdown and tests.
@@ -16,12 +18,14 @@
 
 pub mod auth;
 pub mod background;
+pub mod battery;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod email;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod routes;
 pub mod startup;
 pub mod store;

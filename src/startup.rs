@@ -29,6 +29,7 @@ use crate::background::Background;
 use crate::config::Config;
 use crate::email::{transport, MailTransport, Mailer};
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::store::Store;
 
 /// Largest accepted request body (SECURITY.md 23).
@@ -51,6 +52,7 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     /// Work running after responses (codes, mail).
     pub background: Background,
+    pub limits: Arc<Limits>,
     pub started_at: Instant,
 }
 
@@ -98,6 +100,7 @@ impl Application {
             store,
             mailer,
             background,
+            limits: Arc::new(Limits::new()),
             started_at: Instant::now(),
             config: Arc::new(config),
         };
@@ -169,10 +172,12 @@ fn spawn_background_tasks(state: &AppState) {
         }
     });
     let store = Arc::clone(&state.store);
+    let limits = Arc::clone(&state.limits);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PURGE_INTERVAL);
         loop {
             tick.tick().await;
+            limits.retain_recent();
             match store.purge_expired(chrono::Utc::now()).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "purged expired records"),

@@ -33,9 +33,9 @@ pub fn sha256_hex(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
 }
 
-/// A new user id in MongoDB ObjectId form (4-byte time, 8 random bytes), so ids move
+/// A new record id in MongoDB ObjectId form (4-byte time, 8 random bytes), so ids move
 /// between the SQLite and MongoDB stores unchanged.
-pub fn new_user_id() -> String {
+pub fn new_object_id() -> String {
     let seconds = chrono::Utc::now().timestamp() as u32;
     let mut tail = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut tail);
@@ -52,10 +52,10 @@ mod tests {
 
     #[test]
     fn user_ids_look_like_object_ids() {
-        let id = new_user_id();
+        let id = new_object_id();
         assert_eq!(id.len(), 24);
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(id, new_user_id());
+        assert_ne!(id, new_object_id());
     }
 
     #[test]

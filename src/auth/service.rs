@@ -21,8 +21,6 @@ use crate::store::{NewUser, OneTimeCode, RefreshToken, SendLimits, Session, Stor
 pub const REFRESH_REUSE_GRACE_SECONDS: i64 = 10;
 /// Refresh tokens are 43 characters; anything much longer is not one of ours.
 pub const MAX_REFRESH_TOKEN_LEN: usize = 256;
-/// The battery level a new account starts at (PRODUCT.md §4).
-pub const INITIAL_BATTERY_LEVEL: i32 = 70;
 /// Per-address mail budget (SECURITY.md 5).
 pub const SEND_LIMITS: SendLimits = SendLimits {
     min_interval: std::time::Duration::from_secs(60),
@@ -93,11 +91,11 @@ pub async fn register(
         }
         None => {
             let new_user = NewUser {
-                id: super::new_user_id(),
+                id: super::new_object_id(),
                 email: email.as_str().to_owned(),
                 hashed_password: hash,
                 display_name: display_name.map(DisplayName::into_inner),
-                battery_level: INITIAL_BATTERY_LEVEL,
+                battery_level: crate::battery::INITIAL_LEVEL.value(),
                 now,
             };
             match state.store.insert_user(&new_user).await {

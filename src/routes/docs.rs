@@ -33,10 +33,19 @@ under `/api`. Errors are `{\"detail\": ..., \"code\": ...}`; validation errors a
         super::auth::refresh_token,
         super::auth::verify_token,
         super::auth::logout,
+        super::users::get_me,
+        super::users::update_me,
+        super::users::delete_me,
+        super::users::lookup,
+        super::social_battery::get_battery,
+        super::social_battery::record,
+        super::social_battery::activity,
     ),
     modifiers(&SecuritySchemes),
     tags(
         (name = "auth", description = "Accounts, one-time codes, sessions"),
+        (name = "users", description = "Your profile, and finding other users"),
+        (name = "social-battery", description = "Your social battery and its history"),
         (name = "meta", description = "Service information and health"),
     )
 )]

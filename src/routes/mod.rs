@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod docs;
 pub mod meta;
+pub mod social_battery;
 pub mod users;
 
 use axum::routing::get;
@@ -19,6 +20,8 @@ fn api() -> Router<AppState> {
         .route("/", get(meta::root))
         .route("/health", get(meta::health))
         .merge(auth::router())
+        .merge(users::router())
+        .merge(social_battery::router())
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }
 

@@ -48,3 +48,359 @@ impl From<User> for UserProfile {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------------------
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Deserializer};
+
+use crate::auth::AuthUser;
+use crate::domain::{DisplayName, Email};
+use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
+use crate::extract::{parse_json, ApiJson};
+use crate::startup::AppState;
+use crate::store::ProfilePatch;
+
+/// Largest `preferences` object after merging (serialised JSON).
+pub const MAX_PREFERENCES_BYTES: usize = 16 * 1024;
+pub const MAX_AVATAR_URL_CHARS: usize = 2048;
+pub const MAX_BIO_CHARS: usize = 500;
+pub const MAX_TIMEZONE_CHARS: usize = 64;
+pub const MAX_PREFERENCE_KEY_CHARS: usize = 64;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/users/me", get(get_me).put(update_me).delete(delete_me))
+        .route("/users/lookup", get(lookup))
+}
+
+/// `null` → `Some(None)` (clear), absent → `None` (leave alone).
+fn nullable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A partial profile update: only the fields present change; `null` clears a field.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfileRequest {
+    /// 1–100 characters.
+    #[serde(default, alias = "displayName", deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub display_name: Option<Option<String>>,
+    /// An http(s) URL, at most 2048 characters.
+    #[serde(default, alias = "avatarUrl", deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub avatar_url: Option<Option<String>>,
+    /// At most 500 characters.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub bio: Option<Option<String>>,
+    /// An IANA zone name such as `Europe/Berlin`, at most 64 characters.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub timezone: Option<Option<String>>,
+    /// 1–10.
+    #[serde(default, alias = "introvertLevel", deserialize_with = "nullable")]
+    #[schema(value_type = Option<i64>)]
+    pub introvert_level: Option<Option<i64>>,
+    #[serde(default, alias = "onboardingCompleted")]
+    pub onboarding_completed: Option<bool>,
+    /// Merged shallowly into the stored object; a key set to `null` is removed.
+    /// The merged object is at most 16 KiB.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub preferences: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAccountRequest {
+    /// The current password, to confirm.
+    pub password: String,
+}
+
+/// What `/users/lookup` reveals about another user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicUser {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LookupQuery {
+    /// Exact address (matched case-insensitively).
+    pub email: Option<String>,
+}
+
+async fn current_user(state: &AppState, auth: &AuthUser) -> ApiResult<crate::store::User> {
+    state
+        .store
+        .user_by_id(&auth.user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "Could not validate credentials"))
+}
+
+/// The caller's profile.
+#[utoipa::path(get, path = "/users/me", tag = "users",
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "The profile", body = UserProfile),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+    ))]
+pub async fn get_me(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Json<UserProfile>> {
+    Ok(Json(current_user(&state, &auth).await?.into()))
+}
+
+fn check_text(
+    errors: &mut FieldErrors,
+    field: &str,
+    value: Option<Option<String>>,
+    max_chars: usize,
+    allow_newlines: bool,
+) -> Option<Option<String>> {
+    let value = value?;
+    let Some(raw) = value else {
+        return Some(None);
+    };
+    let trimmed = raw.trim();
+    if trimmed.chars().count() > max_chars {
+        errors.push(FieldError::body(
+            field,
+            format!("at most {max_chars} characters"),
+            "value_error.too_long",
+        ));
+        return None;
+    }
+    if trimmed
+        .chars()
+        .any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t')))
+    {
+        errors.push(FieldError::body(
+            field,
+            "must not contain control characters",
+            "value_error",
+        ));
+        return None;
+    }
+    Some((!trimmed.is_empty()).then(|| trimmed.to_owned()))
+}
+
+fn valid_timezone(tz: &str) -> bool {
+    !tz.is_empty()
+        && tz.len() <= MAX_TIMEZONE_CHARS
+        && tz
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
+        && !tz.starts_with('/')
+        && !tz.ends_with('/')
+}
+
+/// Update the caller's profile (partial). `email` and `id` cannot be changed here.
+#[utoipa::path(put, path = "/users/me", tag = "users", request_body = UpdateProfileRequest,
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "The updated profile", body = UserProfile),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 422, description = "Invalid input", body = ValidationErrorBody),
+    ))]
+pub async fn update_me(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> ApiResult<Json<UserProfile>> {
+    if let Some(object) = body.as_object() {
+        let immutable: Vec<FieldError> = ["email", "id", "_id"]
+            .into_iter()
+            .filter(|field| object.contains_key(*field))
+            .map(|field| {
+                FieldError::body(
+                    field,
+                    format!("{field} cannot be changed"),
+                    "value_error.immutable",
+                )
+            })
+            .collect();
+        if !immutable.is_empty() {
+            return Err(ApiError::Validation(immutable));
+        }
+    }
+    let req: UpdateProfileRequest = parse_json(body.to_string().as_bytes())?;
+    let mut errors = FieldErrors::default();
+    let mut patch = ProfilePatch {
+        display_name: match req.display_name {
+            Some(Some(raw)) => errors
+                .check(DisplayName::parse(&raw, "display_name"))
+                .map(|n| Some(n.into_inner())),
+            Some(None) => Some(None),
+            None => None,
+        },
+        bio: check_text(&mut errors, "bio", req.bio, MAX_BIO_CHARS, true),
+        avatar_url: check_text(
+            &mut errors,
+            "avatar_url",
+            req.avatar_url,
+            MAX_AVATAR_URL_CHARS,
+            false,
+        ),
+        timezone: check_text(
+            &mut errors,
+            "timezone",
+            req.timezone,
+            MAX_TIMEZONE_CHARS,
+            false,
+        ),
+        onboarding_completed: req.onboarding_completed,
+        ..ProfilePatch::default()
+    };
+    if let Some(Some(url)) = &patch.avatar_url {
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.contains(char::is_whitespace)
+        {
+            errors.push(FieldError::body(
+                "avatar_url",
+                "must be an http(s) URL",
+                "value_error.url",
+            ));
+        }
+    }
+    if let Some(Some(tz)) = &patch.timezone {
+        if !valid_timezone(tz) {
+            errors.push(FieldError::body(
+                "timezone",
+                "must be an IANA time zone name such as Europe/Berlin",
+                "value_error.timezone",
+            ));
+        }
+    }
+    patch.introvert_level = match req.introvert_level {
+        Some(Some(level)) if (1..=10).contains(&level) => Some(Some(level as i32)),
+        Some(Some(_)) => {
+            errors.push(FieldError::body(
+                "introvert_level",
+                "must be between 1 and 10",
+                "value_error.range",
+            ));
+            None
+        }
+        Some(None) => Some(None),
+        None => None,
+    };
+    let user = current_user(&state, &auth).await?;
+    if let Some(preferences) = req.preferences {
+        let mut merged = user.preferences.clone();
+        for (key, value) in preferences {
+            let key_ok = !key.is_empty()
+                && key.chars().count() <= MAX_PREFERENCE_KEY_CHARS
+                && !key.contains('.')
+                && !key.starts_with('$');
+            if !key_ok {
+                errors.push(FieldError {
+                    loc: vec!["body".into(), "preferences".into(), key.clone().into()],
+                    msg: format!("preference keys are 1–{MAX_PREFERENCE_KEY_CHARS} characters, without '.' or a leading '$'"),
+                    kind: "value_error.key".into(),
+                });
+                continue;
+            }
+            if value.is_null() {
+                merged.remove(&key);
+                patch.preferences_unset.push(key);
+            } else {
+                merged.insert(key.clone(), value.clone());
+                patch.preferences_set.insert(key, value);
+            }
+        }
+        let size = serde_json::Value::Object(merged).to_string().len();
+        if size > MAX_PREFERENCES_BYTES {
+            errors.push(FieldError::body(
+                "preferences",
+                format!("preferences would be {size} bytes; the limit is {MAX_PREFERENCES_BYTES}"),
+                "value_error.too_large",
+            ));
+        }
+    }
+    errors.finish()?;
+    let now = chrono::Utc::now();
+    patch.onboarding_completed_at = match patch.onboarding_completed {
+        Some(true) if !user.onboarding_completed => Some(Some(now)),
+        Some(false) => Some(None),
+        _ => None,
+    };
+    let updated = state
+        .store
+        .update_profile(&auth.user_id, &patch, now)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "Could not validate credentials"))?;
+    Ok(Json(updated.into()))
+}
+
+/// Delete the caller's account and all its data (sessions, codes, battery history).
+/// Needs the current password.
+#[utoipa::path(delete, path = "/users/me", tag = "users", request_body = DeleteAccountRequest,
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Wrong password", body = ErrorBody),
+        (status = 422, description = "Invalid input", body = ValidationErrorBody),
+    ))]
+pub async fn delete_me(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiJson(req): ApiJson<DeleteAccountRequest>,
+) -> ApiResult<StatusCode> {
+    let user = current_user(&state, &auth).await?;
+    if !state
+        .hasher
+        .verify(&req.password, &user.hashed_password)
+        .await?
+    {
+        return Err(ApiError::Forbidden {
+            code: "invalid_password",
+            detail: "Incorrect password".into(),
+        });
+    }
+    state.store.delete_user(&user.id).await?;
+    tracing::info!(user_id = %user.id, "account deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Find another (verified) user by exact email. Rate limited per caller.
+#[utoipa::path(get, path = "/users/lookup", tag = "users", params(LookupQuery),
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "Found", body = PublicUser),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 422, description = "Invalid email", body = ValidationErrorBody),
+        (status = 429, description = "Too many lookups", body = ErrorBody),
+    ))]
+pub async fn lookup(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    query: Result<Query<LookupQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<PublicUser>> {
+    state.limits.check_lookup(&auth.user_id)?;
+    let email = query.ok().and_then(|Query(q)| q.email).unwrap_or_default();
+    let email = Email::parse(&email, "email").map_err(|mut e| {
+        e.loc[0] = "query".into();
+        ApiError::validation(e)
+    })?;
+    let user = state
+        .store
+        .verified_user_by_email(email.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound("User".into()))?;
+    Ok(Json(PublicUser {
+        id: user.id,
+        display_name: user.display_name,
+        avatar_url: user.avatar_url,
+    }))
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::battery::{BatteryLevel, Interaction, InteractionKind};
 use crate::domain::OtpPurpose;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +50,104 @@ pub struct User {
     pub onboarding_completed_at: Option<DateTime<Utc>>,
     pub preferences: serde_json::Map<String, serde_json::Value>,
     pub battery_level: i32,
+    /// When the battery last changed (`None`: never since sign-up).
+    pub battery_updated_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A partial profile update: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct ProfilePatch {
+    pub display_name: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
+    pub bio: Option<Option<String>>,
+    pub timezone: Option<Option<String>>,
+    pub introvert_level: Option<Option<i32>>,
+    pub onboarding_completed: Option<bool>,
+    pub onboarding_completed_at: Option<Option<DateTime<Utc>>>,
+    /// Preference keys to set (shallow merge).
+    pub preferences_set: serde_json::Map<String, serde_json::Value>,
+    /// Preference keys to remove (given as `null`).
+    pub preferences_unset: Vec<String>,
+}
+
+/// An interaction to record, before the store applies it to the current level.
+#[derive(Debug, Clone)]
+pub struct NewBatteryEvent {
+    pub id: String,
+    pub interaction: Interaction,
+    pub name: Option<String>,
+    pub duration_minutes: i32,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub notes: Option<String>,
+    pub people_count: Option<i32>,
+    pub interaction_type: Option<String>,
+}
+
+/// A recorded interaction: what was asked and what it did to the level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatteryEvent {
+    pub id: String,
+    pub user_id: String,
+    /// Acceptance order within the user's history (1, 2, 3, ...).
+    pub seq: i64,
+    pub interaction: Interaction,
+    pub name: Option<String>,
+    pub energy_delta: i32,
+    pub level_before: BatteryLevel,
+    pub level_after: BatteryLevel,
+    pub duration_minutes: i32,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub notes: Option<String>,
+    pub people_count: Option<i32>,
+    pub interaction_type: Option<String>,
+}
+
+/// A client's `Idempotency-Key` for one record request.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// SHA-256 of the canonical request body.
+    pub request_hash: String,
+    /// Keys created before this instant have expired and are ignored.
+    pub not_before: DateTime<Utc>,
+}
+
+/// What `record_interaction` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordOutcome {
+    Recorded(BatteryEvent),
+    /// The same key and body were seen before: the original event, nothing changed.
+    Replayed(BatteryEvent),
+    /// The key was used before with a different body: nothing changed.
+    KeyReused,
+    /// The user does not exist (any more).
+    UserMissing,
+}
+
+/// Filters of a history query; `before_seq` is the keyset cursor.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub kind: Option<InteractionKind>,
+}
+
+/// Totals over a filtered history.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatterySummary {
+    pub count: i64,
+    pub recharge_count: i64,
+    pub depletion_count: i64,
+    /// Sum of the positive `energy_delta`s.
+    pub total_recharged: i64,
+    /// Sum of the magnitudes of the negative `energy_delta`s.
+    pub total_depleted: i64,
+    /// Mean `level_after`; `None` when nothing matched.
+    pub average_level: Option<f64>,
 }
 
 /// What registration writes.
@@ -179,8 +276,48 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every session of the user except `except`; returns how many went.
     async fn delete_user_sessions(&self, user_id: &str, except: Option<&str>) -> StoreResult<u64>;
 
+    // ---- profile ----
+    /// Applies a partial update; `None` when the user does not exist.
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        patch: &ProfilePatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<User>>;
+    /// Deletes the user and everything that belongs to them; `false` if already gone.
+    async fn delete_user(&self, user_id: &str) -> StoreResult<bool>;
+    /// A verified user by exact (normalised) email, for `/users/lookup`.
+    async fn verified_user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        Ok(self.user_by_email(email).await?.filter(|u| u.is_verified))
+    }
+
+    // ---- battery ----
+    /// Applies an interaction to the user's current level and appends it to the
+    /// history, atomically: concurrent records never lose an update. With a key, a
+    /// repeat of the same request within its lifetime changes nothing.
+    async fn record_interaction(
+        &self,
+        user_id: &str,
+        event: &NewBatteryEvent,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<RecordOutcome>;
+    /// One page of history, newest first: events with `seq < before_seq`.
+    async fn battery_history(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<BatteryEvent>>;
+    async fn battery_summary(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+    ) -> StoreResult<BatterySummary>;
+
     // ---- housekeeping ----
-    /// Deletes expired codes and sessions and mail-send records older than an hour.
+    /// Deletes expired codes and sessions, mail-send records older than an hour and
+    /// idempotency keys older than a day.
     async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 }
 

@@ -18,12 +18,18 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
 use super::{
-    NewUser, OneTimeCode, RefreshToken, SendLimits, Session, Store, StoreError, StoreResult, User,
+    BatteryEvent, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent, NewUser,
+    OneTimeCode, ProfilePatch, RecordOutcome, RefreshToken, SendLimits, Session, Store, StoreError,
+    StoreResult, User,
 };
+use crate::battery::{self, BatteryLevel, EnergyImpact, Interaction, SleepQuality};
 use crate::domain::OtpPurpose;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_accounts.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_accounts.sql"),
+    include_str!("migrations/0002_battery.sql"),
+];
 
 const READERS: usize = 4;
 
@@ -112,7 +118,7 @@ fn map_err(err: rusqlite::Error) -> StoreError {
 
 const USER_COLUMNS: &str = "id, email, hashed_password, display_name, avatar_url, bio, timezone, \
     introvert_level, is_verified, onboarding_completed, onboarding_completed_at, preferences, \
-    battery_level, created_at, updated_at";
+    battery_level, created_at, updated_at, battery_updated_at";
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     let preferences: String = row.get(11)?;
@@ -132,7 +138,79 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         battery_level: row.get(12)?,
         created_at: from_millis(row.get(13)?),
         updated_at: from_millis(row.get(14)?),
+        battery_updated_at: row.get::<_, Option<i64>>(15)?.map(from_millis),
     })
+}
+
+const EVENT_COLUMNS: &str = "id, user_id, seq, kind, energy_impact, sleep_quality, target_level, \
+    name, energy_delta, level_before, level_after, duration_minutes, occurred_at, recorded_at, \
+    notes, people_count, interaction_type";
+
+fn level_of(raw: i64) -> BatteryLevel {
+    BatteryLevel::clamped(raw)
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<BatteryEvent> {
+    let kind: String = row.get(3)?;
+    let impact =
+        EnergyImpact::new(row.get::<_, Option<i64>>(4)?.unwrap_or(1)).unwrap_or(EnergyImpact::MIN);
+    let interaction = match kind.as_str() {
+        "depletion" => Interaction::Depletion(impact),
+        "recharge" => Interaction::Recharge(impact),
+        "sleep" => Interaction::Sleep(match row.get::<_, Option<String>>(5)?.as_deref() {
+            Some("good") => SleepQuality::Good,
+            Some("bad") => SleepQuality::Bad,
+            _ => SleepQuality::Medium,
+        }),
+        _ => Interaction::Set(level_of(row.get::<_, Option<i64>>(6)?.unwrap_or(0))),
+    };
+    Ok(BatteryEvent {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        seq: row.get(2)?,
+        interaction,
+        name: row.get(7)?,
+        energy_delta: row.get(8)?,
+        level_before: level_of(row.get(9)?),
+        level_after: level_of(row.get(10)?),
+        duration_minutes: row.get(11)?,
+        occurred_at: from_millis(row.get(12)?),
+        recorded_at: from_millis(row.get(13)?),
+        notes: row.get(14)?,
+        people_count: row.get(15)?,
+        interaction_type: row.get(16)?,
+    })
+}
+
+/// The columns that describe an interaction's input, for INSERT.
+fn interaction_columns(
+    interaction: &Interaction,
+) -> (Option<i32>, Option<&'static str>, Option<i32>) {
+    match interaction {
+        Interaction::Depletion(i) | Interaction::Recharge(i) => (Some(i.value()), None, None),
+        Interaction::Sleep(q) => (None, Some(q.as_str()), None),
+        Interaction::Set(level) => (None, None, Some(level.value())),
+    }
+}
+
+/// WHERE clause and parameters of a history filter (after `user_id = ?1`).
+fn history_conditions(filter: &HistoryFilter) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut sql = String::new();
+    let mut params = Vec::new();
+    if let Some(kind) = filter.kind {
+        params.push(Value::Text(kind.as_str().to_owned()));
+        sql.push_str(&format!(" AND kind = ?{}", params.len() + 1));
+    }
+    if let Some(from) = filter.from {
+        params.push(Value::Integer(millis(from)));
+        sql.push_str(&format!(" AND occurred_at >= ?{}", params.len() + 1));
+    }
+    if let Some(to) = filter.to {
+        params.push(Value::Integer(millis(to)));
+        sql.push_str(&format!(" AND occurred_at <= ?{}", params.len() + 1));
+    }
+    (sql, params)
 }
 
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
@@ -588,6 +666,297 @@ impl Store for SqliteStore {
         .await
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        patch: &ProfilePatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<User>> {
+        let (user_id, patch) = (user_id.to_owned(), patch.clone());
+        self.write(move |conn| {
+            use rusqlite::types::Value;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT preferences FROM users WHERE id = ?1",
+                    [&user_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(current) = current else {
+                return Ok(None);
+            };
+            let mut sets: Vec<String> = vec!["updated_at = ?2".into()];
+            let mut values: Vec<Value> =
+                vec![Value::Text(user_id.clone()), Value::Integer(millis(now))];
+            let mut push = |column: &str, value: Value| {
+                values.push(value);
+                sets.push(format!("{column} = ?{}", values.len()));
+            };
+            let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::Text);
+            if let Some(v) = &patch.display_name {
+                push("display_name", text(v));
+            }
+            if let Some(v) = &patch.avatar_url {
+                push("avatar_url", text(v));
+            }
+            if let Some(v) = &patch.bio {
+                push("bio", text(v));
+            }
+            if let Some(v) = &patch.timezone {
+                push("timezone", text(v));
+            }
+            if let Some(v) = patch.introvert_level {
+                push(
+                    "introvert_level",
+                    v.map_or(Value::Null, |n| Value::Integer(n.into())),
+                );
+            }
+            if let Some(v) = patch.onboarding_completed {
+                push("onboarding_completed", Value::Integer(v.into()));
+            }
+            if let Some(v) = patch.onboarding_completed_at {
+                push(
+                    "onboarding_completed_at",
+                    v.map_or(Value::Null, |t| Value::Integer(millis(t))),
+                );
+            }
+            if !patch.preferences_set.is_empty() || !patch.preferences_unset.is_empty() {
+                let mut preferences: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&current).unwrap_or_default();
+                for key in &patch.preferences_unset {
+                    preferences.remove(key);
+                }
+                preferences.extend(patch.preferences_set.clone());
+                push(
+                    "preferences",
+                    Value::Text(serde_json::Value::Object(preferences).to_string()),
+                );
+            }
+            tx.execute(
+                &format!("UPDATE users SET {} WHERE id = ?1", sets.join(", ")),
+                rusqlite::params_from_iter(values),
+            )?;
+            let user = tx.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+                [&user_id],
+                user_from_row,
+            )?;
+            tx.commit()?;
+            Ok(Some(user))
+        })
+        .await
+    }
+
+    async fn delete_user(&self, user_id: &str) -> StoreResult<bool> {
+        let user_id = user_id.to_owned();
+        // Sessions, codes, history, totals and idempotency keys go by cascade.
+        self.write(move |conn| {
+            conn.execute("DELETE FROM users WHERE id = ?1", [user_id])
+                .map(|n| n == 1)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn record_interaction(
+        &self,
+        user_id: &str,
+        event: &NewBatteryEvent,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<RecordOutcome> {
+        let (user_id, event, key) = (user_id.to_owned(), event.clone(), key.cloned());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(key) = &key {
+                let seen: Option<(String, String)> = tx
+                    .query_row(
+                        "SELECT request_hash, event_id FROM idempotency_keys \
+                         WHERE user_id = ?1 AND key = ?2 AND created_at >= ?3",
+                        params![user_id, key.key, millis(key.not_before)],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((hash, event_id)) = seen {
+                    if hash != key.request_hash {
+                        return Ok(RecordOutcome::KeyReused);
+                    }
+                    let original = tx
+                        .query_row(
+                            &format!("SELECT {EVENT_COLUMNS} FROM battery_events WHERE id = ?1"),
+                            [event_id],
+                            event_from_row,
+                        )
+                        .optional()?;
+                    if let Some(original) = original {
+                        return Ok(RecordOutcome::Replayed(original));
+                    }
+                }
+            }
+            let current: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT battery_level, battery_seq FROM users WHERE id = ?1",
+                    [&user_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((level, seq)) = current else {
+                return Ok(RecordOutcome::UserMissing);
+            };
+            let applied = battery::apply(level_of(level), &event.interaction);
+            let seq = seq + 1;
+            let (impact, quality, target) = interaction_columns(&event.interaction);
+            let kind = event.interaction.kind().as_str();
+            tx.execute(
+                &format!(
+                    "INSERT INTO battery_events ({EVENT_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+                ),
+                params![
+                    event.id,
+                    user_id,
+                    seq,
+                    kind,
+                    impact,
+                    quality,
+                    target,
+                    event.name,
+                    applied.energy_delta,
+                    applied.level_before.value(),
+                    applied.level_after.value(),
+                    event.duration_minutes,
+                    millis(event.occurred_at),
+                    millis(event.recorded_at),
+                    event.notes,
+                    event.people_count,
+                    event.interaction_type
+                ],
+            )?;
+            tx.execute(
+                "UPDATE users SET battery_level = ?2, battery_seq = ?3, battery_updated_at = ?4 WHERE id = ?1",
+                params![user_id, applied.level_after.value(), seq, millis(event.recorded_at)],
+            )?;
+            let delta = i64::from(applied.energy_delta);
+            tx.execute(
+                "INSERT INTO battery_stats (user_id, kind, count, total_positive, total_negative, level_sum) \
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5) \
+                 ON CONFLICT (user_id, kind) DO UPDATE SET count = count + 1, \
+                 total_positive = total_positive + excluded.total_positive, \
+                 total_negative = total_negative + excluded.total_negative, \
+                 level_sum = level_sum + excluded.level_sum",
+                params![user_id, kind, delta.max(0), (-delta).max(0), applied.level_after.value()],
+            )?;
+            if let Some(key) = &key {
+                tx.execute(
+                    "INSERT INTO idempotency_keys (user_id, key, request_hash, event_id, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (user_id, key) DO UPDATE SET \
+                     request_hash = excluded.request_hash, event_id = excluded.event_id, \
+                     created_at = excluded.created_at",
+                    params![user_id, key.key, key.request_hash, event.id, millis(event.recorded_at)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(RecordOutcome::Recorded(BatteryEvent {
+                id: event.id,
+                user_id,
+                seq,
+                interaction: event.interaction,
+                name: event.name,
+                energy_delta: applied.energy_delta,
+                level_before: applied.level_before,
+                level_after: applied.level_after,
+                duration_minutes: event.duration_minutes,
+                occurred_at: event.occurred_at,
+                recorded_at: event.recorded_at,
+                notes: event.notes,
+                people_count: event.people_count,
+                interaction_type: event.interaction_type,
+            }))
+        })
+        .await
+    }
+
+    async fn battery_history(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<BatteryEvent>> {
+        let (user_id, filter) = (user_id.to_owned(), filter.clone());
+        self.read(move |conn| {
+            use rusqlite::types::Value;
+            let (mut conditions, mut values) = history_conditions(&filter);
+            values.insert(0, Value::Text(user_id));
+            if let Some(before) = before_seq {
+                values.push(Value::Integer(before));
+                conditions.push_str(&format!(" AND seq < ?{}", values.len()));
+            }
+            values.push(Value::Integer(limit.into()));
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM battery_events WHERE user_id = ?1{conditions} \
+                 ORDER BY seq DESC LIMIT ?{}",
+                values.len()
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(rusqlite::params_from_iter(values), event_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn battery_summary(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+    ) -> StoreResult<BatterySummary> {
+        let (user_id, filter) = (user_id.to_owned(), filter.clone());
+        self.read(move |conn| {
+            use rusqlite::types::Value;
+            let (sum_count, recharge, depletion, positive, negative, level_sum): (i64, i64, i64, i64, i64, i64) =
+                if filter.from.is_none() && filter.to.is_none() {
+                    // Running totals: O(1) whatever the history's length.
+                    let mut sql = "SELECT COALESCE(SUM(count), 0), \
+                        COALESCE(SUM(CASE WHEN kind = 'recharge' THEN count END), 0), \
+                        COALESCE(SUM(CASE WHEN kind = 'depletion' THEN count END), 0), \
+                        COALESCE(SUM(total_positive), 0), COALESCE(SUM(total_negative), 0), \
+                        COALESCE(SUM(level_sum), 0) FROM battery_stats WHERE user_id = ?1"
+                        .to_owned();
+                    let mut values = vec![Value::Text(user_id)];
+                    if let Some(kind) = filter.kind {
+                        sql.push_str(" AND kind = ?2");
+                        values.push(Value::Text(kind.as_str().to_owned()));
+                    }
+                    conn.query_row(&sql, rusqlite::params_from_iter(values), |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                    })?
+                } else {
+                    let (conditions, mut values) = history_conditions(&filter);
+                    values.insert(0, Value::Text(user_id));
+                    let sql = format!(
+                        "SELECT COUNT(*), COALESCE(SUM(kind = 'recharge'), 0), \
+                         COALESCE(SUM(kind = 'depletion'), 0), \
+                         COALESCE(SUM(MAX(energy_delta, 0)), 0), COALESCE(SUM(MAX(-energy_delta, 0)), 0), \
+                         COALESCE(SUM(level_after), 0) FROM battery_events WHERE user_id = ?1{conditions}"
+                    );
+                    conn.query_row(&sql, rusqlite::params_from_iter(values), |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                    })?
+                };
+            Ok(BatterySummary {
+                count: sum_count,
+                recharge_count: recharge,
+                depletion_count: depletion,
+                total_recharged: positive,
+                total_depleted: negative,
+                average_level: (sum_count > 0)
+                    .then(|| (level_sum as f64 / sum_count as f64 * 10.0).round() / 10.0),
+            })
+        })
+        .await
+    }
+
     async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -601,6 +970,10 @@ impl Store for SqliteStore {
             removed += tx.execute(
                 "DELETE FROM mail_sends WHERE sent_at <= ?1",
                 [now_ms - 3_600_000],
+            )?;
+            removed += tx.execute(
+                "DELETE FROM idempotency_keys WHERE created_at <= ?1",
+                [now_ms - 86_400_000],
             )?;
             tx.commit()?;
             Ok(removed as u64)

@@ -322,7 +322,9 @@ impl FaultyStore {
 use chrono::{DateTime, Utc};
 use introgy::domain::OtpPurpose;
 use introgy::store::{
-    NewUser, OneTimeCode, RefreshToken, SendLimits, Session, Store, StoreError, StoreResult, User,
+    BatteryEvent, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent, NewUser,
+    OneTimeCode, ProfilePatch, RecordOutcome, RefreshToken, SendLimits, Session, Store,
+    StoreError, StoreResult, User,
 };
 
 #[async_trait::async_trait]
@@ -437,6 +439,48 @@ impl Store for FaultyStore {
     async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         self.check()?;
         self.inner.purge_expired(now).await
+    }
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        patch: &ProfilePatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<User>> {
+        self.check()?;
+        self.inner.update_profile(user_id, patch, now).await
+    }
+    async fn delete_user(&self, user_id: &str) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.delete_user(user_id).await
+    }
+    async fn record_interaction(
+        &self,
+        user_id: &str,
+        event: &NewBatteryEvent,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<RecordOutcome> {
+        self.check()?;
+        self.inner.record_interaction(user_id, event, key).await
+    }
+    async fn battery_history(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<BatteryEvent>> {
+        self.check()?;
+        self.inner
+            .battery_history(user_id, filter, before_seq, limit)
+            .await
+    }
+    async fn battery_summary(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+    ) -> StoreResult<BatterySummary> {
+        self.check()?;
+        self.inner.battery_summary(user_id, filter).await
     }
 }
 

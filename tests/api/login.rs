@@ -113,7 +113,7 @@ async fn a_hash_made_by_passlib_logs_in() {
     app.state
         .store
         .insert_user(&introgy::store::NewUser {
-            id: introgy::auth::new_user_id(),
+            id: introgy::auth::new_object_id(),
             email: email.clone(),
             hashed_password: passlib.to_owned(),
             display_name: None,

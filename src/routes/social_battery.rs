@@ -1,0 +1,662 @@
+//! `/social-battery/{user_id}`: the current level, recording interactions, history.
+//!
+//! A user sees only their own battery: `me` and the caller's own id work, any other id
+//! answers 404 whether or not it exists (SECURITY.md 22).
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::AuthUser;
+use crate::battery::{
+    BatteryLevel, BatteryStatus, EnergyImpact, Interaction, InteractionKind, SleepQuality,
+};
+use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
+use crate::extract::{parse_json, ApiJson};
+use crate::startup::AppState;
+use crate::store::{BatteryEvent, HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 200;
+pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_NOTES_CHARS: usize = 2000;
+pub const MAX_DURATION_MINUTES: i64 = 7 * 24 * 60;
+pub const MAX_PEOPLE_COUNT: i64 = 10_000;
+pub const DEFAULT_DURATION_MINUTES: i32 = 60;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_WINDOW_HOURS: i64 = 24;
+/// `occurred_at` may lead the server clock by this much (client clock skew).
+pub const FUTURE_TOLERANCE_SECONDS: i64 = 60;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/social-battery/{user_id}", get(get_battery))
+        .route("/social-battery/{user_id}/record", post(record))
+        .route("/social-battery/{user_id}/activity", get(activity))
+}
+
+/// The channel of a social interaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Channel {
+    Call,
+    Message,
+    InPerson,
+    Video,
+    Email,
+    Social,
+    Other,
+}
+
+impl Channel {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Call => "call",
+            Self::Message => "message",
+            Self::InPerson => "in-person",
+            Self::Video => "video",
+            Self::Email => "email",
+            Self::Social => "social",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// An interaction to record. Which fields apply depends on `type`:
+/// `depletion`/`recharge` need `name` and `energy_impact` (1–100); `sleep` needs
+/// `sleep_quality`; `set` needs `level` (0–100).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordRequest {
+    #[serde(rename = "type")]
+    pub kind: InteractionKind,
+    /// 1–200 characters; required for `depletion` and `recharge`.
+    pub name: Option<String>,
+    #[serde(alias = "energyImpact")]
+    pub energy_impact: Option<i64>,
+    #[serde(alias = "sleepQuality")]
+    pub sleep_quality: Option<SleepQuality>,
+    /// The new level, for `set`.
+    pub level: Option<i64>,
+    /// ≥ 1 (at most a week), default 60.
+    #[serde(alias = "durationMinutes")]
+    pub duration_minutes: Option<i64>,
+    /// RFC 3339; default now; not in the future.
+    #[serde(alias = "occurredAt")]
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// At most 2000 characters.
+    pub notes: Option<String>,
+    /// 0–10000.
+    #[serde(alias = "peopleCount")]
+    pub people_count: Option<i64>,
+    #[serde(alias = "interactionType")]
+    pub interaction_type: Option<Channel>,
+}
+
+/// The battery right now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatteryResponse {
+    pub user_id: String,
+    /// 0–100.
+    pub level: i32,
+    pub status: BatteryStatus,
+    /// `level < 20`.
+    pub is_low: bool,
+    /// When the level last changed (sign-up time if never).
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The level after an interaction.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatterySnapshot {
+    pub level: i32,
+    pub status: BatteryStatus,
+    pub is_low: bool,
+}
+
+impl From<BatteryLevel> for BatterySnapshot {
+    fn from(level: BatteryLevel) -> Self {
+        Self {
+            level: level.value(),
+            status: level.status(),
+            is_low: level.is_low(),
+        }
+    }
+}
+
+/// A recorded interaction.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivityRecord {
+    pub id: String,
+    pub user_id: String,
+    #[serde(rename = "type")]
+    pub kind: InteractionKind,
+    pub name: Option<String>,
+    /// The magnitude asked for (`depletion`, `recharge`).
+    pub energy_impact: Option<i32>,
+    pub sleep_quality: Option<SleepQuality>,
+    /// The level asked for (`set`).
+    pub level: Option<i32>,
+    /// The signed change applied, after clamping to 0–100.
+    pub energy_delta: i32,
+    pub level_before: i32,
+    pub level_after: i32,
+    pub duration_minutes: i32,
+    pub occurred_at: DateTime<Utc>,
+    /// When the server accepted it; history is in this order.
+    pub recorded_at: DateTime<Utc>,
+    pub notes: Option<String>,
+    pub people_count: Option<i32>,
+    pub interaction_type: Option<String>,
+}
+
+/// The answer to `record`: the record and the battery after it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordResponse {
+    #[serde(flatten)]
+    pub record: ActivityRecord,
+    pub battery: BatterySnapshot,
+}
+
+impl From<BatteryEvent> for ActivityRecord {
+    fn from(event: BatteryEvent) -> Self {
+        let (energy_impact, sleep_quality, level) = match event.interaction {
+            Interaction::Depletion(i) | Interaction::Recharge(i) => (Some(i.value()), None, None),
+            Interaction::Sleep(q) => (None, Some(q), None),
+            Interaction::Set(l) => (None, None, Some(l.value())),
+        };
+        Self {
+            id: event.id,
+            user_id: event.user_id,
+            kind: event.interaction.kind(),
+            name: event.name,
+            energy_impact,
+            sleep_quality,
+            level,
+            energy_delta: event.energy_delta,
+            level_before: event.level_before.value(),
+            level_after: event.level_after.value(),
+            duration_minutes: event.duration_minutes,
+            occurred_at: event.occurred_at,
+            recorded_at: event.recorded_at,
+            notes: event.notes,
+            people_count: event.people_count,
+            interaction_type: event.interaction_type,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SummaryResponse {
+    pub count: i64,
+    pub recharge_count: i64,
+    pub depletion_count: i64,
+    pub total_recharged: i64,
+    pub total_depleted: i64,
+    /// Mean level after each matching interaction, one decimal; `null` when none match.
+    pub average_level: Option<f64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivityPage {
+    /// Newest first.
+    pub items: Vec<ActivityRecord>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+    /// Totals over everything the filter matches (not only this page).
+    pub summary: SummaryResponse,
+}
+
+/// Query of `GET .../activity`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ActivityQuery {
+    /// 1–200, default 50.
+    pub limit: Option<u32>,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Only interactions that occurred at or after this instant (RFC 3339).
+    pub from: Option<String>,
+    /// Only interactions that occurred at or before this instant (RFC 3339).
+    pub to: Option<String>,
+    /// `depletion`, `recharge`, `sleep` or `set`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// `me` or the caller's own id; anything else is somebody else's and answers 404.
+fn own_battery(auth: &AuthUser, user_id: &str) -> ApiResult<()> {
+    if user_id == "me" || user_id == auth.user_id {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("Social battery".into()))
+    }
+}
+
+/// The current battery: level, status, `is_low`. O(1): never replays history.
+#[utoipa::path(get, path = "/social-battery/{user_id}", tag = "social-battery",
+    params(("user_id" = String, Path, description = "`me` or your own user id")),
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "The battery", body = BatteryResponse),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "Not your battery", body = ErrorBody),
+    ))]
+pub async fn get_battery(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(user_id): Path<String>,
+) -> ApiResult<Json<BatteryResponse>> {
+    own_battery(&auth, &user_id)?;
+    let user = state
+        .store
+        .user_by_id(&auth.user_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("Social battery".into()))?;
+    let level = BatteryLevel::clamped(user.battery_level.into());
+    Ok(Json(BatteryResponse {
+        user_id: user.id,
+        level: level.value(),
+        status: level.status(),
+        is_low: level.is_low(),
+        updated_at: user.battery_updated_at.unwrap_or(user.created_at),
+    }))
+}
+
+fn check_chars(
+    errors: &mut FieldErrors,
+    field: &str,
+    value: Option<String>,
+    max: usize,
+) -> Option<String> {
+    let value = value?;
+    let trimmed = value.trim();
+    let count = trimmed.chars().count();
+    if count == 0 || count > max {
+        errors.push(FieldError::body(
+            field,
+            format!("must be 1–{max} characters"),
+            "value_error.length",
+        ));
+        return None;
+    }
+    Some(trimmed.to_owned())
+}
+
+fn absent_for(errors: &mut FieldErrors, kind: InteractionKind, field: &str, present: bool) {
+    if present {
+        errors.push(FieldError::body(
+            field,
+            format!("not allowed for type {}", kind.as_str()),
+            "value_error.not_allowed",
+        ));
+    }
+}
+
+/// Validates a record request into a new event.
+fn parse_record(req: RecordRequest, now: DateTime<Utc>) -> ApiResult<NewBatteryEvent> {
+    let mut errors = FieldErrors::default();
+    let kind = req.kind;
+    let impact = match (kind, req.energy_impact) {
+        (InteractionKind::Depletion | InteractionKind::Recharge, Some(v)) => {
+            let parsed = EnergyImpact::new(v);
+            if parsed.is_none() {
+                errors.push(FieldError::body(
+                    "energy_impact",
+                    "must be between 1 and 100",
+                    "value_error.range",
+                ));
+            }
+            parsed
+        }
+        (InteractionKind::Depletion | InteractionKind::Recharge, None) => {
+            errors.push(FieldError::body(
+                "energy_impact",
+                "required for depletion and recharge",
+                "missing",
+            ));
+            None
+        }
+        (_, present) => {
+            absent_for(&mut errors, kind, "energy_impact", present.is_some());
+            None
+        }
+    };
+    let quality = match (kind, req.sleep_quality) {
+        (InteractionKind::Sleep, None) => {
+            errors.push(FieldError::body(
+                "sleep_quality",
+                "required for sleep",
+                "missing",
+            ));
+            None
+        }
+        (InteractionKind::Sleep, quality) => quality,
+        (_, present) => {
+            absent_for(&mut errors, kind, "sleep_quality", present.is_some());
+            None
+        }
+    };
+    let target = match (kind, req.level) {
+        (InteractionKind::Set, Some(v)) => match BatteryLevel::try_from(v) {
+            Ok(level) => Some(level),
+            Err(e) => {
+                errors.push(FieldError::body(
+                    "level",
+                    e.to_string(),
+                    "value_error.range",
+                ));
+                None
+            }
+        },
+        (InteractionKind::Set, None) => {
+            errors.push(FieldError::body("level", "required for set", "missing"));
+            None
+        }
+        (_, present) => {
+            absent_for(&mut errors, kind, "level", present.is_some());
+            None
+        }
+    };
+    let name_required = matches!(kind, InteractionKind::Depletion | InteractionKind::Recharge);
+    if name_required && req.name.is_none() {
+        errors.push(FieldError::body(
+            "name",
+            "required for depletion and recharge",
+            "missing",
+        ));
+    }
+    let name = check_chars(&mut errors, "name", req.name, MAX_NAME_CHARS);
+    let notes = check_chars(&mut errors, "notes", req.notes, MAX_NOTES_CHARS);
+    let duration_minutes = match req.duration_minutes {
+        None => DEFAULT_DURATION_MINUTES,
+        Some(v) if (1..=MAX_DURATION_MINUTES).contains(&v) => v as i32,
+        Some(_) => {
+            errors.push(FieldError::body(
+                "duration_minutes",
+                format!("must be between 1 and {MAX_DURATION_MINUTES}"),
+                "value_error.range",
+            ));
+            0
+        }
+    };
+    let people_count = match req.people_count {
+        None => None,
+        Some(v) if (0..=MAX_PEOPLE_COUNT).contains(&v) => Some(v as i32),
+        Some(_) => {
+            errors.push(FieldError::body(
+                "people_count",
+                format!("must be between 0 and {MAX_PEOPLE_COUNT}"),
+                "value_error.range",
+            ));
+            None
+        }
+    };
+    let occurred_at = req.occurred_at.unwrap_or(now);
+    if occurred_at > now + Duration::seconds(FUTURE_TOLERANCE_SECONDS) {
+        errors.push(FieldError::body(
+            "occurred_at",
+            "must not be in the future",
+            "value_error.future",
+        ));
+    }
+    errors.finish()?;
+    let interaction = match (kind, impact, quality, target) {
+        (InteractionKind::Depletion, Some(i), _, _) => Interaction::Depletion(i),
+        (InteractionKind::Recharge, Some(i), _, _) => Interaction::Recharge(i),
+        (InteractionKind::Sleep, _, Some(q), _) => Interaction::Sleep(q),
+        (InteractionKind::Set, _, _, Some(l)) => Interaction::Set(l),
+        _ => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "validated record lost its data"
+            )))
+        }
+    };
+    Ok(NewBatteryEvent {
+        id: crate::auth::new_object_id(),
+        interaction,
+        name,
+        duration_minutes,
+        occurred_at,
+        recorded_at: now,
+        notes,
+        people_count,
+        interaction_type: req.interaction_type.map(|c| c.as_str().to_owned()),
+    })
+}
+
+fn idempotency_key(
+    headers: &HeaderMap,
+    body: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> ApiResult<Option<IdempotencyKey>> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::validation(FieldError {
+            loc: vec!["header".into(), "Idempotency-Key".into()],
+            msg: format!("1–{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+            kind: "value_error".into(),
+        })
+    };
+    let key = raw.to_str().map_err(|_| invalid())?.trim();
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(invalid());
+    }
+    // serde_json's maps are sorted, so equal bodies serialise identically.
+    Ok(Some(IdempotencyKey {
+        key: key.to_owned(),
+        request_hash: crate::auth::sha256_hex(&body.to_string()),
+        not_before: now - Duration::hours(IDEMPOTENCY_WINDOW_HOURS),
+    }))
+}
+
+/// Record an interaction. Honours `Idempotency-Key`: the same key and body within 24 h
+/// returns the first response and changes nothing; the same key with another body is 422.
+#[utoipa::path(post, path = "/social-battery/{user_id}/record", tag = "social-battery",
+    params(
+        ("user_id" = String, Path, description = "`me` or your own user id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1–255 visible ASCII characters)"),
+    ),
+    request_body = RecordRequest,
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 201, description = "Recorded (or replayed)", body = RecordResponse),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "Not your battery", body = ErrorBody),
+        (status = 422, description = "Invalid input, or a reused idempotency key", body = ValidationErrorBody),
+    ))]
+pub async fn record(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> ApiResult<Response> {
+    own_battery(&auth, &user_id)?;
+    let now = Utc::now();
+    let key = idempotency_key(&headers, &body, now)?;
+    let req: RecordRequest = parse_json(body.to_string().as_bytes())?;
+    let event = parse_record(req, now)?;
+    let (event, replayed) = match state
+        .store
+        .record_interaction(&auth.user_id, &event, key.as_ref())
+        .await?
+    {
+        RecordOutcome::Recorded(event) => (event, false),
+        RecordOutcome::Replayed(event) => (event, true),
+        RecordOutcome::KeyReused => {
+            return Err(ApiError::validation(FieldError {
+                loc: vec!["header".into(), "Idempotency-Key".into()],
+                msg: "this key was already used with a different request".into(),
+                kind: "value_error.idempotency_key_reused".into(),
+            }))
+        }
+        RecordOutcome::UserMissing => return Err(ApiError::NotFound("Social battery".into())),
+    };
+    let battery = BatterySnapshot::from(event.level_after);
+    let mut response = (
+        StatusCode::CREATED,
+        Json(RecordResponse {
+            record: event.into(),
+            battery,
+        }),
+    )
+        .into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn encode_cursor(seq: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{seq}"))
+}
+
+fn decode_cursor(raw: &str) -> Option<i64> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw.trim())
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    text.strip_prefix("v1:")?
+        .parse()
+        .ok()
+        .filter(|seq: &i64| *seq > 0)
+}
+
+fn query_error(field: &str, msg: impl Into<String>) -> FieldError {
+    FieldError::query(field, msg, "value_error")
+}
+
+/// History, newest first (in the order the server accepted the interactions), with
+/// cursor pagination, filters and a summary over everything the filter matches.
+#[utoipa::path(get, path = "/social-battery/{user_id}/activity", tag = "social-battery",
+    params(("user_id" = String, Path, description = "`me` or your own user id"), ActivityQuery),
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "A page of history", body = ActivityPage),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "Not your battery", body = ErrorBody),
+        (status = 422, description = "Invalid query", body = ValidationErrorBody),
+    ))]
+pub async fn activity(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(user_id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<ActivityPage>> {
+    own_battery(&auth, &user_id)?;
+    let Query(query) =
+        query.map_err(|e| ApiError::validation(query_error("query", e.body_text())))?;
+    let mut errors = FieldErrors::default();
+    let limit = match query.get("limit") {
+        None => DEFAULT_PAGE_SIZE,
+        Some(raw) => match raw.parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                errors.push(query_error(
+                    "limit",
+                    format!("must be an integer between 1 and {MAX_PAGE_SIZE}"),
+                ));
+                DEFAULT_PAGE_SIZE
+            }
+        },
+    };
+    let before_seq = match query.get("cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(raw) => {
+            let seq = decode_cursor(raw);
+            if seq.is_none() {
+                errors.push(query_error("cursor", "not a cursor from this API"));
+            }
+            seq
+        }
+    };
+    let mut instant = |field: &str| -> Option<DateTime<Utc>> {
+        let raw = query.get(field)?;
+        match DateTime::parse_from_rfc3339(raw) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => {
+                errors.push(query_error(
+                    field,
+                    "must be an RFC 3339 date-time, e.g. 2026-01-31T08:00:00Z",
+                ));
+                None
+            }
+        }
+    };
+    let from = instant("from");
+    let to = instant("to");
+    let kind = match query.get("type") {
+        None => None,
+        Some(raw) => {
+            let kind = InteractionKind::parse(raw);
+            if kind.is_none() {
+                errors.push(query_error(
+                    "type",
+                    "must be depletion, recharge, sleep or set",
+                ));
+            }
+            kind
+        }
+    };
+    if let (Some(from), Some(to)) = (from, to) {
+        if from > to {
+            errors.push(query_error("from", "must not be after `to`"));
+        }
+    }
+    errors.finish()?;
+    let filter = HistoryFilter { from, to, kind };
+    let (mut events, summary) = tokio::try_join!(
+        state
+            .store
+            .battery_history(&auth.user_id, &filter, before_seq, limit + 1),
+        state.store.battery_summary(&auth.user_id, &filter),
+    )?;
+    let next_cursor = if events.len() > limit as usize {
+        events.truncate(limit as usize);
+        events.last().map(|e| encode_cursor(e.seq))
+    } else {
+        None
+    };
+    Ok(Json(ActivityPage {
+        items: events.into_iter().map(ActivityRecord::from).collect(),
+        next_cursor,
+        summary: SummaryResponse {
+            count: summary.count,
+            recharge_count: summary.recharge_count,
+            depletion_count: summary.depletion_count,
+            total_recharged: summary.total_recharged,
+            total_depleted: summary.total_depleted,
+            average_level: summary.average_level,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
+        for garbage in ["", "abc", "djE6LTE", "!!!", &encode_cursor(0)] {
+            assert_eq!(decode_cursor(garbage), None, "{garbage}");
+        }
+    }
+}
