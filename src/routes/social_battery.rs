@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -401,7 +401,8 @@ fn parse_record(req: RecordRequest, now: DateTime<Utc>) -> ApiResult<NewBatteryE
             None
         }
     };
-    let occurred_at = req.occurred_at.unwrap_or(now);
+    // Stores keep milliseconds; so does the response, so a replay answers identically.
+    let occurred_at = req.occurred_at.unwrap_or(now).trunc_subsecs(3);
     if occurred_at > now + Duration::seconds(FUTURE_TOLERANCE_SECONDS) {
         errors.push(FieldError::body(
             "occurred_at",
@@ -487,7 +488,7 @@ pub async fn record(
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Response> {
     own_battery(&auth, &user_id)?;
-    let now = Utc::now();
+    let now = Utc::now().trunc_subsecs(3);
     let key = idempotency_key(&headers, &body, now)?;
     let req: RecordRequest = parse_json(body.to_string().as_bytes())?;
     let event = parse_record(req, now)?;

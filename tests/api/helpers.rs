@@ -323,8 +323,8 @@ use chrono::{DateTime, Utc};
 use introgy::domain::OtpPurpose;
 use introgy::store::{
     BatteryEvent, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent, NewUser,
-    OneTimeCode, ProfilePatch, RecordOutcome, RefreshToken, SendLimits, Session, Store,
-    StoreError, StoreResult, User,
+    OneTimeCode, ProfilePatch, RecordOutcome, RefreshToken, SendLimits, Session, Store, StoreError,
+    StoreResult, User,
 };
 
 #[async_trait::async_trait]

@@ -1,5 +1,6 @@
 //! Black-box tests: the real application over HTTP, one file per resource or concern.
 
+mod battery;
 mod cli;
 mod codes;
 mod docs_and_meta;
@@ -11,3 +12,4 @@ mod reset;
 mod sessions;
 mod smtp;
 mod tokens;
+mod users;
