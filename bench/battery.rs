@@ -31,7 +31,10 @@ struct Args {
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn new_user(store: &dyn Store) -> String {
@@ -119,20 +122,30 @@ where
 async fn store_level(dir: &std::path::Path) {
     let large: i64 = env_or("BENCH_EVENTS", 1_000_000);
     let path = dir.join("store-bench.db");
-    let store = SqliteStore::open(&path, Duration::from_secs(30)).await.unwrap();
+    let store = SqliteStore::open(&path, Duration::from_secs(30))
+        .await
+        .unwrap();
     let small_user = new_user(&store).await;
     let large_user = new_user(&store).await;
     let load = Instant::now();
     bulk_load(&path, &small_user, 1_000);
     bulk_load(&path, &large_user, large);
-    println!("loaded 1,000 and {large} events in {:.1} s", load.elapsed().as_secs_f64());
+    println!(
+        "loaded 1,000 and {large} events in {:.1} s",
+        load.elapsed().as_secs_f64()
+    );
 
     let no_filter = HistoryFilter::default();
     let recharges = HistoryFilter {
         kind: Some(introgy::battery::InteractionKind::Recharge),
         ..HistoryFilter::default()
     };
-    println!("\n{:<44} {:>14} {:>14}", "store operation (mean µs)", "1,000 events", format!("{large} events"));
+    println!(
+        "\n{:<44} {:>14} {:>14}",
+        "store operation (mean µs)",
+        "1,000 events",
+        format!("{large} events")
+    );
     for (label, kind) in [
         ("read battery (user_by_id)", 0),
         ("history: first page of 50", 1),
@@ -148,9 +161,24 @@ async fn store_level(dir: &std::path::Path) {
             let us = time_us(2_000, || async move {
                 match kind {
                     0 => drop(store.user_by_id(user).await.unwrap()),
-                    1 => drop(store.battery_history(user, no_filter, None, 51).await.unwrap()),
-                    2 => drop(store.battery_history(user, no_filter, Some(total / 2), 51).await.unwrap()),
-                    3 => drop(store.battery_history(user, recharges, None, 51).await.unwrap()),
+                    1 => drop(
+                        store
+                            .battery_history(user, no_filter, None, 51)
+                            .await
+                            .unwrap(),
+                    ),
+                    2 => drop(
+                        store
+                            .battery_history(user, no_filter, Some(total / 2), 51)
+                            .await
+                            .unwrap(),
+                    ),
+                    3 => drop(
+                        store
+                            .battery_history(user, recharges, None, 51)
+                            .await
+                            .unwrap(),
+                    ),
                     4 => drop(store.battery_summary(user, no_filter).await.unwrap()),
                     _ => drop(store.battery_summary(user, recharges).await.unwrap()),
                 }
@@ -171,8 +199,15 @@ impl Server {
     async fn start(dir: &std::path::Path) -> Self {
         let db = format!("sqlite:{}", dir.join("http-bench.db").display());
         let argv = [
-            "introgy", "--port", "0", "--database-url", &db, "--bcrypt-cost", "4",
-            "--jwt-secret-key", "bench-secret-0123456789abcdef0123456789abcdef0123456789abcdef0123",
+            "introgy",
+            "--port",
+            "0",
+            "--database-url",
+            &db,
+            "--bcrypt-cost",
+            "4",
+            "--jwt-secret-key",
+            "bench-secret-0123456789abcdef0123456789abcdef0123456789abcdef0123",
         ];
         let config = Config::from_args(Args::try_parse_from(argv).unwrap().config).unwrap();
         let app = Application::build_with_transport(config, Arc::new(MemoryTransport::default()))
@@ -180,7 +215,10 @@ impl Server {
             .unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until(std::future::pending()));
-        let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .unwrap();
         Self { base, client }
     }
 
@@ -196,7 +234,11 @@ impl Server {
             .unwrap();
         let conn = rusqlite::Connection::open(store_path).unwrap();
         conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        conn.execute("UPDATE users SET is_verified = 1 WHERE email = ?1", [&email]).unwrap();
+        conn.execute(
+            "UPDATE users SET is_verified = 1 WHERE email = ?1",
+            [&email],
+        )
+        .unwrap();
         let body: serde_json::Value = self
             .client
             .post(format!("{}/auth/login", self.base))
@@ -212,7 +254,13 @@ impl Server {
 }
 
 /// Requests per second with `concurrency` clients for `seconds`; panics on a non-2xx.
-async fn load(server: &Server, tokens: &[String], concurrency: usize, seconds: f64, kind: &'static str) -> f64 {
+async fn load(
+    server: &Server,
+    tokens: &[String],
+    concurrency: usize,
+    seconds: f64,
+    kind: &'static str,
+) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
@@ -224,16 +272,24 @@ async fn load(server: &Server, tokens: &[String], concurrency: usize, seconds: f
             while Instant::now() < deadline {
                 let request = match kind {
                     "health" => client.get(format!("{base}/health")),
-                    "battery" => client.get(format!("{base}/social-battery/me")).bearer_auth(&token),
+                    "battery" => client
+                        .get(format!("{base}/social-battery/me"))
+                        .bearer_auth(&token),
                     "me" => client.get(format!("{base}/users/me")).bearer_auth(&token),
-                    "activity" => client.get(format!("{base}/social-battery/me/activity?limit=50")).bearer_auth(&token),
+                    "activity" => client
+                        .get(format!("{base}/social-battery/me/activity?limit=50"))
+                        .bearer_auth(&token),
                     _ => client
                         .post(format!("{base}/social-battery/me/record"))
                         .bearer_auth(&token)
                         .json(&json!({"type": "depletion", "name": "bench", "energy_impact": 1})),
                 };
                 let response = request.send().await.unwrap();
-                assert!(response.status().is_success(), "{kind}: {}", response.status());
+                assert!(
+                    response.status().is_success(),
+                    "{kind}: {}",
+                    response.status()
+                );
                 let _ = response.bytes().await;
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -267,13 +323,19 @@ async fn http_level(dir: &std::path::Path) {
     ];
     for (label, kind, tokens) in rows {
         let rps = load(&server, tokens, concurrency, seconds, kind).await;
-        println!("{label:<44} {rps:>10.0}   {:>5.1}% of /health", rps / health * 100.0);
+        println!(
+            "{label:<44} {rps:>10.0}   {:>5.1}% of /health",
+            rps / health * 100.0
+        );
     }
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         store_level(dir.path()).await;

@@ -15,11 +15,13 @@
 //! - [`background`]: work that runs after a response, counted for shutdown and tests.
 //! - [`routes`]: HTTP handlers, one module per resource, and the OpenAPI document.
 //! - [`cli`]: the `introgy` command line.
+//! - [`clock`]: the service's "now" (movable in tests).
 
 pub mod auth;
 pub mod background;
 pub mod battery;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod email;

@@ -26,6 +26,7 @@ use crate::auth::otp::OtpHasher;
 use crate::auth::password::PasswordHasher;
 use crate::auth::tokens::JwtKeys;
 use crate::background::Background;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::email::{transport, MailTransport, Mailer};
 use crate::error::ApiError;
@@ -53,6 +54,7 @@ pub struct AppState {
     /// Work running after responses (codes, mail).
     pub background: Background,
     pub limits: Arc<Limits>,
+    pub clock: Clock,
     pub started_at: Instant,
 }
 
@@ -101,6 +103,7 @@ impl Application {
             mailer,
             background,
             limits: Arc::new(Limits::new()),
+            clock: Clock::default(),
             started_at: Instant::now(),
             config: Arc::new(config),
         };
@@ -173,12 +176,13 @@ fn spawn_background_tasks(state: &AppState) {
     });
     let store = Arc::clone(&state.store);
     let limits = Arc::clone(&state.limits);
+    let clock = state.clock.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PURGE_INTERVAL);
         loop {
             tick.tick().await;
             limits.retain_recent();
-            match store.purge_expired(chrono::Utc::now()).await {
+            match store.purge_expired(clock.now()).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "purged expired records"),
                 Err(e) => tracing::warn!(error = %e, "purge of expired records failed"),

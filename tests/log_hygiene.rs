@@ -115,9 +115,7 @@ async fn a_whole_account_lifecycle_logs_no_secrets() {
         .await
         .unwrap();
     // Age the budget so a reset code goes out.
-    let conn = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
-    conn.execute("UPDATE mail_sends SET sent_at = sent_at - 120000", [])
-        .unwrap();
+    state.clock.advance(chrono::Duration::seconds(120));
     post(
         "/auth/send-verification-code",
         json!({"email": email, "purpose": "reset_password"}),

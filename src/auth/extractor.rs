@@ -45,7 +45,7 @@ impl FromRequestParts<AppState> for AuthUser {
         })?;
         let session = state.store.session(&claims.sid).await?;
         match session {
-            Some(s) if s.user_id == claims.sub && s.expires_at > Utc::now() => Ok(Self {
+            Some(s) if s.user_id == claims.sub && s.expires_at > state.clock.now() => Ok(Self {
                 expires_at: claims.expires_at(),
                 user_id: claims.sub,
                 session_id: claims.sid,

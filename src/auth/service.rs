@@ -75,7 +75,7 @@ pub async fn register(
 ) -> ApiResult<()> {
     // Hash first, whatever happens next, so that both branches cost one bcrypt.
     let hash = state.hasher.hash(&password).await?;
-    let now = Utc::now();
+    let now = state.clock.now();
     let existing = state.store.user_by_email(email.as_str()).await?;
     let user = match existing {
         Some(user) if user.is_verified => {
@@ -131,7 +131,7 @@ fn spawn_mail_if_budget(state: &AppState, email: Email, kind: MailKind) {
     background.spawn(async move {
         match state
             .store
-            .reserve_mail_send(email.as_str(), Utc::now(), SEND_LIMITS)
+            .reserve_mail_send(email.as_str(), state.clock.now(), SEND_LIMITS)
             .await
         {
             Ok(true) => state.mailer.send_in_background(email, kind),
@@ -159,7 +159,7 @@ async fn issue_code(
         tracing::info!("code requested for an address without an account; nothing sent");
         return Ok(());
     };
-    let now = Utc::now();
+    let now = state.clock.now();
     // The budget is checked before a code is created, so a refused send never replaces
     // (and never refreshes the guess budget of) the outstanding code.
     if !state
@@ -208,7 +208,7 @@ async fn redeem_code(
     };
     let Some(record) = state
         .store
-        .take_code_attempt(&user.id, purpose, MAX_CODE_ATTEMPTS, Utc::now())
+        .take_code_attempt(&user.id, purpose, MAX_CODE_ATTEMPTS, state.clock.now())
         .await?
     else {
         return Err(invalid_code());
@@ -238,7 +238,10 @@ pub async fn verify_email(state: &AppState, email: Email, code: &str) -> ApiResu
     };
     redeem_code(state, &user, OtpPurpose::VerifyEmail, code).await?;
     if !user.is_verified {
-        state.store.mark_verified(&user.id, Utc::now()).await?;
+        state
+            .store
+            .mark_verified(&user.id, state.clock.now())
+            .await?;
         user.is_verified = true;
     }
     start_session(state, user).await
@@ -272,7 +275,7 @@ pub async fn login(state: &AppState, email: &str, password: &str) -> ApiResult<I
 
 /// Opens a session and issues its first token pair.
 async fn start_session(state: &AppState, user: User) -> ApiResult<IssuedTokens> {
-    let now = Utc::now();
+    let now = state.clock.now();
     let session = Session {
         id: random_hex(16),
         user_id: user.id.clone(),
@@ -316,7 +319,7 @@ pub async fn refresh(state: &AppState, presented: &str) -> ApiResult<IssuedToken
     if presented.is_empty() || presented.len() > MAX_REFRESH_TOKEN_LEN {
         return Err(invalid_refresh_token());
     }
-    let now = Utc::now();
+    let now = state.clock.now();
     let hash = sha256_hex(presented);
     let Some(token) = state.store.refresh_token(&hash).await? else {
         return Err(invalid_refresh_token());
@@ -406,7 +409,7 @@ pub async fn reset_password(
     let hash = state.hasher.hash(&new_password).await?;
     state
         .store
-        .reset_password(&user.id, &hash, Utc::now())
+        .reset_password(&user.id, &hash, state.clock.now())
         .await?;
     tracing::info!(user_id = %user.id, "password reset; all sessions revoked");
     state

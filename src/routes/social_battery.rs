@@ -488,7 +488,7 @@ pub async fn record(
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Response> {
     own_battery(&auth, &user_id)?;
-    let now = Utc::now().trunc_subsecs(3);
+    let now = state.clock.now();
     let key = idempotency_key(&headers, &body, now)?;
     let req: RecordRequest = parse_json(body.to_string().as_bytes())?;
     let event = parse_record(req, now)?;

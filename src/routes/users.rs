@@ -327,7 +327,7 @@ pub async fn update_me(
         }
     }
     errors.finish()?;
-    let now = chrono::Utc::now();
+    let now = state.clock.now();
     patch.onboarding_completed_at = match patch.onboarding_completed {
         Some(true) if !user.onboarding_completed => Some(Some(now)),
         Some(false) => Some(None),

@@ -390,12 +390,7 @@ async fn idempotency_keys_expire_after_24_hours() {
     let user = app.signup().await;
     app.record_to("me", &user.access_token, &depletion(10), Some("daily"))
         .await;
-    app.db()
-        .execute(
-            "UPDATE idempotency_keys SET created_at = created_at - 86401000",
-            [],
-        )
-        .unwrap();
+    app.advance(24 * 3600 + 1);
     let again = app
         .record_to("me", &user.access_token, &depletion(10), Some("daily"))
         .await;

@@ -30,6 +30,8 @@ pub struct TestApp {
     pub db_path: std::path::PathBuf,
     pub dir: tempfile::TempDir,
     pub faulty: Option<Arc<FaultyStore>>,
+    /// The app's MongoDB database when the suite runs against MongoDB.
+    pub mongo: Option<mongodb::Database>,
 }
 
 /// Starts the app with test defaults (bcrypt cost 4, a fixed signing secret).
@@ -46,7 +48,16 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
 /// Starts the app on a given data directory (to test restarts).
 pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str], with_secret: bool) -> TestApp {
     let db_path = dir.path().join("introgy.db");
-    let database_url = format!("sqlite:{}", db_path.display());
+    // One suite, both stores: with INTROGY_TEST_MONGO_URL set, every app gets its own
+    // uniquely named MongoDB database instead of a temporary SQLite file.
+    let mongo_url = std::env::var("INTROGY_TEST_MONGO_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let mongo_db = format!("introgy_test_{}", introgy::auth::random_hex(8));
+    let database_url = match &mongo_url {
+        Some(url) => format!("{}/{mongo_db}", url.trim_end_matches('/')),
+        None => format!("sqlite:{}", db_path.display()),
+    };
     let mut argv = vec![
         "introgy",
         "--host",
@@ -73,7 +84,17 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str], with_secret: b
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state().clone();
     tokio::spawn(app.run_until(std::future::pending()));
+    let mongo = match &mongo_url {
+        Some(url) => Some(
+            mongodb::Client::with_uri_str(url)
+                .await
+                .expect("test MongoDB client")
+                .database(&mongo_db),
+        ),
+        None => None,
+    };
     TestApp {
+        mongo,
         address,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -268,21 +289,31 @@ impl TestApp {
         }
     }
 
-    /// Direct access to the SQLite file, for arranging time-dependent states.
-    pub fn db(&self) -> rusqlite::Connection {
-        let conn = rusqlite::Connection::open(&self.db_path).expect("open test db");
-        conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        conn
+    /// Lets `seconds` pass on the service's clock (cooldowns, expiries, grace windows).
+    pub fn advance(&self, seconds: i64) {
+        self.state.clock.advance(chrono::Duration::seconds(seconds));
     }
 
-    /// Moves every recorded mail send `seconds` into the past (to pass the cooldown).
-    pub fn age_mail_sends(&self, seconds: i64) {
-        self.db()
-            .execute(
-                "UPDATE mail_sends SET sent_at = sent_at - ?1",
-                [seconds * 1000],
-            )
-            .unwrap();
+    /// How many records a table (SQLite) or collection (MongoDB) holds.
+    pub async fn count(&self, table: &str) -> i64 {
+        match &self.mongo {
+            Some(db) => {
+                let collection = if table == "users" {
+                    "IntrogyUsers"
+                } else {
+                    table
+                };
+                db.collection::<mongodb::bson::Document>(collection)
+                    .count_documents(mongodb::bson::doc! {})
+                    .await
+                    .unwrap() as i64
+            }
+            None => {
+                let conn = rusqlite::Connection::open(&self.db_path).expect("open test db");
+                conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                    .unwrap()
+            }
+        }
     }
 }
 
@@ -502,6 +533,7 @@ pub async fn spawn_app_with_faulty_store() -> TestApp {
     let state = built.state().clone();
     tokio::spawn(built.run_until(std::future::pending()));
     TestApp {
+        mongo: app.mongo.clone(),
         address,
         client: app.client.clone(),
         mail,

@@ -122,11 +122,17 @@ async fn a_hash_made_by_passlib_logs_in() {
         })
         .await
         .unwrap();
-    app.db()
-        .execute(
-            "UPDATE users SET is_verified = 1 WHERE email = ?1",
-            [&email],
-        )
+    let user = app
+        .state
+        .store
+        .user_by_email(&email)
+        .await
+        .unwrap()
+        .unwrap();
+    app.state
+        .store
+        .mark_verified(&user.id, chrono::Utc::now())
+        .await
         .unwrap();
     let response = app.login(&email, "correct horse battery staple").await;
     assert_eq!(response.status(), StatusCode::OK);

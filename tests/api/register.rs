@@ -19,7 +19,7 @@ async fn register_answers_the_same_for_an_existing_address_and_warns_its_owner()
     let user = app.signup().await;
     let fresh = unique_email();
     // Past the per-address cooldown that the signup's own code started.
-    app.age_mail_sends(61);
+    app.advance(61);
 
     let new_response = app.register(&fresh, PASSWORD).await;
     let new_status = new_response.status();
@@ -82,14 +82,14 @@ async fn passwords_are_hashed_with_bcrypt_cost_12() {
     let app = spawn_app_with(&["--bcrypt-cost", "12"]).await;
     let email = unique_email();
     app.register(&email, PASSWORD).await;
-    let hash: String = app
-        .db()
-        .query_row(
-            "SELECT hashed_password FROM users WHERE email = ?1",
-            [&email],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let hash = app
+        .state
+        .store
+        .user_by_email(&email)
+        .await
+        .unwrap()
+        .unwrap()
+        .hashed_password;
     assert!(hash.starts_with("$2b$12$"), "{hash}");
     assert!(!hash.contains(PASSWORD));
 }
@@ -171,13 +171,5 @@ async fn parallel_registrations_of_one_address_create_one_account() {
     let email = unique_email();
     let responses = futures::future::join_all((0..8).map(|_| app.register(&email, PASSWORD))).await;
     assert!(responses.iter().all(|r| r.status() == StatusCode::ACCEPTED));
-    let count: i64 = app
-        .db()
-        .query_row(
-            "SELECT COUNT(*) FROM users WHERE email = ?1",
-            [&email],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(count, 1);
+    assert_eq!(app.count("users").await, 1);
 }

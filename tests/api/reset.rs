@@ -12,11 +12,11 @@ async fn reset_with_the_mailed_code_changes_the_password_and_revokes_everything(
     let app = spawn_app().await;
     let user = app.signup().await;
     let other = json_of(app.login(&user.email, PASSWORD).await, StatusCode::OK).await;
-    app.age_mail_sends(61);
+    app.advance(61);
     app.send_code(&user.email, "reset_password").await;
     let code = app.code_from_mail(&user.email, "reset_code", 1).await;
     // An outstanding verification code, to check it dies too.
-    app.age_mail_sends(61);
+    app.advance(61);
     app.send_code(&user.email, "verify_email").await;
     let verify_code = app
         .code_from_mail(&user.email, "verification_code", 2)
@@ -70,7 +70,7 @@ async fn reset_with_the_mailed_code_changes_the_password_and_revokes_everything(
 async fn reset_needs_the_right_code() {
     let app = spawn_app().await;
     let user = app.signup().await;
-    app.age_mail_sends(61);
+    app.advance(61);
     app.send_code(&user.email, "reset_password").await;
     let code = app.code_from_mail(&user.email, "reset_code", 1).await;
     let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 7) % 1_000_000);
@@ -114,7 +114,7 @@ async fn reset_verifies_an_unverified_address() {
     let email = crate::helpers::unique_email();
     app.register(&email, PASSWORD).await;
     app.code_from_mail(&email, "verification_code", 1).await;
-    app.age_mail_sends(61);
+    app.advance(61);
     app.send_code(&email, "reset_password").await;
     let code = app.code_from_mail(&email, "reset_code", 1).await;
     assert_eq!(

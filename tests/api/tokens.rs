@@ -175,16 +175,20 @@ async fn refresh_tokens_are_opaque_stored_hashed_and_only_accepted_by_refresh() 
     let app = spawn_app().await;
     let user = app.signup().await;
     assert_eq!(user.refresh_token.split('.').count(), 1, "not a JWT");
-    let stored: Vec<String> = app
-        .db()
-        .prepare("SELECT token_hash FROM refresh_tokens")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert!(!stored.contains(&user.refresh_token));
-    assert!(stored.contains(&introgy::auth::sha256_hex(&user.refresh_token)));
+    let store = &app.state.store;
+    assert!(
+        store
+            .refresh_token(&user.refresh_token)
+            .await
+            .unwrap()
+            .is_none(),
+        "stored in clear"
+    );
+    let hashed = introgy::auth::sha256_hex(&user.refresh_token);
+    assert!(
+        store.refresh_token(&hashed).await.unwrap().is_some(),
+        "not stored as its SHA-256"
+    );
     // An access token is not a refresh token.
     let response = app.refresh(&user.access_token).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
