@@ -177,6 +177,11 @@ pub struct ConfigArgs {
     #[arg(long, env = "HASH_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub hash_concurrency: Option<u32>,
 
+    /// Folder for local state (the development signing secret) [default: the SQLite
+    /// file's folder; the working directory with MongoDB].
+    #[arg(long, env = "DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -265,6 +270,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub request_timeout: Duration,
     pub store_timeout: Duration,
+    data_dir: Option<PathBuf>,
 }
 
 /// A setting that cannot be used, with the message an operator needs.
@@ -416,6 +422,7 @@ impl Config {
             log_format: args.log_format,
             request_timeout: Duration::from_secs(args.request_timeout_seconds),
             store_timeout: Duration::from_secs(args.store_timeout_seconds),
+            data_dir: args.data_dir,
         })
     }
 
@@ -425,6 +432,9 @@ impl Config {
 
     /// The folder that holds local state (the SQLite file, the development secret).
     pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
         match &self.database {
             DatabaseConfig::Sqlite { path } => path
                 .parent()

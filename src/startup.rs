@@ -178,7 +178,9 @@ fn spawn_background_tasks(state: &AppState) {
     let limits = Arc::clone(&state.limits);
     let clock = state.clock.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PURGE_INTERVAL);
+        // First purge one interval after start, not during start-up.
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + PURGE_INTERVAL, PURGE_INTERVAL);
         loop {
             tick.tick().await;
             limits.retain_recent();

@@ -7,6 +7,7 @@
 //! are single store calls with a precondition, so they stay atomic on a backend without
 //! multi-document transactions.
 
+pub mod mongo;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -328,8 +329,14 @@ pub async fn connect(config: &crate::config::Config) -> anyhow::Result<Arc<dyn S
             let store = sqlite::SqliteStore::open(path, config.store_timeout).await?;
             Ok(Arc::new(store))
         }
-        crate::config::DatabaseConfig::Mongo { .. } => anyhow::bail!(
-            "the MongoDB store is not available in this build yet (issue 4); use DATABASE_URL=sqlite:PATH"
-        ),
+        crate::config::DatabaseConfig::Mongo { url, db } => {
+            let store = mongo::MongoStore::connect(
+                secrecy::ExposeSecret::expose_secret(url),
+                db,
+                config.store_timeout,
+            )
+            .await?;
+            Ok(Arc::new(store))
+        }
     }
 }

@@ -21,7 +21,7 @@ async fn health_reports_a_connected_store() {
         let body = json_of(app.get(path).await, StatusCode::OK).await;
         assert_eq!(body["status"], "ok");
         assert_eq!(body["database"], "connected");
-        assert_eq!(body["store"], "sqlite");
+        assert_eq!(body["store"], crate::helpers::expected_store());
         assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     }
 }

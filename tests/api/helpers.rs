@@ -12,6 +12,8 @@ use introgy::startup::{AppState, Application};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
+static BUILD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub const PASSWORD: &str = "correct horse battery";
 pub const SECRET: &str = "test-signing-secret-0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -53,13 +55,20 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str], with_secret: b
     let mongo_url = std::env::var("INTROGY_TEST_MONGO_URL")
         .ok()
         .filter(|u| !u.is_empty());
-    let mongo_db = format!("introgy_test_{}", introgy::auth::random_hex(8));
+    // Named after the data directory, so a restart on the same directory finds its data.
+    let mongo_db = format!(
+        "introgy_test_{}",
+        &introgy::auth::sha256_hex(&dir.path().display().to_string())[..16]
+    );
     let database_url = match &mongo_url {
         Some(url) => format!("{}/{mongo_db}", url.trim_end_matches('/')),
         None => format!("sqlite:{}", db_path.display()),
     };
+    let data_dir = dir.path().display().to_string();
     let mut argv = vec![
         "introgy",
+        "--data-dir",
+        &data_dir,
         "--host",
         "127.0.0.1",
         "--port",
@@ -78,9 +87,14 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str], with_secret: b
     let config = Config::from_args(Args::try_parse_from(argv).expect("test args").config)
         .expect("test config");
     let mail = Arc::new(MemoryTransport::default());
-    let app = Application::build_with_transport(config, mail.clone())
-        .await
-        .expect("app builds");
+    let app = {
+        // One app at a time creates its MongoDB collections and indexes: SecantusDB can
+        // deadlock on concurrent DDL (see docs/mongodb.md).
+        let _guard = BUILD_LOCK.lock().await;
+        Application::build_with_transport(config, mail.clone())
+            .await
+            .expect("app builds")
+    };
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state().clone();
     tokio::spawn(app.run_until(std::future::pending()));
@@ -105,6 +119,15 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str], with_secret: b
         db_path,
         dir,
         faulty: None,
+    }
+}
+
+/// The store the suite runs against: `mongodb` with INTROGY_TEST_MONGO_URL, else `sqlite`.
+pub fn expected_store() -> &'static str {
+    if std::env::var("INTROGY_TEST_MONGO_URL").is_ok_and(|u| !u.is_empty()) {
+        "mongodb"
+    } else {
+        "sqlite"
     }
 }
 
