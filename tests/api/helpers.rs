@@ -55,11 +55,7 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str], with_secret: b
     let mongo_url = std::env::var("INTROGY_TEST_MONGO_URL")
         .ok()
         .filter(|u| !u.is_empty());
-    // Named after the data directory, so a restart on the same directory finds its data.
-    let mongo_db = format!(
-        "introgy_test_{}",
-        &introgy::auth::sha256_hex(&dir.path().display().to_string())[..16]
-    );
+    let mongo_db = mongo_db_name_for(dir.path());
     let database_url = match &mongo_url {
         Some(url) => format!("{}/{mongo_db}", url.trim_end_matches('/')),
         None => format!("sqlite:{}", db_path.display()),
@@ -120,6 +116,15 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str], with_secret: b
         dir,
         faulty: None,
     }
+}
+
+/// The MongoDB database of the app on `dir`: named after the data directory, so a
+/// restart on the same directory finds its data.
+pub fn mongo_db_name_for(dir: &std::path::Path) -> String {
+    format!(
+        "introgy_test_{}",
+        &introgy::auth::sha256_hex(&dir.display().to_string())[..16]
+    )
 }
 
 /// The store the suite runs against: `mongodb` with INTROGY_TEST_MONGO_URL, else `sqlite`.

@@ -1,0 +1,298 @@
+//! MongoDB-only behaviour: documents written by the old Python service, and an outage of
+//! the database server. Needs INTROGY_TEST_MONGO_URL (a running MongoDB-compatible
+//! server) and INTROGY_TEST_PYTHON (a Python with SecantusDB, for the outage test);
+//! `scripts/test` provides both.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, oid::ObjectId};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use helpers::{json_of, spawn_app_in, spawn_app_with};
+
+/// `passlib.hash.bcrypt.using(rounds=12).hash("correct horse battery staple")`.
+const PASSLIB_HASH: &str = "$2b$12$rvehJXvoFwQr0usN5/URn.wnKeC5/85Ye1LjiIHDwdqKew9fhEX72";
+
+fn mongo_url() -> String {
+    std::env::var("INTROGY_TEST_MONGO_URL").expect(
+        "the MongoDB tests need INTROGY_TEST_MONGO_URL; run scripts/test, which starts a server",
+    )
+}
+
+#[tokio::test]
+async fn a_user_written_by_the_python_service_logs_in_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = mongodb::Client::with_uri_str(mongo_url())
+        .await
+        .unwrap()
+        .database(&helpers::mongo_db_name_for(dir.path()));
+    // What the FastAPI service stored: ObjectId _id, the address as typed, a passlib
+    // hash, a naive UTC created_at (BSON date), no battery fields.
+    let id = ObjectId::new();
+    let created = mongodb::bson::DateTime::from_millis(1_700_000_000_000);
+    db.collection("IntrogyUsers")
+        .insert_one(doc! {
+            "_id": id,
+            "email": "Legacy.User@Example.com",
+            "hashed_password": PASSLIB_HASH,
+            "display_name": "Legacy User",
+            "is_verified": true,
+            "created_at": created,
+            "preferences": { "theme": "dark" },
+        })
+        .await
+        .unwrap();
+
+    let app = spawn_app_in(dir, &[], true).await;
+    let body = json_of(
+        app.login("legacy.user@example.com", "correct horse battery staple")
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let me = json_of(app.get_authed("/users/me", &token).await, StatusCode::OK).await;
+    assert_eq!(me["id"], id.to_hex());
+    assert_eq!(me["email"], "legacy.user@example.com");
+    assert_eq!(me["display_name"], "Legacy User");
+    assert_eq!(me["is_verified"], true);
+    assert_eq!(me["preferences"], json!({"theme": "dark"}));
+    assert_eq!(me["social_battery_level"], 70);
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(me["created_at"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis(),
+        1_700_000_000_000
+    );
+    // The battery works on a document that has never had one.
+    let record = app
+        .client
+        .post(app.url("/social-battery/me/record"))
+        .bearer_auth(&token)
+        .json(&json!({"type": "depletion", "name": "Standup", "energy_impact": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(record, StatusCode::CREATED).await["level_after"],
+        60
+    );
+    // The stored document keeps the old field names.
+    let stored = db
+        .collection::<mongodb::bson::Document>("IntrogyUsers")
+        .find_one(doc! { "_id": id })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.get_str("hashed_password").unwrap(), PASSLIB_HASH);
+    assert_eq!(stored.get_str("display_name").unwrap(), "Legacy User");
+}
+
+#[tokio::test]
+async fn indexes_are_created_at_start_up_and_creating_them_again_changes_nothing() {
+    let app = spawn_app_with(&[]).await;
+    let db = app.mongo.clone().expect("MongoDB suite");
+    let names = |collection: &'static str| {
+        let db = db.clone();
+        async move {
+            db.collection::<mongodb::bson::Document>(collection)
+                .list_index_names()
+                .await
+                .unwrap()
+        }
+    };
+    assert!(names("IntrogyUsers")
+        .await
+        .iter()
+        .any(|n| n.starts_with("email")));
+    let before = names("battery_events").await;
+    assert!(before.len() >= 4, "{before:?}");
+    let store =
+        introgy::store::mongo::MongoStore::connect(&mongo_url(), db.name(), Duration::from_secs(5))
+            .await
+            .unwrap();
+    store.ensure_indexes().await.unwrap();
+    let mut after = names("battery_events").await;
+    let mut before = before;
+    after.sort();
+    before.sort();
+    assert_eq!(after, before, "a second run changed the indexes");
+    // Unique emails hold at the database level too.
+    let user = app.signup().await;
+    let duplicate = db
+        .collection::<mongodb::bson::Document>("IntrogyUsers")
+        .insert_one(doc! { "email": &user.email, "hashed_password": "x" })
+        .await;
+    assert!(
+        duplicate.is_err(),
+        "a second document with the same email was accepted"
+    );
+}
+
+/// A SecantusDB server of this test's own, with storage on disk so it survives a restart.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    storage: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(port: u16, storage: tempfile::TempDir) -> Self {
+        let python = std::env::var("INTROGY_TEST_PYTHON")
+            .expect("the outage test needs INTROGY_TEST_PYTHON (a Python with SecantusDB); run scripts/test");
+        let secantusd = std::path::Path::new(&python).with_file_name("secantusd-py");
+        let child = Command::new(secantusd)
+            .args(["--port", &port.to_string(), "--storage-path"])
+            .arg(storage.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start secantusd-py");
+        Self {
+            child: Some(child),
+            port,
+            storage,
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "secantusd-py did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn a_mongodb_outage_answers_503_quickly_and_recovers_without_a_restart() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Server::start(port, tempfile::tempdir().unwrap());
+    server.wait_ready().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("mongodb://127.0.0.1:{port}/outage");
+    let data_dir = dir.path().display().to_string();
+    let args = [
+        "introgy",
+        "--port",
+        "0",
+        "--database-url",
+        &db,
+        "--data-dir",
+        &data_dir,
+        "--bcrypt-cost",
+        "4",
+        "--jwt-secret-key",
+        helpers::SECRET,
+        "--store-timeout-seconds",
+        "2",
+        "--email-transport",
+        "log",
+    ];
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        config: introgy::config::ConfigArgs,
+    }
+    let config = introgy::config::Config::from_args(
+        <Args as clap::Parser>::try_parse_from(args).unwrap().config,
+    )
+    .unwrap();
+    let mail = std::sync::Arc::new(introgy::email::MemoryTransport::default());
+    let app = introgy::startup::Application::build_with_transport(config, mail.clone())
+        .await
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until(std::future::pending()));
+    let client = reqwest::Client::new();
+    let health = || client.get(format!("{base}/health")).send();
+    assert_eq!(health().await.unwrap().status(), StatusCode::OK);
+    let register = client
+        .post(format!("{base}/auth/register"))
+        .json(&json!({"email": "outage@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(register.status(), StatusCode::ACCEPTED);
+
+    // The database goes away.
+    server.stop();
+    for path in ["/health", "/users/me"] {
+        let started = Instant::now();
+        let response = client
+            .get(format!("{base}{path}"))
+            .bearer_auth("x.y.z")
+            .send()
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        if path == "/health" {
+            let body: Value = json_of(response, StatusCode::SERVICE_UNAVAILABLE).await;
+            assert_eq!(body["database"], "disconnected");
+        }
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "{path} took {elapsed:?} while MongoDB was down"
+        );
+    }
+    let login = client
+        .post(format!("{base}/auth/login"))
+        .json(&json!({"email": "outage@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(login, StatusCode::SERVICE_UNAVAILABLE).await["code"],
+        "service_unavailable"
+    );
+
+    // It comes back on the same port and storage; Introgy recovers by itself.
+    let storage = std::mem::replace(&mut server.storage, tempfile::tempdir().unwrap());
+    let server = Server::start(port, storage);
+    server.wait_ready().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if health().await.unwrap().status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/health did not recover within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let again = client
+        .post(format!("{base}/auth/register"))
+        .json(&json!({"email": "after-outage@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+}
