@@ -451,11 +451,19 @@ fn parse_database(
     mongo_uri: Option<SecretString>,
     mongo_db: &str,
 ) -> Result<DatabaseConfig, ConfigError> {
-    let Some(url) = database_url.or(mongo_uri) else {
-        return Ok(DatabaseConfig::Sqlite {
+    match database_url.or(mongo_uri) {
+        Some(url) => parse_database_url(&url, mongo_db),
+        None => Ok(DatabaseConfig::Sqlite {
             path: PathBuf::from("introgy.db"),
-        });
-    };
+        }),
+    }
+}
+
+/// Parses one store URL: `sqlite:PATH`, `mongodb://...` or `mongodb+srv://...`.
+pub fn parse_database_url(
+    url: &SecretString,
+    mongo_db: &str,
+) -> Result<DatabaseConfig, ConfigError> {
     let raw = url.expose_secret().trim();
     if let Some(path) = raw.strip_prefix("sqlite:") {
         // Accept both `sqlite:PATH` and the URL spellings `sqlite://PATH` / `sqlite:///abs`.

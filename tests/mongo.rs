@@ -296,3 +296,222 @@ async fn a_mongodb_outage_answers_503_quickly_and_recovers_without_a_restart() {
         .unwrap();
     assert_eq!(again.status(), StatusCode::ACCEPTED);
 }
+
+#[derive(clap::Parser)]
+struct AppArgs {
+    #[command(flatten)]
+    config: introgy::config::ConfigArgs,
+}
+
+/// Starts the app on `database_url`; returns its base URL, state and mailbox.
+async fn app_on(
+    database_url: &str,
+    dir: &std::path::Path,
+) -> (
+    String,
+    introgy::startup::AppState,
+    std::sync::Arc<introgy::email::MemoryTransport>,
+) {
+    let data_dir = dir.display().to_string();
+    let args = [
+        "introgy",
+        "--port",
+        "0",
+        "--database-url",
+        database_url,
+        "--data-dir",
+        &data_dir,
+        "--bcrypt-cost",
+        "4",
+        "--jwt-secret-key",
+        helpers::SECRET,
+        "--email-transport",
+        "log",
+    ];
+    let config = introgy::config::Config::from_args(
+        <AppArgs as clap::Parser>::try_parse_from(args)
+            .unwrap()
+            .config,
+    )
+    .unwrap();
+    let mail = std::sync::Arc::new(introgy::email::MemoryTransport::default());
+    let app = {
+        let _guard = helpers::BUILD_LOCK.lock().await;
+        introgy::startup::Application::build_with_transport(config, mail.clone())
+            .await
+            .unwrap()
+    };
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state().clone();
+    tokio::spawn(app.run_until(std::future::pending()));
+    (base, state, mail)
+}
+
+fn migrate(from: &str, to: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_introgy"))
+        .args(["migrate", "--from", from, "--to", to, "--quiet"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "migrate failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("count check passed"), "{stdout}");
+    stdout
+}
+
+#[tokio::test]
+async fn migrate_copies_users_and_history_to_mongodb_and_back_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite:{}", dir.path().join("source.db").display());
+    let (base, state, mail) = app_on(&sqlite, dir.path()).await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, token: Option<&str>, body: Value| {
+        let mut request = client.post(format!("{base}{path}")).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let email = "migrating@example.com";
+    let password = "correct horse battery";
+    post(
+        "/auth/register",
+        None,
+        json!({"email": email, "password": password}),
+    )
+    .await
+    .unwrap();
+    state.background.wait_idle(Duration::from_secs(5)).await;
+    let code = helpers::extract_code(&mail.messages()[0].text);
+    let tokens: Value = post(
+        "/auth/verify-otp",
+        None,
+        json!({"email": email, "code": code}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let token = tokens["access_token"].as_str().unwrap();
+    for body in [
+        json!({"type": "depletion", "name": "Party", "energy_impact": 40}),
+        json!({"type": "recharge", "name": "Book", "energy_impact": 15}),
+        json!({"type": "sleep", "sleep_quality": "good"}),
+    ] {
+        assert_eq!(
+            post("/social-battery/me/record", Some(token), body)
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::CREATED
+        );
+    }
+    let source_page: Value = client
+        .get(format!("{base}/social-battery/me/activity"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    // SQLite -> MongoDB, twice.
+    let mongo = format!(
+        "{}/migrated_{}",
+        mongo_url().trim_end_matches('/'),
+        introgy::auth::random_hex(6)
+    );
+    let first = migrate(&sqlite, &mongo);
+    assert!(
+        first.contains("copied 1 users, 3 battery events"),
+        "{first}"
+    );
+    let second = migrate(&sqlite, &mongo);
+    assert!(
+        second.contains("copied 1 users, 3 battery events"),
+        "{second}"
+    );
+    let mongo_db = mongodb::Client::with_uri_str(&mongo)
+        .await
+        .unwrap()
+        .default_database()
+        .unwrap();
+    assert_eq!(
+        mongo_db
+            .collection::<mongodb::bson::Document>("battery_events")
+            .count_documents(doc! {})
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        mongo_db
+            .collection::<mongodb::bson::Document>("IntrogyUsers")
+            .count_documents(doc! {})
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        mongo_db
+            .collection::<mongodb::bson::Document>("sessions")
+            .count_documents(doc! {})
+            .await
+            .unwrap(),
+        0,
+        "sessions are not copied"
+    );
+
+    // The account works on MongoDB: same password, same battery, same history.
+    let mongo_dir = tempfile::tempdir().unwrap();
+    let (mongo_base, _, _) = app_on(&mongo, mongo_dir.path()).await;
+    let login: Value = client
+        .post(format!("{mongo_base}/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mongo_token = login["access_token"]
+        .as_str()
+        .expect("login on the migrated store")
+        .to_owned();
+    let page: Value = client
+        .get(format!("{mongo_base}/social-battery/me/activity"))
+        .bearer_auth(&mongo_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"], source_page["items"]);
+    assert_eq!(page["summary"], source_page["summary"]);
+    // Recording continues from where the history ended.
+    let next: Value = client
+        .post(format!("{mongo_base}/social-battery/me/record"))
+        .bearer_auth(&mongo_token)
+        .json(&json!({"type": "set", "level": 33}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(next["level_before"], source_page["items"][0]["level_after"]);
+
+    // And back to a fresh SQLite file.
+    let back = format!("sqlite:{}", dir.path().join("back.db").display());
+    let report = migrate(&mongo, &back);
+    assert!(
+        report.contains("copied 1 users, 4 battery events"),
+        "{report}"
+    );
+}

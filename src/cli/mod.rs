@@ -1,4 +1,6 @@
-//! The `introgy` command line: `serve` (default) and `check`.
+//! The `introgy` command line: `serve` (default), `check` and `migrate`.
+
+pub mod migrate;
 
 use std::process::ExitCode;
 
@@ -36,6 +38,8 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Copy users and battery history from one store to another (SQLite <-> MongoDB).
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -45,6 +49,7 @@ pub fn run(env_files: &[&str]) -> ExitCode {
         None => ("serve", cli.config),
         Some(Command::Serve { config }) => ("serve", config),
         Some(Command::Check { config }) => ("check", config),
+        Some(Command::Migrate(args)) => return run_migrate(args),
     };
     let log_format = args.log_format;
     let config = match Config::from_args(args) {
@@ -78,6 +83,22 @@ pub fn run(env_files: &[&str]) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("introgy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_migrate(args: migrate::MigrateArgs) -> ExitCode {
+    crate::telemetry::init(crate::config::LogFormat::Text);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(migrate::run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("introgy migrate: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -129,6 +129,13 @@ pub enum RecordOutcome {
     UserMissing,
 }
 
+/// Record counts, for the migration's final check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    pub users: u64,
+    pub battery_events: u64,
+}
+
 /// Filters of a history query; `before_seq` is the keyset cursor.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {
@@ -316,6 +323,34 @@ pub trait Store: Send + Sync + 'static {
         filter: &HistoryFilter,
     ) -> StoreResult<BatterySummary>;
 
+    // ---- moving between stores (`introgy migrate`) ----
+    /// Users with an id greater than `after`, in id order.
+    async fn export_users(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<User>>;
+    /// Writes a user as given (insert or replace by id), battery totals excluded.
+    async fn import_user(&self, user: &User) -> StoreResult<()>;
+    /// A user's events with `seq > after_seq`, oldest first.
+    async fn export_events(
+        &self,
+        user_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<BatteryEvent>>;
+    /// Writes events as given (insert or replace by id).
+    async fn import_events(&self, events: &[BatteryEvent]) -> StoreResult<()>;
+    /// Sets the battery position of an imported user and recomputes its running totals
+    /// from the imported history.
+    async fn finish_battery_import(
+        &self,
+        user_id: &str,
+        level: i32,
+        seq: i64,
+        updated_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<()>;
+    /// The outstanding codes of a user.
+    async fn codes_of(&self, user_id: &str) -> StoreResult<Vec<OneTimeCode>>;
+    /// How many users and battery events the store holds.
+    async fn counts(&self) -> StoreResult<StoreCounts>;
+
     // ---- housekeeping ----
     /// Deletes expired codes and sessions, mail-send records older than an hour and
     /// idempotency keys older than a day.
@@ -324,18 +359,22 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store the configuration names.
 pub async fn connect(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Store>> {
-    match &config.database {
+    open(&config.database, config.store_timeout).await
+}
+
+/// Opens the store at `database` (also used by `introgy migrate` for both ends).
+pub async fn open(
+    database: &crate::config::DatabaseConfig,
+    timeout: Duration,
+) -> anyhow::Result<Arc<dyn Store>> {
+    match database {
         crate::config::DatabaseConfig::Sqlite { path } => {
-            let store = sqlite::SqliteStore::open(path, config.store_timeout).await?;
-            Ok(Arc::new(store))
+            Ok(Arc::new(sqlite::SqliteStore::open(path, timeout).await?))
         }
         crate::config::DatabaseConfig::Mongo { url, db } => {
-            let store = mongo::MongoStore::connect(
-                secrecy::ExposeSecret::expose_secret(url),
-                db,
-                config.store_timeout,
-            )
-            .await?;
+            let store =
+                mongo::MongoStore::connect(secrecy::ExposeSecret::expose_secret(url), db, timeout)
+                    .await?;
             Ok(Arc::new(store))
         }
     }

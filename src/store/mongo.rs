@@ -29,6 +29,7 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 
+use super::StoreCounts;
 use super::{
     BatteryEvent, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent, NewUser,
     OneTimeCode, ProfilePatch, RecordOutcome, RefreshToken, SendLimits, Session, Store, StoreError,
@@ -1173,6 +1174,172 @@ impl Store for MongoStore {
             total_depleted: negative,
             average_level: (count > 0)
                 .then(|| (level_sum as f64 / count as f64 * 10.0).round() / 10.0),
+        })
+    }
+
+    async fn export_users(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<User>> {
+        // Ids are ObjectIds (ours and the old service's) and sort as such.
+        let filter = match after.map(ObjectId::parse_str) {
+            Some(Ok(oid)) => doc! { "_id": { "$gt": oid } },
+            Some(Err(_)) => doc! { "_id": { "$gt": after.unwrap_or_default() } },
+            None => doc! {},
+        };
+        let cursor = self
+            .run(
+                self.c(USERS)
+                    .find(filter)
+                    .sort(doc! { "_id": 1 })
+                    .limit(i64::from(limit)),
+            )
+            .await?;
+        Ok(self
+            .run(collect(cursor))
+            .await?
+            .iter()
+            .filter_map(user_from_doc)
+            .collect())
+    }
+
+    async fn import_user(&self, user: &User) -> StoreResult<()> {
+        let preferences =
+            mongodb::bson::to_bson(&serde_json::Value::Object(user.preferences.clone()))
+                .map_err(|e| StoreError::Other(e.into()))?;
+        let fields = doc! {
+            "email": &user.email,
+            "hashed_password": &user.hashed_password,
+            "display_name": opt_str(&user.display_name),
+            "avatar_url": opt_str(&user.avatar_url),
+            "bio": opt_str(&user.bio),
+            "timezone": opt_str(&user.timezone),
+            "introvert_level": user.introvert_level.map_or(Bson::Null, Bson::Int32),
+            "is_verified": user.is_verified,
+            "onboarding_completed": user.onboarding_completed,
+            "onboarding_completed_at": user.onboarding_completed_at.map_or(Bson::Null, bdt),
+            "preferences": preferences,
+            "battery_level": user.battery_level,
+            "battery_updated_at": user.battery_updated_at.map_or(Bson::Null, bdt),
+            "created_at": bdt(user.created_at),
+            "updated_at": bdt(user.updated_at),
+        };
+        self.run(
+            self.c(USERS)
+                .update_one(user_filter(&user.id), doc! { "$set": fields })
+                .upsert(true),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn export_events(
+        &self,
+        user_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<BatteryEvent>> {
+        let cursor = self
+            .run(
+                self.c(EVENTS)
+                    .find(doc! { "user_id": user_id, "seq": { "$gt": after_seq } })
+                    .sort(doc! { "seq": 1 })
+                    .limit(i64::from(limit)),
+            )
+            .await?;
+        Ok(self
+            .run(collect(cursor))
+            .await?
+            .iter()
+            .filter_map(event_from_doc)
+            .collect())
+    }
+
+    async fn import_events(&self, events: &[BatteryEvent]) -> StoreResult<()> {
+        for event in events {
+            let new = NewBatteryEvent {
+                id: event.id.clone(),
+                interaction: event.interaction,
+                name: event.name.clone(),
+                duration_minutes: event.duration_minutes,
+                occurred_at: event.occurred_at,
+                recorded_at: event.recorded_at,
+                notes: event.notes.clone(),
+                people_count: event.people_count,
+                interaction_type: event.interaction_type.clone(),
+            };
+            let applied = battery::Applied {
+                level_before: event.level_before,
+                level_after: event.level_after,
+                energy_delta: event.energy_delta,
+            };
+            let document = event_doc(&event.user_id, event.seq, &new, &applied);
+            self.run(
+                self.c(EVENTS)
+                    .replace_one(doc! { "_id": &event.id }, document)
+                    .upsert(true),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_battery_import(
+        &self,
+        user_id: &str,
+        level: i32,
+        seq: i64,
+        updated_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<()> {
+        let pipeline = vec![
+            doc! { "$match": { "user_id": user_id } },
+            doc! { "$group": {
+                "_id": "$kind",
+                "count": { "$sum": 1 },
+                "total_positive": { "$sum": { "$max": ["$energy_delta", 0] } },
+                "total_negative": { "$sum": { "$max": [{ "$multiply": ["$energy_delta", -1] }, 0] } },
+                "level_sum": { "$sum": "$level_after" },
+            } },
+        ];
+        let cursor = self.run(self.c(EVENTS).aggregate(pipeline)).await?;
+        let mut stats = Document::new();
+        for row in self.run(collect(cursor)).await? {
+            let Some(kind) = get_str(&row, "_id") else {
+                continue;
+            };
+            let n = |f: &str| get_int(&row, f).unwrap_or(0);
+            stats.insert(
+                kind,
+                doc! {
+                    "count": n("count"), "total_positive": n("total_positive"),
+                    "total_negative": n("total_negative"), "level_sum": n("level_sum"),
+                },
+            );
+        }
+        self.run(self.c(USERS).update_one(
+            user_filter(user_id),
+            doc! { "$set": {
+                "battery_level": level, "battery_seq": seq,
+                "battery_updated_at": updated_at.map_or(Bson::Null, bdt), "battery_stats": stats,
+            } },
+        ))
+        .await
+        .map(drop)
+    }
+
+    async fn codes_of(&self, user_id: &str) -> StoreResult<Vec<OneTimeCode>> {
+        let cursor = self
+            .run(self.c(CODES).find(doc! { "user_id": user_id }))
+            .await?;
+        Ok(self
+            .run(collect(cursor))
+            .await?
+            .iter()
+            .filter_map(code_from_doc)
+            .collect())
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        Ok(StoreCounts {
+            users: self.run(self.c(USERS).count_documents(doc! {})).await?,
+            battery_events: self.run(self.c(EVENTS).count_documents(doc! {})).await?,
         })
     }
 

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
+use super::StoreCounts;
 use super::{
     BatteryEvent, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent, NewUser,
     OneTimeCode, ProfilePatch, RecordOutcome, RefreshToken, SendLimits, Session, Store, StoreError,
@@ -952,6 +953,164 @@ impl Store for SqliteStore {
                 total_depleted: negative,
                 average_level: (sum_count > 0)
                     .then(|| (level_sum as f64 / sum_count as f64 * 10.0).round() / 10.0),
+            })
+        })
+        .await
+    }
+
+    async fn export_users(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<User>> {
+        let after = after.unwrap_or("").to_owned();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?;
+            let rows = statement.query_map(params![after, limit], user_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn import_user(&self, user: &User) -> StoreResult<()> {
+        let user = user.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO users (id, email, hashed_password, display_name, avatar_url, bio, timezone, \
+                 introvert_level, is_verified, onboarding_completed, onboarding_completed_at, preferences, \
+                 battery_level, created_at, updated_at, battery_updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+                 ON CONFLICT (id) DO UPDATE SET email = excluded.email, \
+                 hashed_password = excluded.hashed_password, display_name = excluded.display_name, \
+                 avatar_url = excluded.avatar_url, bio = excluded.bio, timezone = excluded.timezone, \
+                 introvert_level = excluded.introvert_level, is_verified = excluded.is_verified, \
+                 onboarding_completed = excluded.onboarding_completed, \
+                 onboarding_completed_at = excluded.onboarding_completed_at, \
+                 preferences = excluded.preferences, battery_level = excluded.battery_level, \
+                 created_at = excluded.created_at, updated_at = excluded.updated_at, \
+                 battery_updated_at = excluded.battery_updated_at",
+                params![
+                    user.id,
+                    user.email,
+                    user.hashed_password,
+                    user.display_name,
+                    user.avatar_url,
+                    user.bio,
+                    user.timezone,
+                    user.introvert_level,
+                    user.is_verified,
+                    user.onboarding_completed,
+                    user.onboarding_completed_at.map(millis),
+                    serde_json::Value::Object(user.preferences).to_string(),
+                    user.battery_level,
+                    millis(user.created_at),
+                    millis(user.updated_at),
+                    user.battery_updated_at.map(millis)
+                ],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn export_events(
+        &self,
+        user_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<BatteryEvent>> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM battery_events WHERE user_id = ?1 AND seq > ?2 \
+                 ORDER BY seq LIMIT ?3"
+            ))?;
+            let rows = statement.query_map(params![user_id, after_seq, limit], event_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn import_events(&self, events: &[BatteryEvent]) -> StoreResult<()> {
+        let events = events.to_vec();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut insert = tx.prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO battery_events ({EVENT_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+                ))?;
+                for event in &events {
+                    let (impact, quality, target) = interaction_columns(&event.interaction);
+                    insert.execute(params![
+                        event.id,
+                        event.user_id,
+                        event.seq,
+                        event.interaction.kind().as_str(),
+                        impact,
+                        quality,
+                        target,
+                        event.name,
+                        event.energy_delta,
+                        event.level_before.value(),
+                        event.level_after.value(),
+                        event.duration_minutes,
+                        millis(event.occurred_at),
+                        millis(event.recorded_at),
+                        event.notes,
+                        event.people_count,
+                        event.interaction_type
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn finish_battery_import(
+        &self,
+        user_id: &str,
+        level: i32,
+        seq: i64,
+        updated_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<()> {
+        let user_id = user_id.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "UPDATE users SET battery_level = ?2, battery_seq = ?3, battery_updated_at = ?4 WHERE id = ?1",
+                params![user_id, level, seq, updated_at.map(millis)],
+            )?;
+            tx.execute("DELETE FROM battery_stats WHERE user_id = ?1", [&user_id])?;
+            tx.execute(
+                "INSERT INTO battery_stats (user_id, kind, count, total_positive, total_negative, level_sum) \
+                 SELECT user_id, kind, COUNT(*), SUM(MAX(energy_delta, 0)), SUM(MAX(-energy_delta, 0)), \
+                 SUM(level_after) FROM battery_events WHERE user_id = ?1 GROUP BY kind",
+                [&user_id],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn codes_of(&self, user_id: &str) -> StoreResult<Vec<OneTimeCode>> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT user_id, purpose, code_hash, attempts, created_at, expires_at \
+                 FROM one_time_codes WHERE user_id = ?1",
+            )?;
+            let rows = statement.query_map([user_id], code_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        self.read(|conn| {
+            Ok(StoreCounts {
+                users: conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?,
+                battery_events: conn
+                    .query_row("SELECT COUNT(*) FROM battery_events", [], |r| r.get(0))?,
             })
         })
         .await

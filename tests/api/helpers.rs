@@ -12,7 +12,8 @@ use introgy::startup::{AppState, Application};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
-static BUILD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Serialises app start-up (see `spawn_app_in`).
+pub static BUILD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const SECRET: &str = "test-signing-secret-0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -382,8 +383,8 @@ use chrono::{DateTime, Utc};
 use introgy::domain::OtpPurpose;
 use introgy::store::{
     BatteryEvent, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent, NewUser,
-    OneTimeCode, ProfilePatch, RecordOutcome, RefreshToken, SendLimits, Session, Store, StoreError,
-    StoreResult, User,
+    OneTimeCode, ProfilePatch, RecordOutcome, RefreshToken, SendLimits, Session, Store,
+    StoreCounts, StoreError, StoreResult, User,
 };
 
 #[async_trait::async_trait]
@@ -540,6 +541,47 @@ impl Store for FaultyStore {
     ) -> StoreResult<BatterySummary> {
         self.check()?;
         self.inner.battery_summary(user_id, filter).await
+    }
+    async fn export_users(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<User>> {
+        self.check()?;
+        self.inner.export_users(after, limit).await
+    }
+    async fn import_user(&self, user: &User) -> StoreResult<()> {
+        self.check()?;
+        self.inner.import_user(user).await
+    }
+    async fn export_events(
+        &self,
+        user_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<BatteryEvent>> {
+        self.check()?;
+        self.inner.export_events(user_id, after_seq, limit).await
+    }
+    async fn import_events(&self, events: &[BatteryEvent]) -> StoreResult<()> {
+        self.check()?;
+        self.inner.import_events(events).await
+    }
+    async fn finish_battery_import(
+        &self,
+        user_id: &str,
+        level: i32,
+        seq: i64,
+        updated_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<()> {
+        self.check()?;
+        self.inner
+            .finish_battery_import(user_id, level, seq, updated_at)
+            .await
+    }
+    async fn codes_of(&self, user_id: &str) -> StoreResult<Vec<OneTimeCode>> {
+        self.check()?;
+        self.inner.codes_of(user_id).await
+    }
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        self.check()?;
+        self.inner.counts().await
     }
 }
 
