@@ -1,5 +1,6 @@
-//! The `introgy` command line: `serve` (default), `check` and `migrate`.
+//! The `introgy` command line: `serve` (default), `check`, `migrate` and `mail preview`.
 
+pub mod mail;
 pub mod migrate;
 
 use std::process::ExitCode;
@@ -40,6 +41,11 @@ pub enum Command {
     },
     /// Copy users and battery history from one store to another (SQLite <-> MongoDB).
     Migrate(migrate::MigrateArgs),
+    /// Mail tools.
+    Mail {
+        #[command(subcommand)]
+        command: mail::MailCommand,
+    },
 }
 
 /// Parses the command line and runs the chosen command.
@@ -50,6 +56,15 @@ pub fn run(env_files: &[&str]) -> ExitCode {
         Some(Command::Serve { config }) => ("serve", config),
         Some(Command::Check { config }) => ("check", config),
         Some(Command::Migrate(args)) => return run_migrate(args),
+        Some(Command::Mail { command }) => {
+            return match mail::run(command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("introgy mail: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     };
     let log_format = args.log_format;
     let config = match Config::from_args(args) {

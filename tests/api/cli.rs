@@ -158,3 +158,33 @@ fn env_files_are_read_and_real_environment_wins() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(stdout.contains("sqlite:from-env.db"), "{stdout}");
 }
+
+#[test]
+fn mail_preview_writes_every_template_as_html_and_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("preview");
+    let output = introgy()
+        .args(["mail", "preview", "--out"])
+        .arg(&out)
+        .args(["--frontend-url", "https://staging.introgy.ai"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in [
+        "verification_code",
+        "reset_code",
+        "signup_attempt",
+        "password_changed",
+    ] {
+        let html = std::fs::read_to_string(out.join(format!("{name}.html"))).unwrap();
+        let text = std::fs::read_to_string(out.join(format!("{name}.txt"))).unwrap();
+        assert!(html.starts_with("<!DOCTYPE html>"), "{name}.html");
+        assert!(text.contains("https://staging.introgy.ai"), "{name}.txt");
+    }
+    let code_mail = std::fs::read_to_string(out.join("verification_code.txt")).unwrap();
+    assert!(code_mail.contains("048213") && code_mail.contains("10 minutes"));
+}
