@@ -135,6 +135,10 @@ pub struct ConfigArgs {
     #[arg(long, env = "EMAIL_TRANSPORT", value_enum)]
     pub email_transport: Option<TransportKind>,
 
+    /// How long one mail delivery attempt (SMTP or SendGrid) may take, in seconds.
+    #[arg(long, env = "MAIL_TIMEOUT_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub mail_timeout_seconds: u64,
+
     /// Sender address.
     #[arg(long, env = "FROM_EMAIL", default_value = "support@introgy.ai")]
     pub from_email: String,
@@ -244,6 +248,8 @@ impl TransportConfig {
 #[derive(Debug, Clone)]
 pub struct MailConfig {
     pub transport: TransportConfig,
+    /// Bound on one delivery attempt.
+    pub timeout: Duration,
     pub from_email: String,
     pub from_name: String,
     pub frontend_url: String,
@@ -408,6 +414,7 @@ impl Config {
             jwt_previous_secrets,
             mail: MailConfig {
                 transport,
+                timeout: Duration::from_secs(args.mail_timeout_seconds),
                 from_email: args.from_email.trim().to_owned(),
                 from_name: args.email_from_name.trim().to_owned(),
                 frontend_url,

@@ -28,7 +28,7 @@ use crate::auth::tokens::JwtKeys;
 use crate::background::Background;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::email::{transport, MailTransport, Mailer};
+use crate::email::{transport, MailTransport, Mailer, Outbox};
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::store::Store;
@@ -55,6 +55,8 @@ pub struct AppState {
     pub background: Background,
     pub limits: Arc<Limits>,
     pub clock: Clock,
+    /// Durable mail queue and its delivery worker.
+    pub outbox: Outbox,
     pub started_at: Instant,
 }
 
@@ -69,7 +71,7 @@ pub struct Application {
 impl Application {
     /// Builds with the mail transport the configuration names.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let transport = transport::from_config(&config.mail.transport)?;
+        let transport = transport::from_config(&config.mail)?;
         Self::build_with_transport(config, transport).await
     }
 
@@ -94,7 +96,9 @@ impl Application {
         };
         let keys = JwtKeys::new(&secret, &config.jwt_previous_secrets);
         let background = Background::default();
-        let mailer = Mailer::new(&config.mail, transport, background.clone())?;
+        let mailer = Mailer::new(&config.mail, transport)?;
+        let clock = Clock::default();
+        let outbox = Outbox::new(Arc::clone(&store), mailer.clone(), clock.clone(), &secret);
         let state = AppState {
             otp: Arc::new(OtpHasher::from_signing_secret(&secret)),
             keys: Arc::new(keys),
@@ -103,7 +107,8 @@ impl Application {
             mailer,
             background,
             limits: Arc::new(Limits::new()),
-            clock: Clock::default(),
+            clock,
+            outbox,
             started_at: Instant::now(),
             config: Arc::new(config),
         };
@@ -158,7 +163,10 @@ impl Application {
         .context("HTTP server failed")?;
         let pending = state.background.wait_idle(MAIL_DRAIN_LIMIT).await;
         if pending > 0 {
-            tracing::warn!(pending, "shutting down with mail still being sent");
+            tracing::warn!(
+                pending,
+                "shutting down with work still running; queued mail stays in the outbox"
+            );
         }
         tracing::info!("introgy stopped");
         Ok(())
@@ -166,6 +174,7 @@ impl Application {
 }
 
 fn spawn_background_tasks(state: &AppState) {
+    tokio::spawn(state.outbox.clone().run());
     // Compute the dummy bcrypt hash now, so the first login of an unknown address costs
     // what every other one costs.
     let hasher = state.hasher.clone();

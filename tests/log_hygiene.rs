@@ -75,7 +75,7 @@ async fn a_whole_account_lifecycle_logs_no_secrets() {
     .await
     .unwrap();
     state.background.wait_idle(Duration::from_secs(5)).await;
-    let code = introgy_code(&mail);
+    let code = code_of_mail(&mail, 1).await;
     let tokens: Value = post("/auth/verify-otp", json!({"email": email, "code": code}))
         .await
         .unwrap()
@@ -123,7 +123,7 @@ async fn a_whole_account_lifecycle_logs_no_secrets() {
     .await
     .unwrap();
     state.background.wait_idle(Duration::from_secs(5)).await;
-    let reset_code = introgy_code(&mail);
+    let reset_code = code_of_mail(&mail, 2).await;
     post(
         "/auth/reset-password",
         json!({"email": email, "code": reset_code, "new_password": new_password}),
@@ -158,8 +158,16 @@ async fn a_whole_account_lifecycle_logs_no_secrets() {
     }
 }
 
-/// The code of the newest mail.
-fn introgy_code(mail: &MemoryTransport) -> String {
+/// The code of the newest mail, once `count` mails have arrived.
+async fn code_of_mail(mail: &MemoryTransport, count: usize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mail.messages().len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mail {count} did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let last = mail.messages().pop().expect("a mail");
     last.text
         .split_whitespace()

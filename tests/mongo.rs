@@ -385,6 +385,14 @@ async fn migrate_copies_users_and_history_to_mongodb_and_back_and_is_idempotent(
     .await
     .unwrap();
     state.background.wait_idle(Duration::from_secs(5)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mail.messages().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the verification mail did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let code = helpers::extract_code(&mail.messages()[0].text);
     let tokens: Value = post(
         "/auth/verify-otp",

@@ -134,7 +134,11 @@ fn spawn_mail_if_budget(state: &AppState, email: Email, kind: MailKind) {
             .reserve_mail_send(email.as_str(), state.clock.now(), SEND_LIMITS)
             .await
         {
-            Ok(true) => state.mailer.send_in_background(email, kind),
+            Ok(true) => {
+                if let Err(e) = state.outbox.enqueue(&email, &kind).await {
+                    tracing::error!(error = %e, "failed to queue a mail");
+                }
+            }
             Ok(false) => {
                 tracing::info!(email = %email.masked(), "mail budget exhausted; notice not sent")
             }
@@ -179,7 +183,6 @@ async fn issue_code(
         created_at: now,
         expires_at: now + to_chrono(state.config.otp_ttl),
     };
-    state.store.put_code(&record).await?;
     let valid_minutes = state.config.otp_ttl.as_secs().div_ceil(60);
     let kind = match purpose {
         OtpPurpose::VerifyEmail => MailKind::VerificationCode {
@@ -191,7 +194,11 @@ async fn issue_code(
             valid_minutes,
         },
     };
-    state.mailer.send_in_background(email.clone(), kind);
+    // The code and the mail that carries it are stored together.
+    state
+        .outbox
+        .put_code_and_mail(&record, email, &kind)
+        .await?;
     Ok(())
 }
 
@@ -413,7 +420,8 @@ pub async fn reset_password(
         .await?;
     tracing::info!(user_id = %user.id, "password reset; all sessions revoked");
     state
-        .mailer
-        .send_in_background(email, MailKind::PasswordChanged);
+        .outbox
+        .enqueue(&email, &MailKind::PasswordChanged)
+        .await?;
     Ok(())
 }

@@ -150,7 +150,7 @@ async fn check(config: Config) -> anyhow::Result<()> {
         }
     );
     println!("mail transport: {}", config.mail.transport.name());
-    match crate::email::transport::from_config(&config.mail.transport) {
+    match crate::email::transport::from_config(&config.mail) {
         Ok(transport) => match transport.check().await {
             Ok(found) => println!("mail:           ok: {found}"),
             Err(e) => {

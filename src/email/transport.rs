@@ -11,7 +11,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::OutgoingMail;
-use crate::config::{SmtpConfig, SmtpTls, TransportConfig};
+use crate::config::{MailConfig, SmtpConfig, SmtpTls, TransportConfig};
 use crate::domain::mask_email;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,13 +33,15 @@ pub trait MailTransport: Send + Sync + 'static {
 }
 
 /// Builds the transport the configuration names.
-pub fn from_config(config: &TransportConfig) -> anyhow::Result<std::sync::Arc<dyn MailTransport>> {
-    Ok(match config {
+pub fn from_config(config: &MailConfig) -> anyhow::Result<std::sync::Arc<dyn MailTransport>> {
+    Ok(match &config.transport {
         TransportConfig::Log => std::sync::Arc::new(LogTransport),
-        TransportConfig::Smtp(smtp) => std::sync::Arc::new(SmtpTransport::new(smtp)?),
-        TransportConfig::SendGrid { api_key, api_url } => {
-            std::sync::Arc::new(SendGridTransport::new(api_key.clone(), api_url.clone())?)
+        TransportConfig::Smtp(smtp) => {
+            std::sync::Arc::new(SmtpTransport::new(smtp, config.timeout)?)
         }
+        TransportConfig::SendGrid { api_key, api_url } => std::sync::Arc::new(
+            SendGridTransport::new(api_key.clone(), api_url.clone(), config.timeout)?,
+        ),
     })
 }
 
@@ -126,7 +128,7 @@ pub struct SmtpTransport {
 }
 
 impl SmtpTransport {
-    pub fn new(config: &SmtpConfig) -> anyhow::Result<Self> {
+    pub fn new(config: &SmtpConfig, timeout: Duration) -> anyhow::Result<Self> {
         let builder = match config.tls {
             SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host),
             SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
@@ -134,9 +136,7 @@ impl SmtpTransport {
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
                 .context("Failed to set up TLS")?,
         };
-        let mut builder = builder
-            .port(config.port)
-            .timeout(Some(Duration::from_secs(15)));
+        let mut builder = builder.port(config.port).timeout(Some(timeout));
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
             builder = builder.credentials(Credentials::new(
                 user.clone(),
@@ -192,9 +192,9 @@ pub struct SendGridTransport {
 }
 
 impl SendGridTransport {
-    pub fn new(api_key: SecretString, url: String) -> anyhow::Result<Self> {
+    pub fn new(api_key: SecretString, url: String, timeout: Duration) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
+            .timeout(timeout)
             .build()
             .context("Failed to build the HTTP client")?;
         Ok(Self {
@@ -244,7 +244,36 @@ impl MailTransport for SendGridTransport {
         }
     }
 
+    /// Asks SendGrid which scopes the key has (`GET /v3/scopes`): proves the key is
+    /// accepted without sending mail.
     async fn check(&self) -> anyhow::Result<String> {
-        Ok(format!("sendgrid at {} (key configured)", self.url))
+        let scopes_url = match self.url.strip_suffix("/mail/send") {
+            Some(base) => format!("{base}/scopes"),
+            None => anyhow::bail!(
+                "SENDGRID_API_URL should end in /mail/send (got {})",
+                self.url
+            ),
+        };
+        let response = self
+            .client
+            .get(&scopes_url)
+            .bearer_auth(self.api_key.expose_secret())
+            .send()
+            .await
+            .with_context(|| format!("Failed to reach {scopes_url}"))?;
+        let status = response.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "SendGrid refused the API key ({status})"
+        );
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let can_send = body["scopes"]
+            .as_array()
+            .is_some_and(|scopes| scopes.iter().any(|s| s == "mail.send"));
+        anyhow::ensure!(can_send, "the SendGrid API key lacks the mail.send scope");
+        Ok(format!(
+            "sendgrid at {}: key accepted, mail.send allowed",
+            self.url
+        ))
     }
 }

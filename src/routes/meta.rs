@@ -28,6 +28,10 @@ pub struct HealthResponse {
     pub store: String,
     /// `smtp`, `sendgrid` or `log`.
     pub mail_transport: String,
+    /// Mails waiting in the outbox (`null` when the store is down).
+    pub outbox_pending: Option<u64>,
+    /// Mails given up after their last try.
+    pub outbox_dead: Option<u64>,
     pub uptime_seconds: u64,
 }
 
@@ -58,6 +62,11 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
             false
         }
     };
+    let outbox = if connected {
+        state.store.outbox_stats().await.ok()
+    } else {
+        None
+    };
     let status = if connected {
         StatusCode::OK
     } else {
@@ -76,6 +85,8 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
             .to_owned(),
             store: state.store.backend().to_owned(),
             mail_transport: state.mailer.transport().name().to_owned(),
+            outbox_pending: outbox.map(|o| o.pending),
+            outbox_dead: outbox.map(|o| o.dead),
             uptime_seconds: state.started_at.elapsed().as_secs(),
         }),
     )

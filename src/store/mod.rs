@@ -129,6 +129,44 @@ pub enum RecordOutcome {
     UserMissing,
 }
 
+/// A queued mail (see [`crate::email::outbox`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMail {
+    /// Also the mail's `Message-ID`.
+    pub id: String,
+    pub recipient: String,
+    /// The mail's kind and data as JSON, one-time codes sealed.
+    pub payload: String,
+    /// Tries so far (including the current one after [`Store::claim_mail`]).
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+    /// Mail carrying a code is not sent after the code expired.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MailResult {
+    Sent,
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
+    /// The code it carried expired first.
+    Expired,
+}
+
+/// The outbox backlog, for `/health`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub dead: u64,
+}
+
 /// Record counts, for the migration's final check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreCounts {
@@ -262,6 +300,28 @@ pub trait Store: Send + Sync + 'static {
         purpose: OtpPurpose,
         code_hash: &str,
     ) -> StoreResult<bool>;
+    /// Stores a code and queues the mail that carries it, in one step (one transaction
+    /// on SQLite; on MongoDB the code is written first, so an interruption can lose the
+    /// mail, never send a code that does not exist).
+    async fn put_code_and_mail(&self, code: &OneTimeCode, mail: &OutboxMail) -> StoreResult<()>;
+    /// Queues a mail.
+    async fn enqueue_mail(&self, mail: &OutboxMail) -> StoreResult<()>;
+    /// Claims up to `limit` due mails: counts a try and makes each due again at
+    /// `lease_until` (if its worker vanishes, it is retried then).
+    async fn claim_mail(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxMail>>;
+    /// Records how a try ended; a finished mail's payload (its sealed code) is erased.
+    async fn finish_mail(
+        &self,
+        id: &str,
+        result: &MailResult,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats>;
     /// Records a mail to `email` if the per-address budget allows it; `false` otherwise.
     async fn reserve_mail_send(
         &self,

@@ -29,12 +29,12 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use super::StoreCounts;
 use super::{
     BatteryEvent, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent, NewUser,
     OneTimeCode, ProfilePatch, RecordOutcome, RefreshToken, SendLimits, Session, Store, StoreError,
     StoreResult, User,
 };
+use super::{MailResult, OutboxMail, OutboxStats, StoreCounts};
 use crate::battery::{
     self, BatteryLevel, EnergyImpact, Interaction, InteractionKind, SleepQuality,
 };
@@ -48,6 +48,7 @@ const CODES: &str = "one_time_codes";
 const MAIL_SENDS: &str = "mail_sends";
 const EVENTS: &str = "battery_events";
 const IDEMPOTENCY: &str = "idempotency_keys";
+const OUTBOX: &str = "mail_outbox";
 
 /// Every collection this store writes, users first.
 pub const COLLECTIONS: &[&str] = &[
@@ -58,6 +59,7 @@ pub const COLLECTIONS: &[&str] = &[
     MAIL_SENDS,
     EVENTS,
     IDEMPOTENCY,
+    OUTBOX,
 ];
 
 /// How many times an optimistic write is retried under contention.
@@ -341,6 +343,43 @@ fn history_filter(user_id: &str, filter: &HistoryFilter) -> Document {
     query
 }
 
+fn mail_doc(mail: &OutboxMail) -> Document {
+    doc! {
+        "_id": &mail.id,
+        "recipient": &mail.recipient,
+        "payload": &mail.payload,
+        "status": "pending",
+        "attempts": i64::from(mail.attempts),
+        "created_at": bdt(mail.created_at),
+        "next_attempt_at": bdt(mail.next_attempt_at),
+        "expires_at": mail.expires_at.map_or(Bson::Null, bdt),
+    }
+}
+
+fn mail_from_doc(d: &Document) -> Option<OutboxMail> {
+    Some(OutboxMail {
+        id: get_str(d, "_id")?,
+        recipient: get_str(d, "recipient")?,
+        payload: get_str(d, "payload")?,
+        attempts: get_int(d, "attempts").unwrap_or(0) as u32,
+        created_at: get_dt(d, "created_at")?,
+        next_attempt_at: get_dt(d, "next_attempt_at")?,
+        expires_at: get_dt(d, "expires_at"),
+    })
+}
+
+fn code_doc(code: &OneTimeCode) -> Document {
+    doc! {
+        "_id": format!("{}:{}", code.user_id, purpose_str(code.purpose)),
+        "user_id": &code.user_id,
+        "purpose": purpose_str(code.purpose),
+        "code_hash": &code.code_hash,
+        "attempts": 0_i64,
+        "created_at": bdt(code.created_at),
+        "expires_at": bdt(code.expires_at),
+    }
+}
+
 async fn collect(
     mut cursor: mongodb::Cursor<Document>,
 ) -> Result<Vec<Document>, mongodb::error::Error> {
@@ -464,6 +503,10 @@ impl MongoStore {
                 index(doc! { "user_id": 1, "occurred_at": 1 }, false, None),
             ),
             (IDEMPOTENCY, index(doc! { "user_id": 1 }, false, None)),
+            (
+                OUTBOX,
+                index(doc! { "status": 1, "next_attempt_at": 1 }, false, None),
+            ),
             (
                 IDEMPOTENCY,
                 index(doc! { "created_at": 1 }, false, Some(86_400)),
@@ -704,23 +747,91 @@ impl Store for MongoStore {
     }
 
     async fn put_code(&self, code: &OneTimeCode) -> StoreResult<()> {
-        let id = format!("{}:{}", code.user_id, purpose_str(code.purpose));
-        let document = doc! {
-            "_id": &id,
-            "user_id": &code.user_id,
-            "purpose": purpose_str(code.purpose),
-            "code_hash": &code.code_hash,
-            "attempts": 0_i64,
-            "created_at": bdt(code.created_at),
-            "expires_at": bdt(code.expires_at),
-        };
+        let document = code_doc(code);
+        let id = document.get("_id").cloned().unwrap_or(Bson::Null);
         self.run(
             self.c(CODES)
-                .replace_one(doc! { "_id": &id }, document)
+                .replace_one(doc! { "_id": id }, document)
                 .upsert(true),
         )
         .await
         .map(drop)
+    }
+
+    async fn put_code_and_mail(&self, code: &OneTimeCode, mail: &OutboxMail) -> StoreResult<()> {
+        // Code first: an interruption between the two writes loses a mail (the user asks
+        // again), never mails a code that does not exist.
+        self.put_code(code).await?;
+        self.enqueue_mail(mail).await
+    }
+
+    async fn enqueue_mail(&self, mail: &OutboxMail) -> StoreResult<()> {
+        self.run(self.c(OUTBOX).insert_one(mail_doc(mail)))
+            .await
+            .map(drop)
+    }
+
+    async fn claim_mail(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxMail>> {
+        let mut claimed = Vec::new();
+        for _ in 0..limit {
+            let next = self
+                .run(
+                    self.c(OUTBOX)
+                        .find_one_and_update(
+                            doc! { "status": "pending", "next_attempt_at": { "$lte": bdt(now) } },
+                            doc! { "$set": { "next_attempt_at": bdt(lease_until) }, "$inc": { "attempts": 1_i64 } },
+                        )
+                        .sort(doc! { "next_attempt_at": 1 })
+                        .return_document(ReturnDocument::After),
+                )
+                .await?;
+            match next.as_ref().and_then(mail_from_doc) {
+                Some(mail) => claimed.push(mail),
+                None => break,
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_mail(
+        &self,
+        id: &str,
+        result: &MailResult,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let update = match result {
+            MailResult::Retry { at, error } => {
+                doc! { "$set": { "next_attempt_at": bdt(*at), "last_error": error } }
+            }
+            MailResult::Sent => {
+                doc! { "$set": { "status": "sent", "finished_at": bdt(now), "payload": "{}" } }
+            }
+            MailResult::Expired => {
+                doc! { "$set": { "status": "expired", "finished_at": bdt(now), "payload": "{}" } }
+            }
+            MailResult::Dead { error } => doc! {
+                "$set": { "status": "dead", "finished_at": bdt(now), "payload": "{}", "last_error": error }
+            },
+        };
+        self.run(self.c(OUTBOX).update_one(doc! { "_id": id }, update))
+            .await
+            .map(drop)
+    }
+
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
+        Ok(OutboxStats {
+            pending: self
+                .run(self.c(OUTBOX).count_documents(doc! { "status": "pending" }))
+                .await?,
+            dead: self
+                .run(self.c(OUTBOX).count_documents(doc! { "status": "dead" }))
+                .await?,
+        })
     }
 
     async fn take_code_attempt(
@@ -1356,6 +1467,13 @@ impl Store for MongoStore {
                 .await?
                 .deleted_count;
         }
+        removed += self
+            .run(self.c(OUTBOX).delete_many(doc! {
+                "status": { "$in": ["sent", "expired"] },
+                "finished_at": { "$lte": bdt(now - chrono::Duration::days(7)) },
+            }))
+            .await?
+            .deleted_count;
         removed += self
             .run(self.c(IDEMPOTENCY).delete_many(doc! {
                 "created_at": { "$lte": bdt(now - chrono::Duration::hours(24)) }

@@ -17,12 +17,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
-use super::StoreCounts;
 use super::{
     BatteryEvent, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent, NewUser,
     OneTimeCode, ProfilePatch, RecordOutcome, RefreshToken, SendLimits, Session, Store, StoreError,
     StoreResult, User,
 };
+use super::{MailResult, OutboxMail, OutboxStats, StoreCounts};
 use crate::battery::{self, BatteryLevel, EnergyImpact, Interaction, SleepQuality};
 use crate::domain::OtpPurpose;
 
@@ -30,6 +30,7 @@ use crate::domain::OtpPurpose;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_accounts.sql"),
     include_str!("migrations/0002_battery.sql"),
+    include_str!("migrations/0003_outbox.sql"),
 ];
 
 const READERS: usize = 4;
@@ -222,6 +223,40 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
         expires_at: from_millis(row.get(3)?),
         refreshed_at: from_millis(row.get(4)?),
     })
+}
+
+fn upsert_code(conn: &Connection, code: &OneTimeCode) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO one_time_codes (user_id, purpose, code_hash, attempts, created_at, expires_at) \
+         VALUES (?1, ?2, ?3, 0, ?4, ?5) \
+         ON CONFLICT (user_id, purpose) DO UPDATE SET code_hash = excluded.code_hash, \
+         attempts = 0, created_at = excluded.created_at, expires_at = excluded.expires_at",
+        params![
+            code.user_id,
+            code.purpose.as_str(),
+            code.code_hash,
+            millis(code.created_at),
+            millis(code.expires_at)
+        ],
+    )
+    .map(drop)
+}
+
+fn insert_mail(conn: &Connection, mail: &OutboxMail) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO mail_outbox (id, recipient, payload, attempts, created_at, next_attempt_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            mail.id,
+            mail.recipient,
+            mail.payload,
+            mail.attempts,
+            millis(mail.created_at),
+            millis(mail.next_attempt_at),
+            mail.expires_at.map(millis)
+        ],
+    )
+    .map(drop)
 }
 
 fn purpose_from_str(raw: &str) -> OtpPurpose {
@@ -455,23 +490,7 @@ impl Store for SqliteStore {
 
     async fn put_code(&self, code: &OneTimeCode) -> StoreResult<()> {
         let code = code.clone();
-        self.write(move |conn| {
-            conn.execute(
-                "INSERT INTO one_time_codes (user_id, purpose, code_hash, attempts, created_at, expires_at) \
-                 VALUES (?1, ?2, ?3, 0, ?4, ?5) \
-                 ON CONFLICT (user_id, purpose) DO UPDATE SET code_hash = excluded.code_hash, \
-                 attempts = 0, created_at = excluded.created_at, expires_at = excluded.expires_at",
-                params![
-                    code.user_id,
-                    code.purpose.as_str(),
-                    code.code_hash,
-                    millis(code.created_at),
-                    millis(code.expires_at)
-                ],
-            )
-            .map(drop)
-        })
-        .await
+        self.write(move |conn| upsert_code(conn, &code)).await
     }
 
     async fn take_code_attempt(
@@ -508,6 +527,97 @@ impl Store for SqliteStore {
                 params![user_id, purpose.as_str(), code_hash],
             )
             .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn put_code_and_mail(&self, code: &OneTimeCode, mail: &OutboxMail) -> StoreResult<()> {
+        let (code, mail) = (code.clone(), mail.clone());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            upsert_code(&tx, &code)?;
+            insert_mail(&tx, &mail)?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn enqueue_mail(&self, mail: &OutboxMail) -> StoreResult<()> {
+        let mail = mail.clone();
+        self.write(move |conn| insert_mail(conn, &mail)).await
+    }
+
+    async fn claim_mail(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxMail>> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let claimed: Vec<OutboxMail> = tx
+                .prepare_cached(
+                    "UPDATE mail_outbox SET attempts = attempts + 1, next_attempt_at = ?2 \
+                     WHERE id IN (SELECT id FROM mail_outbox WHERE status = 'pending' \
+                     AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?3) \
+                     RETURNING id, recipient, payload, attempts, created_at, next_attempt_at, expires_at",
+                )?
+                .query_map(params![millis(now), millis(lease_until), limit], |row| {
+                    Ok(OutboxMail {
+                        id: row.get(0)?,
+                        recipient: row.get(1)?,
+                        payload: row.get(2)?,
+                        attempts: row.get(3)?,
+                        created_at: from_millis(row.get(4)?),
+                        next_attempt_at: from_millis(row.get(5)?),
+                        expires_at: row.get::<_, Option<i64>>(6)?.map(from_millis),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            tx.commit()?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn finish_mail(
+        &self,
+        id: &str,
+        result: &MailResult,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (id, result) = (id.to_owned(), result.clone());
+        self.write(move |conn| {
+            match &result {
+                MailResult::Retry { at, error } => conn.execute(
+                    "UPDATE mail_outbox SET next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
+                    params![id, millis(*at), error],
+                ),
+                other => {
+                    let (status, error) = match other {
+                        MailResult::Sent => ("sent", None),
+                        MailResult::Dead { error } => ("dead", Some(error.as_str())),
+                        _ => ("expired", None),
+                    };
+                    conn.execute(
+                        "UPDATE mail_outbox SET status = ?2, last_error = COALESCE(?3, last_error), \
+                         finished_at = ?4, payload = '{}' WHERE id = ?1",
+                        params![id, status, error, millis(now)],
+                    )
+                }
+            }
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'dead'), 0) FROM mail_outbox",
+                [],
+                |r| Ok(OutboxStats { pending: r.get(0)?, dead: r.get(1)? }),
+            )
         })
         .await
     }
@@ -1133,6 +1243,11 @@ impl Store for SqliteStore {
             removed += tx.execute(
                 "DELETE FROM idempotency_keys WHERE created_at <= ?1",
                 [now_ms - 86_400_000],
+            )?;
+            // Delivered and expired mail is kept a week for inspection; dead mail stays.
+            removed += tx.execute(
+                "DELETE FROM mail_outbox WHERE status IN ('sent', 'expired') AND finished_at <= ?1",
+                [now_ms - 7 * 86_400_000],
             )?;
             tx.commit()?;
             Ok(removed as u64)

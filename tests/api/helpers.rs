@@ -50,6 +50,21 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
 
 /// Starts the app on a given data directory (to test restarts).
 pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str], with_secret: bool) -> TestApp {
+    spawn(dir, extra, with_secret, false).await
+}
+
+/// Starts the app with the mail transport its settings name (SMTP, SendGrid) instead of
+/// the memory transport.
+pub async fn spawn_app_with_configured_mail(extra: &[&str]) -> TestApp {
+    spawn(tempfile::tempdir().expect("temp dir"), extra, true, true).await
+}
+
+async fn spawn(
+    dir: tempfile::TempDir,
+    extra: &[&str],
+    with_secret: bool,
+    configured_mail: bool,
+) -> TestApp {
     let db_path = dir.path().join("introgy.db");
     // One suite, both stores: with INTROGY_TEST_MONGO_URL set, every app gets its own
     // uniquely named MongoDB database instead of a temporary SQLite file.
@@ -88,9 +103,12 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str], with_secret: b
         // One app at a time creates its MongoDB collections and indexes: SecantusDB can
         // deadlock on concurrent DDL (see docs/mongodb.md).
         let _guard = BUILD_LOCK.lock().await;
-        Application::build_with_transport(config, mail.clone())
-            .await
-            .expect("app builds")
+        let built = if configured_mail {
+            Application::build(config).await
+        } else {
+            Application::build_with_transport(config, mail.clone()).await
+        };
+        built.expect("app builds")
     };
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state().clone();
@@ -296,6 +314,15 @@ impl TestApp {
             .wait_idle(Duration::from_secs(10))
             .await;
         assert_eq!(pending, 0, "background work did not settle");
+        // And the outbox worker has delivered everything that was queued.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.state.store.outbox_stats().await.unwrap().pending > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the outbox did not drain"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Registers, reads the code, verifies: a user with a live session.
@@ -382,9 +409,9 @@ impl FaultyStore {
 use chrono::{DateTime, Utc};
 use introgy::domain::OtpPurpose;
 use introgy::store::{
-    BatteryEvent, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent, NewUser,
-    OneTimeCode, ProfilePatch, RecordOutcome, RefreshToken, SendLimits, Session, Store,
-    StoreCounts, StoreError, StoreResult, User,
+    BatteryEvent, BatterySummary, HistoryFilter, IdempotencyKey, MailResult, NewBatteryEvent,
+    NewUser, OneTimeCode, OutboxMail, OutboxStats, ProfilePatch, RecordOutcome, RefreshToken,
+    SendLimits, Session, Store, StoreCounts, StoreError, StoreResult, User,
 };
 
 #[async_trait::async_trait]
@@ -582,6 +609,36 @@ impl Store for FaultyStore {
     async fn counts(&self) -> StoreResult<StoreCounts> {
         self.check()?;
         self.inner.counts().await
+    }
+    async fn put_code_and_mail(&self, code: &OneTimeCode, mail: &OutboxMail) -> StoreResult<()> {
+        self.check()?;
+        self.inner.put_code_and_mail(code, mail).await
+    }
+    async fn enqueue_mail(&self, mail: &OutboxMail) -> StoreResult<()> {
+        self.check()?;
+        self.inner.enqueue_mail(mail).await
+    }
+    async fn claim_mail(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxMail>> {
+        self.check()?;
+        self.inner.claim_mail(now, lease_until, limit).await
+    }
+    async fn finish_mail(
+        &self,
+        id: &str,
+        result: &MailResult,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.check()?;
+        self.inner.finish_mail(id, result, now).await
+    }
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
+        self.check()?;
+        self.inner.outbox_stats().await
     }
 }
 

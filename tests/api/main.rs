@@ -9,6 +9,7 @@ mod input;
 mod login;
 mod register;
 mod reset;
+mod sendgrid;
 mod sessions;
 mod smtp;
 mod tokens;

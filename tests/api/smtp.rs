@@ -136,6 +136,14 @@ async fn verification_mail_travels_over_smtp_and_its_code_works() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     assert_eq!(state.background.wait_idle(Duration::from_secs(20)).await, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while delivered(&server).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no mail reached the SMTP server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let messages = delivered(&server);
     assert_eq!(messages.len(), 1, "one mail delivered");

@@ -1,0 +1,299 @@
+//! The durable outbox: mail is written to the store (in the same store call as the code it
+//! carries) and a background worker delivers it.
+//!
+//! A crash, a deploy or a provider outage delays mail; it does not lose it. Each mail is
+//! sent at least once with a stable `Message-ID` (its outbox id), so a retry after an
+//! ambiguous failure is recognisable downstream. Transient failures are retried with
+//! exponential backoff and jitter; after [`MAX_ATTEMPTS`] tries, or on a permanent
+//! failure, the mail ends `dead` (counted in `/health`). A mail whose code has expired is
+//! not sent late. One-time codes in queued mail are sealed (ChaCha20-Poly1305, key derived
+//! from the signing secret) and erased from the outbox once the mail is done.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use rand::{Rng, RngCore};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::{MailKind, Mailer, SendError};
+use crate::clock::Clock;
+use crate::domain::{mask_email, Email};
+use crate::store::{MailResult, OneTimeCode, OutboxMail, Store, StoreResult};
+
+/// Tries before a mail is given up (`dead`).
+pub const MAX_ATTEMPTS: u32 = 8;
+/// A claimed mail becomes due again after this long if its worker vanished.
+pub const LEASE: Duration = Duration::from_secs(60);
+/// How often the worker looks for due mail when nobody wakes it.
+const POLL: Duration = Duration::from_secs(1);
+const BATCH: u32 = 16;
+/// Longest pause between two tries.
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+
+/// What is stored for a mail: its kind and data, codes sealed.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Payload {
+    VerificationCode {
+        sealed_code: String,
+        valid_minutes: u64,
+    },
+    ResetCode {
+        sealed_code: String,
+        valid_minutes: u64,
+    },
+    SignupAttempt,
+    PasswordChanged,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    mailer: Mailer,
+    clock: Clock,
+    cipher: ChaCha20Poly1305,
+    wake: Notify,
+}
+
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+/// Pause before try `attempt + 1`: 2^attempt seconds, capped, times a random 0.5–1.5.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << attempt.min(20)).min(MAX_BACKOFF);
+    base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+}
+
+impl Outbox {
+    pub fn new(store: Arc<dyn Store>, mailer: Mailer, clock: Clock, secret: &SecretString) -> Self {
+        let mut mac =
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.expose_secret().as_bytes())
+                .expect("HMAC accepts keys of any length");
+        mac.update(b"introgy/outbox-key/v1");
+        let key: [u8; 32] = mac.finalize().into_bytes().into();
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                mailer,
+                clock,
+                cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    fn seal(&self, code: &str) -> String {
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .inner
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), code.as_bytes())
+            .expect("sealing a short code cannot fail");
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
+    }
+
+    fn unseal(&self, sealed: &str) -> Option<String> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sealed)
+            .ok()?;
+        if bytes.len() < 12 {
+            return None;
+        }
+        let (nonce, body) = bytes.split_at(12);
+        let plain = self
+            .inner
+            .cipher
+            .decrypt(Nonce::from_slice(nonce), body)
+            .ok()?;
+        String::from_utf8(plain).ok()
+    }
+
+    /// The outbox record of a mail, due now.
+    pub fn prepare(
+        &self,
+        to: &Email,
+        kind: &MailKind,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> OutboxMail {
+        let payload = match kind {
+            MailKind::VerificationCode {
+                code,
+                valid_minutes,
+            } => Payload::VerificationCode {
+                sealed_code: self.seal(code),
+                valid_minutes: *valid_minutes,
+            },
+            MailKind::ResetCode {
+                code,
+                valid_minutes,
+            } => Payload::ResetCode {
+                sealed_code: self.seal(code),
+                valid_minutes: *valid_minutes,
+            },
+            MailKind::SignupAttempt => Payload::SignupAttempt,
+            MailKind::PasswordChanged => Payload::PasswordChanged,
+        };
+        let now = self.inner.clock.now();
+        OutboxMail {
+            id: crate::auth::random_hex(16),
+            recipient: to.as_str().to_owned(),
+            payload: serde_json::to_string(&payload).expect("payloads serialise"),
+            attempts: 0,
+            created_at: now,
+            next_attempt_at: now,
+            expires_at,
+        }
+    }
+
+    /// Queues a mail and wakes the worker.
+    pub async fn enqueue(&self, to: &Email, kind: &MailKind) -> StoreResult<()> {
+        self.inner
+            .store
+            .enqueue_mail(&self.prepare(to, kind, None))
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Stores a code and the mail that carries it in one store call, and wakes the worker.
+    pub async fn put_code_and_mail(
+        &self,
+        code: &OneTimeCode,
+        to: &Email,
+        kind: &MailKind,
+    ) -> StoreResult<()> {
+        let mail = self.prepare(to, kind, Some(code.expires_at));
+        self.inner.store.put_code_and_mail(code, &mail).await?;
+        self.wake();
+        Ok(())
+    }
+
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Delivers due mail until the process ends.
+    pub async fn run(self) {
+        loop {
+            match self.deliver_due().await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "outbox: cannot read due mail"),
+            }
+            tokio::select! {
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    /// Claims and delivers one batch of due mail; returns how many were claimed.
+    pub async fn deliver_due(&self) -> StoreResult<usize> {
+        let now = self.inner.clock.now();
+        let lease = chrono::Duration::from_std(LEASE).unwrap_or_default();
+        let batch = self.inner.store.claim_mail(now, now + lease, BATCH).await?;
+        for mail in &batch {
+            let result = self.deliver(mail, now).await;
+            self.inner
+                .store
+                .finish_mail(&mail.id, &result, self.inner.clock.now())
+                .await?;
+        }
+        Ok(batch.len())
+    }
+
+    async fn deliver(&self, mail: &OutboxMail, now: DateTime<Utc>) -> MailResult {
+        let to = mask_email(&mail.recipient);
+        if mail.expires_at.is_some_and(|at| at <= now) {
+            tracing::warn!(%to, id = %mail.id, "outbox: the code in this mail expired before it could be sent; dropped");
+            return MailResult::Expired;
+        }
+        let kind = match serde_json::from_str::<Payload>(&mail.payload) {
+            Ok(Payload::VerificationCode {
+                sealed_code,
+                valid_minutes,
+            }) => self
+                .unseal(&sealed_code)
+                .map(|code| MailKind::VerificationCode {
+                    code,
+                    valid_minutes,
+                }),
+            Ok(Payload::ResetCode {
+                sealed_code,
+                valid_minutes,
+            }) => self.unseal(&sealed_code).map(|code| MailKind::ResetCode {
+                code,
+                valid_minutes,
+            }),
+            Ok(Payload::SignupAttempt) => Some(MailKind::SignupAttempt),
+            Ok(Payload::PasswordChanged) => Some(MailKind::PasswordChanged),
+            Err(_) => None,
+        };
+        let Some(kind) = kind else {
+            tracing::error!(%to, id = %mail.id, "outbox: unreadable mail (was the signing secret changed?)");
+            return MailResult::Dead {
+                error: "unreadable payload".into(),
+            };
+        };
+        let recipient = Email::from_trusted(mail.recipient.clone());
+        let mut rendered = match self.inner.mailer.render(&recipient, &kind) {
+            Ok(rendered) => rendered,
+            Err(e) => {
+                return MailResult::Dead {
+                    error: format!("render: {e}"),
+                }
+            }
+        };
+        rendered.message_id = format!("<{}@introgy>", mail.id);
+        let transport = self.inner.mailer.transport();
+        match transport.send(self.inner.mailer.from(), &rendered).await {
+            Ok(()) => {
+                tracing::info!(%to, kind = rendered.kind, attempt = mail.attempts, transport = transport.name(), "mail sent");
+                MailResult::Sent
+            }
+            Err(SendError::Transient(e)) if mail.attempts < MAX_ATTEMPTS => {
+                let pause = backoff(mail.attempts);
+                tracing::warn!(%to, kind = rendered.kind, attempt = mail.attempts, retry_in_s = pause.as_secs(), error = %e, "mail send failed; will retry");
+                MailResult::Retry {
+                    at: now + chrono::Duration::from_std(pause).unwrap_or_default(),
+                    error: e.to_string(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(%to, kind = rendered.kind, attempt = mail.attempts, error = %e, "mail send failed for good");
+                MailResult::Dead {
+                    error: e.to_string(),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        for attempt in 0..12 {
+            let pause = backoff(attempt);
+            let base = Duration::from_secs(1u64 << attempt).min(MAX_BACKOFF);
+            assert!(
+                pause >= base.mul_f64(0.5) && pause <= base.mul_f64(1.5),
+                "{attempt}: {pause:?}"
+            );
+        }
+        assert!(backoff(30) <= MAX_BACKOFF.mul_f64(1.5));
+    }
+}
