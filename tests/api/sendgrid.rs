@@ -25,6 +25,8 @@ pub enum Reply {
 #[derive(Default)]
 pub struct Mock {
     pub requests: Mutex<Vec<(HeaderMap, Value)>>,
+    /// Recipient and status of every answer given.
+    pub answers: Mutex<Vec<(String, u16)>>,
     /// Scripted replies; when empty, `fallback`.
     pub script: Mutex<VecDeque<Reply>>,
     pub fallback: Mutex<Option<u16>>,
@@ -50,6 +52,7 @@ async fn mail_send(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> (AxumStatus, Json<Value>) {
+    let recipient = body["personalizations"][0]["to"][0]["email"].as_str().unwrap_or_default().to_owned();
     mock.requests.lock().unwrap().push((headers, body));
     let reply = mock.script.lock().unwrap().pop_front();
     let status = match reply {
@@ -60,6 +63,7 @@ async fn mail_send(
         Some(Reply::Status(status)) => status,
         None => mock.fallback.lock().unwrap().unwrap_or(202),
     };
+    mock.answers.lock().unwrap().push((recipient, status));
     let body = if status == 400 {
         json!({"errors": [{"message": "The from address does not match a verified Sender Identity", "field": "from"}]})
     } else {
@@ -316,4 +320,103 @@ fn check_verifies_the_sendgrid_key_without_sending_mail() {
     assert!(stdout.contains("refused the API key"), "{stdout}");
     assert!(!stdout.contains("SG.revoked"), "the key was printed");
     assert_eq!(mock.received(), 0, "check sent mail");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The real binary, as a process that can be killed.
+fn start_binary(database_url: &str, dir: &std::path::Path, sendgrid_url: &str, port: u16) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_introgy"))
+        .args(["serve", "--port", &port.to_string(), "--database-url", database_url])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--jwt-secret-key", crate::helpers::SECRET, "--bcrypt-cost", "4"])
+        .args(["--email-transport", "sendgrid", "--sendgrid-api-key", "SG.good-key"])
+        .args(["--sendgrid-api-url", sendgrid_url, "--mail-timeout-seconds", "1"])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start introgy")
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = client.get(format!("{base}/health")).send().await {
+            if response.status() == reqwest::StatusCode::OK {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "introgy did not become healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn queued_mail_survives_a_kill_during_a_provider_outage_and_arrives_once() {
+    let (mock, url) = start_mock().await;
+    *mock.fallback.lock().unwrap() = Some(503);
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = match std::env::var("INTROGY_TEST_MONGO_URL").ok().filter(|u| !u.is_empty()) {
+        Some(mongo) => format!("{}/{}", mongo.trim_end_matches('/'), crate::helpers::mongo_db_name_for(dir.path())),
+        None => format!("sqlite:{}", dir.path().join("introgy.db").display()),
+    };
+    let client = reqwest::Client::new();
+
+    let port = free_port();
+    let mut first = start_binary(&database_url, dir.path(), &url, port);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&client, &base).await;
+    let people: Vec<String> = (0..3).map(|_| unique_email()).collect();
+    for email in &people {
+        let response = client
+            .post(format!("{base}/auth/register"))
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    }
+    // Every mail has been tried and refused by the provider at least once...
+    wait_for_requests(&mock, 3).await;
+    // ...and then the process dies without a chance to clean up.
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    *mock.fallback.lock().unwrap() = Some(202);
+    let port = free_port();
+    let mut second = start_binary(&database_url, dir.path(), &url, port);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&client, &base).await;
+    let delivered = |mock: &Mock| {
+        let answers = mock.answers.lock().unwrap();
+        people
+            .iter()
+            .map(|p| answers.iter().filter(|(to, status)| to == p && *status == 202).count())
+            .collect::<Vec<_>>()
+    };
+    // A mail claimed at the moment of the kill waits out its lease (60 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(100);
+    while delivered(&mock).contains(&0) {
+        assert!(tokio::time::Instant::now() < deadline, "not every mail arrived: {:?}", delivered(&mock));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once the outbox is empty, each person has exactly one delivered mail.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let health: Value = client.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
+        if health["outbox_pending"] == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the outbox did not drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(delivered(&mock), vec![1, 1, 1]);
+    second.kill().unwrap();
+    second.wait().unwrap();
 }
