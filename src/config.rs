@@ -114,6 +114,11 @@ pub struct ConfigArgs {
     #[arg(long, env = "SMTP_PASSWORD", value_parser = secret, hide_env_values = true)]
     pub smtp_password: Option<SecretString>,
 
+    /// PEM file of a CA to trust for the SMTP server's certificate (in addition to the
+    /// public roots; for private relays).
+    #[arg(long, env = "SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
+
     /// `starttls`, `tls` or `none` [default: tls on port 465, else starttls].
     #[arg(long, env = "SMTP_TLS", value_enum)]
     pub smtp_tls: Option<SmtpTls>,
@@ -222,6 +227,7 @@ pub struct SmtpConfig {
     pub user: Option<String>,
     pub password: Option<SecretString>,
     pub tls: SmtpTls,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -350,6 +356,7 @@ impl Config {
             non_empty(args.smtp_user),
             non_empty_secret(args.smtp_password),
             args.smtp_tls,
+            args.smtp_ca_file,
         )?;
         if production && matches!(transport, TransportConfig::Log) {
             return Err(ConfigError(
@@ -507,6 +514,7 @@ fn parse_transport(
     smtp_user: Option<String>,
     smtp_password: Option<SecretString>,
     smtp_tls: Option<SmtpTls>,
+    smtp_ca_file: Option<PathBuf>,
 ) -> Result<TransportConfig, ConfigError> {
     let kind = forced.unwrap_or(if sendgrid_key.is_some() {
         TransportKind::Sendgrid
@@ -545,6 +553,7 @@ fn parse_transport(
                 user: smtp_user,
                 password: smtp_password,
                 tls,
+                ca_file: smtp_ca_file,
             }))
         }
     }

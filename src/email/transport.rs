@@ -7,6 +7,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::authentication::Mechanism;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -125,15 +128,61 @@ fn build_message(from: &Mailbox, mail: &OutgoingMail) -> Result<Message, SendErr
 pub struct SmtpTransport {
     inner: AsyncSmtpTransport<Tokio1Executor>,
     description: String,
+    /// What `check` needs to walk the handshake step by step.
+    host: String,
+    port: u16,
+    tls: SmtpTls,
+    tls_parameters: Option<TlsParameters>,
+    credentials: Option<Credentials>,
+    timeout: Duration,
 }
 
 impl SmtpTransport {
     pub fn new(config: &SmtpConfig, timeout: Duration) -> anyhow::Result<Self> {
-        let builder = match config.tls {
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host),
-            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
-                .context("Failed to set up STARTTLS")?,
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
+        let tls_parameters = match (&config.ca_file, config.tls) {
+            (_, SmtpTls::None) => None,
+            (Some(ca_file), _) => {
+                let pem = std::fs::read(ca_file).with_context(|| {
+                    format!("Failed to read SMTP_CA_FILE {}", ca_file.display())
+                })?;
+                let certificate =
+                    Certificate::from_pem(&pem).context("SMTP_CA_FILE is not a PEM certificate")?;
+                Some(
+                    TlsParameters::builder(config.host.clone())
+                        .add_root_certificate(certificate)
+                        .build_rustls()
+                        .context("Failed to set up TLS")?,
+                )
+            }
+            (None, _) => Some(
+                TlsParameters::new_rustls(config.host.clone()).context("Failed to set up TLS")?,
+            ),
+        };
+        let credentials = match (&config.user, &config.password) {
+            (Some(user), Some(password)) => Some(Credentials::new(
+                user.clone(),
+                password.expose_secret().to_owned(),
+            )),
+            _ => None,
+        };
+        let builder = match (&config.ca_file, config.tls) {
+            (_, SmtpTls::None) => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+            }
+            (Some(_), tls) => {
+                let parameters = tls_parameters.clone().context("TLS parameters")?;
+                let tls = if tls == SmtpTls::Tls {
+                    Tls::Wrapper(parameters)
+                } else {
+                    Tls::Required(parameters)
+                };
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host).tls(tls)
+            }
+            (None, SmtpTls::Starttls) => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
+                    .context("Failed to set up STARTTLS")?
+            }
+            (None, SmtpTls::Tls) => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
                 .context("Failed to set up TLS")?,
         };
         let mut builder = builder.port(config.port).timeout(Some(timeout));
@@ -152,6 +201,12 @@ impl SmtpTransport {
                 config.tls,
                 if config.user.is_some() { ", auth" } else { "" }
             ),
+            host: config.host.clone(),
+            port: config.port,
+            tls: config.tls,
+            tls_parameters,
+            credentials,
+            timeout,
         })
     }
 }
@@ -173,14 +228,52 @@ impl MailTransport for SmtpTransport {
         })
     }
 
+    /// Connects, upgrades to TLS and authenticates exactly as a send would, then quits.
     async fn check(&self) -> anyhow::Result<String> {
-        let ok = self
-            .inner
-            .test_connection()
-            .await
-            .with_context(|| format!("Failed to reach {}", self.description))?;
-        anyhow::ensure!(ok, "{} did not accept a connection", self.description);
-        Ok(format!("{}: connected", self.description))
+        let hello = ClientId::default();
+        let implicit = (self.tls == SmtpTls::Tls)
+            .then(|| self.tls_parameters.clone())
+            .flatten();
+        let mut connection = AsyncSmtpConnection::connect_tokio1(
+            (self.host.as_str(), self.port),
+            Some(self.timeout),
+            &hello,
+            implicit,
+            None,
+        )
+        .await
+        .with_context(|| format!("Failed to connect to {}", self.description))?;
+        if self.tls == SmtpTls::Starttls {
+            let parameters = self
+                .tls_parameters
+                .clone()
+                .context("STARTTLS without TLS parameters")?;
+            connection
+                .starttls(parameters, &hello)
+                .await
+                .with_context(|| format!("STARTTLS failed with {}", self.description))?;
+            anyhow::ensure!(
+                connection.is_encrypted(),
+                "{} does not offer STARTTLS",
+                self.description
+            );
+        }
+        if let Some(credentials) = &self.credentials {
+            connection
+                .auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await
+                .with_context(|| format!("{} refused the SMTP credentials", self.description))?;
+        }
+        let _ = connection.quit().await;
+        Ok(format!(
+            "{}: connected{}",
+            self.description,
+            if self.credentials.is_some() {
+                ", authenticated"
+            } else {
+                ""
+            }
+        ))
     }
 }
 

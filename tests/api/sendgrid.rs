@@ -52,7 +52,10 @@ async fn mail_send(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> (AxumStatus, Json<Value>) {
-    let recipient = body["personalizations"][0]["to"][0]["email"].as_str().unwrap_or_default().to_owned();
+    let recipient = body["personalizations"][0]["to"][0]["email"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     mock.requests.lock().unwrap().push((headers, body));
     let reply = mock.script.lock().unwrap().pop_front();
     let status = match reply {
@@ -323,18 +326,48 @@ fn check_verifies_the_sendgrid_key_without_sending_mail() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The real binary, as a process that can be killed.
-fn start_binary(database_url: &str, dir: &std::path::Path, sendgrid_url: &str, port: u16) -> std::process::Child {
+fn start_binary(
+    database_url: &str,
+    dir: &std::path::Path,
+    sendgrid_url: &str,
+    port: u16,
+) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_introgy"))
-        .args(["serve", "--port", &port.to_string(), "--database-url", database_url])
+        .args([
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--database-url",
+            database_url,
+        ])
         .arg("--data-dir")
         .arg(dir)
-        .args(["--jwt-secret-key", crate::helpers::SECRET, "--bcrypt-cost", "4"])
-        .args(["--email-transport", "sendgrid", "--sendgrid-api-key", "SG.good-key"])
-        .args(["--sendgrid-api-url", sendgrid_url, "--mail-timeout-seconds", "1"])
+        .args([
+            "--jwt-secret-key",
+            crate::helpers::SECRET,
+            "--bcrypt-cost",
+            "4",
+        ])
+        .args([
+            "--email-transport",
+            "sendgrid",
+            "--sendgrid-api-key",
+            "SG.good-key",
+        ])
+        .args([
+            "--sendgrid-api-url",
+            sendgrid_url,
+            "--mail-timeout-seconds",
+            "1",
+        ])
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -352,7 +385,10 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) {
                 return;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "introgy did not become healthy");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "introgy did not become healthy"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -362,8 +398,15 @@ async fn queued_mail_survives_a_kill_during_a_provider_outage_and_arrives_once()
     let (mock, url) = start_mock().await;
     *mock.fallback.lock().unwrap() = Some(503);
     let dir = tempfile::tempdir().unwrap();
-    let database_url = match std::env::var("INTROGY_TEST_MONGO_URL").ok().filter(|u| !u.is_empty()) {
-        Some(mongo) => format!("{}/{}", mongo.trim_end_matches('/'), crate::helpers::mongo_db_name_for(dir.path())),
+    let database_url = match std::env::var("INTROGY_TEST_MONGO_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        Some(mongo) => format!(
+            "{}/{}",
+            mongo.trim_end_matches('/'),
+            crate::helpers::mongo_db_name_for(dir.path())
+        ),
         None => format!("sqlite:{}", dir.path().join("introgy.db").display()),
     };
     let client = reqwest::Client::new();
@@ -397,23 +440,42 @@ async fn queued_mail_survives_a_kill_during_a_provider_outage_and_arrives_once()
         let answers = mock.answers.lock().unwrap();
         people
             .iter()
-            .map(|p| answers.iter().filter(|(to, status)| to == p && *status == 202).count())
+            .map(|p| {
+                answers
+                    .iter()
+                    .filter(|(to, status)| to == p && *status == 202)
+                    .count()
+            })
             .collect::<Vec<_>>()
     };
     // A mail claimed at the moment of the kill waits out its lease (60 s).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(100);
     while delivered(&mock).contains(&0) {
-        assert!(tokio::time::Instant::now() < deadline, "not every mail arrived: {:?}", delivered(&mock));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every mail arrived: {:?}",
+            delivered(&mock)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Once the outbox is empty, each person has exactly one delivered mail.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let health: Value = client.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
+        let health: Value = client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if health["outbox_pending"] == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the outbox did not drain");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox did not drain"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(delivered(&mock), vec![1, 1, 1]);

@@ -165,3 +165,261 @@ async fn verification_mail_travels_over_smtp_and_its_code_works() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// A test CA and a `localhost` certificate signed by it (openssl CLI).
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Introgy Test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+}
+
+/// aiosmtpd with STARTTLS and AUTH required (tests/fixtures/smtp_server.py).
+async fn start_tls_smtp_server(certs: &std::path::Path) -> SmtpServer {
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smtp_server.py");
+    let child = Command::new(python())
+        .arg(script)
+        .args(["--port", &port.to_string(), "--maildir"])
+        .arg(maildir.path().join("Maildir"))
+        .arg("--cert")
+        .arg(certs.join("leaf.pem"))
+        .arg("--key")
+        .arg(certs.join("leaf.key"))
+        .args(["--user", "introgy", "--password", "smtp-secret-password"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the SMTP test server");
+    let server = SmtpServer {
+        child,
+        port,
+        maildir,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the SMTP test server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+}
+
+fn smtp_args<'a>(port: &'a str, ca: &'a str, password: &'a str) -> Vec<&'a str> {
+    vec![
+        "--email-transport",
+        "smtp",
+        "--smtp-host",
+        "localhost",
+        "--smtp-port",
+        port,
+        "--smtp-tls",
+        "starttls",
+        "--smtp-user",
+        "introgy",
+        "--smtp-password",
+        password,
+        "--smtp-ca-file",
+        ca,
+        "--mail-timeout-seconds",
+        "5",
+    ]
+}
+
+async fn wait_for_delivery(server: &SmtpServer) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let messages = delivered(server);
+        if !messages.is_empty() {
+            return messages;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no mail reached the SMTP server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn outbox_counts(app: &crate::helpers::TestApp) -> (u64, u64) {
+    let stats = app.state.store.outbox_stats().await.unwrap();
+    (stats.pending, stats.dead)
+}
+
+#[tokio::test]
+async fn mail_goes_over_starttls_with_auth_when_the_ca_is_trusted() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let server = start_tls_smtp_server(certs.path()).await;
+    let port = server.port.to_string();
+    let ca = certs.path().join("ca.pem").display().to_string();
+    let app = crate::helpers::spawn_app_with_configured_mail(&smtp_args(
+        &port,
+        &ca,
+        "smtp-secret-password",
+    ))
+    .await;
+    let email = unique_email();
+    app.register(&email, PASSWORD).await;
+    let messages = wait_for_delivery(&server).await;
+    let raw = &messages[0];
+    let start = raw
+        .find("Your Introgy verification code is:")
+        .expect("text part");
+    let code = extract_code(&raw[start..]);
+    assert_eq!(app.verify_otp(&email, &code).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_wrong_smtp_password_is_a_permanent_failure() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let server = start_tls_smtp_server(certs.path()).await;
+    let port = server.port.to_string();
+    let ca = certs.path().join("ca.pem").display().to_string();
+    let app =
+        crate::helpers::spawn_app_with_configured_mail(&smtp_args(&port, &ca, "wrong-password"))
+            .await;
+    app.register(&unique_email(), PASSWORD).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while outbox_counts(&app).await != (0, 1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outbox is {:?}",
+            outbox_counts(&app).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(delivered(&server).is_empty());
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused_and_the_mail_waits() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let server = start_tls_smtp_server(certs.path()).await;
+    let port = server.port.to_string();
+    // Trust another CA than the one that signed the server's certificate.
+    let other = tempfile::tempdir().unwrap();
+    make_certificates(other.path());
+    let ca = other.path().join("ca.pem").display().to_string();
+    let app = crate::helpers::spawn_app_with_configured_mail(&smtp_args(
+        &port,
+        &ca,
+        "smtp-secret-password",
+    ))
+    .await;
+    app.register(&unique_email(), PASSWORD).await;
+    // The first try fails; the mail stays queued for a retry, nothing was delivered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if outbox_counts(&app).await.0 == 1 && app.state.background.pending() == 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no mail was queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        delivered(&server).is_empty(),
+        "mail went to a server with an untrusted certificate"
+    );
+    assert_eq!(outbox_counts(&app).await, (1, 0));
+}
+
+#[test]
+fn check_connects_with_starttls_and_auth() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let server = runtime.block_on(start_tls_smtp_server(certs.path()));
+    let port = server.port.to_string();
+    let ca = certs.path().join("ca.pem").display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let check = |password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_introgy"))
+            .arg("check")
+            .args(smtp_args(&port, &ca, password))
+            .current_dir(dir.path())
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    let good = check("smtp-secret-password");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stdout)
+    );
+    let bad = check("wrong-password");
+    assert!(!bad.status.success());
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert!(stdout.contains("mail:           FAILED"), "{stdout}");
+    assert!(
+        !stdout.contains("wrong-password"),
+        "the password was printed"
+    );
+}
