@@ -28,6 +28,24 @@ struct SmtpServer {
     maildir: tempfile::TempDir,
 }
 
+impl SmtpServer {
+    /// Waits (up to 15 s) until the server accepts connections.
+    async fn ready(self) -> Self {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the SMTP test server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self
+    }
+}
+
 impl Drop for SmtpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -54,23 +72,13 @@ async fn start_smtp_server() -> SmtpServer {
         .stderr(Stdio::null())
         .spawn()
         .expect("start aiosmtpd");
-    let server = SmtpServer {
+    SmtpServer {
         child,
         port,
         maildir,
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "aiosmtpd did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    server
+    .ready()
+    .await
 }
 
 /// Every message file the Maildir holds.
@@ -136,16 +144,7 @@ async fn verification_mail_travels_over_smtp_and_its_code_works() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     assert_eq!(state.background.wait_idle(Duration::from_secs(20)).await, 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while delivered(&server).is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no mail reached the SMTP server"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    let messages = delivered(&server);
+    let messages = wait_for_delivery(&server).await;
     assert_eq!(messages.len(), 1, "one mail delivered");
     let raw = &messages[0];
     assert!(raw.contains(&format!("To: {email}")), "{raw}");
@@ -249,23 +248,13 @@ async fn start_tls_smtp_server(certs: &std::path::Path) -> SmtpServer {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the SMTP test server");
-    let server = SmtpServer {
+    SmtpServer {
         child,
         port,
         maildir,
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the SMTP test server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    server
+    .ready()
+    .await
 }
 
 fn smtp_args<'a>(port: &'a str, ca: &'a str, password: &'a str) -> Vec<&'a str> {
