@@ -13,7 +13,7 @@ use super::users::UserProfile;
 use crate::auth::service::{self, IssuedTokens, LogoutScope};
 use crate::auth::AuthUser;
 use crate::domain::{DisplayName, Email, OtpPurpose, Password};
-use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, ValidationErrorBody};
 use crate::extract::{body_bytes, content_type, is_json, parse_json, ApiJson};
 use crate::startup::AppState;
 
@@ -154,6 +154,11 @@ pub struct VerifyTokenResponse {
     pub expires_at: DateTime<Utc>,
 }
 
+/// One 422 listing every field that failed to parse.
+fn all_errors<const N: usize>(errors: [Option<FieldError>; N]) -> ApiError {
+    ApiError::Validation(errors.into_iter().flatten().collect())
+}
+
 fn message(detail: &str) -> Json<MessageResponse> {
     Json(MessageResponse {
         detail: detail.to_owned(),
@@ -173,16 +178,23 @@ pub async fn register(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> ApiResult<(StatusCode, Json<MessageResponse>)> {
-    let mut errors = FieldErrors::default();
-    let email = errors.check(Email::parse(&req.email, "email"));
-    let password = errors.check(Password::parse(&req.password, "password"));
-    let display_name = match req.display_name.as_deref() {
-        Some(raw) => errors.check(DisplayName::parse(raw, "display_name")),
-        None => None,
-    };
-    errors.finish()?;
-    let (Some(email), Some(password)) = (email, password) else {
-        unreachable!("FieldErrors::finish returned Ok, so both parsed");
+    let parsed = (
+        Email::parse(&req.email, "email"),
+        Password::parse(&req.password, "password"),
+        req.display_name
+            .as_deref()
+            .map(|raw| DisplayName::parse(raw, "display_name"))
+            .transpose(),
+    );
+    let (email, password, display_name) = match parsed {
+        (Ok(email), Ok(password), Ok(display_name)) => (email, password, display_name),
+        (email, password, display_name) => {
+            return Err(all_errors([
+                email.err(),
+                password.err(),
+                display_name.err(),
+            ]))
+        }
     };
     service::register(&state, email, password, display_name).await?;
     Ok((
@@ -293,12 +305,12 @@ pub async fn reset_password(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<ResetPasswordRequest>,
 ) -> ApiResult<Json<MessageResponse>> {
-    let mut errors = FieldErrors::default();
-    let email = errors.check(Email::parse(&req.email, "email"));
-    let password = errors.check(Password::parse(&req.new_password, "new_password"));
-    errors.finish()?;
-    let (Some(email), Some(password)) = (email, password) else {
-        unreachable!("FieldErrors::finish returned Ok, so both parsed");
+    let (email, password) = match (
+        Email::parse(&req.email, "email"),
+        Password::parse(&req.new_password, "new_password"),
+    ) {
+        (Ok(email), Ok(password)) => (email, password),
+        (email, password) => return Err(all_errors([email.err(), password.err()])),
     };
     service::reset_password(&state, email, &req.code, password).await?;
     Ok(message(
