@@ -1,5 +1,6 @@
 //! Logging: `tracing` with human-readable text or JSON lines (`LOG_FORMAT`), filtered by
-//! `RUST_LOG` (default `info`).
+//! `RUST_LOG` (default `info`), on standard error (standard output stays for command
+//! output such as `introgy check`'s report; journald captures both).
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -15,13 +16,18 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
                     .json()
                     .with_current_span(true)
                     .with_span_list(false),
             )
             .try_init(),
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
             .try_init(),
     };
     let _ = result;

@@ -297,6 +297,82 @@ async fn a_mongodb_outage_answers_503_quickly_and_recovers_without_a_restart() {
     assert_eq!(again.status(), StatusCode::ACCEPTED);
 }
 
+#[tokio::test]
+async fn the_service_starts_while_mongodb_is_down_and_recovers_when_it_comes_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on `port` yet.
+    let url = format!("mongodb://127.0.0.1:{port}/late");
+    let data_dir = dir.path().display().to_string();
+    let args = [
+        "introgy",
+        "--port",
+        "0",
+        "--database-url",
+        &url,
+        "--data-dir",
+        &data_dir,
+        "--bcrypt-cost",
+        "4",
+        "--jwt-secret-key",
+        helpers::SECRET,
+        "--store-timeout-seconds",
+        "1",
+        "--email-transport",
+        "log",
+    ];
+    let config = introgy::config::Config::from_args(
+        <AppArgs as clap::Parser>::try_parse_from(args)
+            .unwrap()
+            .config,
+    )
+    .unwrap();
+    let app = introgy::startup::Application::build(config)
+        .await
+        .expect("starts without MongoDB");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until(std::future::pending()));
+    let client = reqwest::Client::new();
+    let health = || client.get(format!("{base}/health")).send();
+    assert_eq!(
+        health().await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let server = Server::start(port, tempfile::tempdir().unwrap());
+    server.wait_ready().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while health().await.unwrap().status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "/health did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The indexes were created once the server answered: emails are unique.
+    let db = mongodb::Client::with_uri_str(&url)
+        .await
+        .unwrap()
+        .database("late");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let names = db
+            .collection::<mongodb::bson::Document>("IntrogyUsers")
+            .list_index_names()
+            .await
+            .unwrap_or_default();
+        if names.iter().any(|n| n.starts_with("email")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "indexes were not created after recovery: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[derive(clap::Parser)]
 struct AppArgs {
     #[command(flatten)]

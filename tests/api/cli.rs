@@ -188,3 +188,71 @@ fn mail_preview_writes_every_template_as_html_and_text() {
     let code_mail = std::fs::read_to_string(out.join("verification_code.txt")).unwrap();
     assert!(code_mail.contains("048213") && code_mail.contains("10 minutes"));
 }
+
+#[test]
+fn sigterm_stops_the_server_gracefully() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = introgy()
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--bcrypt-cost",
+            "4",
+            "--log-format",
+            "json",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the log on a thread; wait for the server to say it listens.
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut log = Vec::new();
+    while !log.iter().any(|l: &String| l.contains("introgy listening")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        log.push(
+            received
+                .recv_timeout(left)
+                .expect("the server did not start"),
+        );
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    log.extend(received.try_iter());
+    assert!(exit.success(), "exit status {exit:?}; log: {log:?}");
+    assert!(log.iter().any(|l| l.contains("introgy stopped")), "{log:?}");
+    // JSON logs on request: every line parses.
+    assert!(
+        log.iter()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "{log:?}"
+    );
+}
