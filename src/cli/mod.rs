@@ -1,7 +1,9 @@
-//! The `introgy` command line: `serve` (default), `check`, `migrate` and `mail preview`.
+//! The `introgy` command line: `serve` (default), `check`, `smoke`, `migrate` and
+//! `mail preview`.
 
 pub mod mail;
 pub mod migrate;
+pub mod smoke;
 
 use std::process::ExitCode;
 
@@ -41,6 +43,8 @@ pub enum Command {
     },
     /// Copy users and battery history from one store to another (SQLite <-> MongoDB).
     Migrate(migrate::MigrateArgs),
+    /// Drive a running deployment end to end over HTTP and report each step.
+    Smoke(smoke::SmokeArgs),
     /// Mail tools.
     Mail {
         #[command(subcommand)]
@@ -56,6 +60,7 @@ pub fn run(env_files: &[&str]) -> ExitCode {
         Some(Command::Serve { config }) => ("serve", config),
         Some(Command::Check { config }) => ("check", config),
         Some(Command::Migrate(args)) => return run_migrate(args),
+        Some(Command::Smoke(args)) => return run_async("introgy smoke", smoke::run(args)),
         Some(Command::Mail { command }) => {
             return match mail::run(command) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -105,15 +110,20 @@ pub fn run(env_files: &[&str]) -> ExitCode {
 
 fn run_migrate(args: migrate::MigrateArgs) -> ExitCode {
     crate::telemetry::init(crate::config::LogFormat::Text);
+    run_async("introgy migrate", migrate::run(args))
+}
+
+/// Runs a command's future on a fresh runtime; its error becomes the exit code.
+fn run_async(name: &str, work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(migrate::run(args)));
+        .and_then(|runtime| runtime.block_on(work));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("introgy migrate: {e:#}");
+            eprintln!("{name}: {e:#}");
             ExitCode::FAILURE
         }
     }

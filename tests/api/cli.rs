@@ -256,3 +256,73 @@ fn sigterm_stops_the_server_gracefully() {
         "{log:?}"
     );
 }
+
+#[tokio::test]
+async fn smoke_drives_a_live_deployment_end_to_end() {
+    let app = crate::helpers::spawn_app().await;
+    let user = app.signup().await;
+    let address = app.address.clone();
+    let (email, password) = (user.email.clone(), user.password.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        introgy()
+            .args([
+                "smoke",
+                &format!("{address}/api"),
+                "--email",
+                &email,
+                "--password",
+                &password,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for step in [
+        "health",
+        "docs (Swagger UI)",
+        "register",
+        "login (unverified)",
+        "read battery",
+        "history shows it",
+        "logout",
+    ] {
+        assert!(
+            stdout.contains(&format!("ok    {step}")),
+            "{step} missing:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains(&user.password), "the password was printed");
+    // The session smoke opened is closed again; the user's own token still works.
+    assert_eq!(
+        app.verify_token(&user.access_token).await.status(),
+        reqwest::StatusCode::OK
+    );
+}
+
+#[test]
+fn smoke_fails_against_a_dead_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = introgy()
+        .args([
+            "smoke",
+            &format!("http://127.0.0.1:{port}"),
+            "--timeout-seconds",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("FAIL  health"), "{stdout}");
+}
