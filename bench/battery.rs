@@ -206,6 +206,9 @@ impl Server {
             &db,
             "--bcrypt-cost",
             "4",
+            // The benchmark signs up many users from one address.
+            "--auth-rate-limit-per-minute",
+            "1000000",
             "--jwt-secret-key",
             "bench-secret-0123456789abcdef0123456789abcdef0123456789abcdef0123",
         ];

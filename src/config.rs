@@ -178,6 +178,11 @@ pub struct ConfigArgs {
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// Requests per minute one client IP may make to the unauthenticated auth routes
+    /// (register, codes, login, reset, refresh).
+    #[arg(long, env = "AUTH_RATE_LIMIT_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_rate_limit_per_minute: u32,
+
     /// bcrypt cost; production refuses anything below 12.
     #[arg(long, env = "BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
@@ -277,6 +282,7 @@ pub struct Config {
     pub refresh_token_ttl: Duration,
     pub otp_ttl: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    pub auth_rate_limit_per_minute: u32,
     pub bcrypt_cost: u32,
     pub hash_concurrency: usize,
     pub log_format: LogFormat,
@@ -431,6 +437,7 @@ impl Config {
             refresh_token_ttl: Duration::from_secs(args.refresh_token_ttl_seconds),
             otp_ttl: Duration::from_secs(args.otp_ttl_seconds),
             trusted_proxies: args.trusted_proxies,
+            auth_rate_limit_per_minute: args.auth_rate_limit_per_minute,
             bcrypt_cost: args.bcrypt_cost,
             hash_concurrency,
             log_format: args.log_format,

@@ -106,7 +106,7 @@ impl Application {
             store,
             mailer,
             background,
-            limits: Arc::new(Limits::new()),
+            limits: Arc::new(Limits::new(config.auth_rate_limit_per_minute)),
             clock,
             outbox,
             started_at: Instant::now(),
@@ -192,7 +192,7 @@ fn spawn_background_tasks(state: &AppState) {
             tokio::time::interval_at(tokio::time::Instant::now() + PURGE_INTERVAL, PURGE_INTERVAL);
         loop {
             tick.tick().await;
-            limits.retain_recent();
+            limits.retain_recent(clock.now());
             match store.purge_expired(clock.now()).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "purged expired records"),
@@ -341,7 +341,7 @@ pub fn build_router(state: AppState) -> Router {
         .on_failure(());
 
     let production = state.config.is_production();
-    crate::routes::router()
+    crate::routes::router(&state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware::from_fn_with_state(
             state.clone(),

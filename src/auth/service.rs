@@ -258,6 +258,19 @@ pub async fn verify_email(state: &AppState, email: Email, code: &str) -> ApiResu
 /// time; "not verified" is only said after a correct password.
 #[tracing::instrument(skip_all)]
 pub async fn login(state: &AppState, email: &str, password: &str) -> ApiResult<IssuedTokens> {
+    // Failed logins are throttled per address, known or not (SECURITY.md 21).
+    let throttle_key = email.trim().to_lowercase();
+    let now = state.clock.now();
+    state.limits.check_login(&throttle_key, now)?;
+    let result = check_credentials(state, email, password).await;
+    if matches!(result, Err(ApiError::Unauthorized { .. })) {
+        state.limits.record_failed_login(&throttle_key, now);
+    }
+    start_session(state, result?).await
+}
+
+/// The user whose password this is, or the uniform 401 (403 if not verified).
+async fn check_credentials(state: &AppState, email: &str, password: &str) -> ApiResult<User> {
     let email = Email::parse(email, "username").ok();
     let user = match &email {
         Some(email) => state.store.user_by_email(email.as_str()).await?,
@@ -277,7 +290,7 @@ pub async fn login(state: &AppState, email: &str, password: &str) -> ApiResult<I
             detail: "Email not verified. Enter the code we sent you, or ask for a new one.".into(),
         });
     }
-    start_session(state, user).await
+    Ok(user)
 }
 
 /// Opens a session and issues its first token pair.

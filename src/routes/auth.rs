@@ -17,8 +17,8 @@ use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, ValidationErrorBo
 use crate::extract::{body_bytes, content_type, is_json, parse_json, ApiJson};
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router(state: AppState) -> Router<AppState> {
+    let public = Router::new()
         .route("/auth/register", post(register))
         .route("/auth/send-verification-code", post(send_verification_code))
         .route("/auth/send-otp", post(send_verification_code))
@@ -26,8 +26,31 @@ pub fn router() -> Router<AppState> {
         .route("/auth/login", post(login))
         .route("/auth/reset-password", post(reset_password))
         .route("/auth/refresh-token", post(refresh_token))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            rate_limit_per_ip,
+        ));
+    Router::new()
+        .merge(public)
         .route("/auth/verify-token", get(verify_token))
         .route("/auth/logout", post(logout))
+}
+
+/// Per-client-IP budget on the unauthenticated auth routes (SECURITY.md 21).
+async fn rate_limit_per_ip(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let ip = crate::limits::client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies);
+    match state.limits.check_auth(ip) {
+        Ok(()) => next.run(request).await,
+        Err(e) => {
+            tracing::info!(%ip, "auth rate limit reached");
+            axum::response::IntoResponse::into_response(e)
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -15,22 +15,22 @@ use crate::error::ApiError;
 use crate::startup::AppState;
 
 /// Every resource route (without docs), relative to a mount point.
-fn api() -> Router<AppState> {
+fn api(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(meta::root))
         .route("/health", get(meta::health))
-        .merge(auth::router())
+        .merge(auth::router(state.clone()))
         .merge(users::router())
         .merge(social_battery::router())
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }
 
 /// The whole application router (state still to be provided).
-pub fn router() -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
     let doc = docs::ApiDoc::openapi();
     Router::new()
-        .merge(api())
-        .nest("/api", api())
+        .merge(api(state))
+        .nest("/api", api(state))
         .merge(docs::router("", doc.clone()))
         .merge(docs::router("/api", doc))
         .fallback(|| async { ApiError::NotFound("Route".into()) })

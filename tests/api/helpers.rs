@@ -91,6 +91,9 @@ async fn spawn(
         "4",
         "--email-transport",
         "log",
+        // The suite makes many auth calls from one address; rate_limits.rs tests the limit.
+        "--auth-rate-limit-per-minute",
+        "1000000",
     ];
     if with_secret {
         argv.extend(["--jwt-secret-key", SECRET]);
