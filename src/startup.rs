@@ -37,8 +37,9 @@ use crate::store::Store;
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 /// How often expired codes, sessions and mail-budget records are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
-/// How long shutdown waits for queued mail.
-const MAIL_DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for work started by responses (codes being issued, mail
+/// being queued); queued mail itself is durable and waits in the outbox.
+const BACKGROUND_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -161,7 +162,7 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server failed")?;
-        let pending = state.background.wait_idle(MAIL_DRAIN_LIMIT).await;
+        let pending = state.background.wait_idle(BACKGROUND_DRAIN_LIMIT).await;
         if pending > 0 {
             tracing::warn!(
                 pending,
