@@ -525,31 +525,18 @@ async fn migrate_copies_users_and_history_to_mongodb_and_back_and_is_idempotent(
         .unwrap()
         .default_database()
         .unwrap();
-    assert_eq!(
-        mongo_db
-            .collection::<mongodb::bson::Document>("battery_events")
-            .count_documents(doc! {})
-            .await
-            .unwrap(),
-        3
-    );
-    assert_eq!(
-        mongo_db
-            .collection::<mongodb::bson::Document>("IntrogyUsers")
-            .count_documents(doc! {})
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        mongo_db
-            .collection::<mongodb::bson::Document>("sessions")
-            .count_documents(doc! {})
-            .await
-            .unwrap(),
-        0,
-        "sessions are not copied"
-    );
+    let count = |collection: &'static str| {
+        let db = mongo_db.clone();
+        async move {
+            db.collection::<mongodb::bson::Document>(collection)
+                .count_documents(doc! {})
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("battery_events").await, 3);
+    assert_eq!(count("IntrogyUsers").await, 1);
+    assert_eq!(count("sessions").await, 0, "sessions are not copied");
 
     // The account works on MongoDB: same password, same battery, same history.
     let mongo_dir = tempfile::tempdir().unwrap();

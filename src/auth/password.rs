@@ -72,10 +72,6 @@ impl PasswordHasher {
         }
     }
 
-    pub fn cost(&self) -> u32 {
-        self.cost
-    }
-
     async fn blocking<T, F>(&self, f: F) -> anyhow::Result<T>
     where
         T: Send + 'static,

@@ -50,18 +50,6 @@ const EVENTS: &str = "battery_events";
 const IDEMPOTENCY: &str = "idempotency_keys";
 const OUTBOX: &str = "mail_outbox";
 
-/// Every collection this store writes, users first.
-pub const COLLECTIONS: &[&str] = &[
-    USERS,
-    SESSIONS,
-    REFRESH_TOKENS,
-    CODES,
-    MAIL_SENDS,
-    EVENTS,
-    IDEMPOTENCY,
-    OUTBOX,
-];
-
 /// How many times an optimistic write is retried under contention.
 const MAX_RETRIES: usize = 200;
 
@@ -425,10 +413,6 @@ impl MongoStore {
             }
         }
         Ok(store)
-    }
-
-    pub fn database(&self) -> &Database {
-        &self.db
     }
 
     fn c(&self, name: &str) -> Collection<Document> {

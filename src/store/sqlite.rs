@@ -7,7 +7,7 @@
 //! Reads use a small pool of read-only connections and run concurrently with the writer
 //! (WAL). All database work runs on tokio's blocking pool, never on the async workers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -45,7 +45,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
-    path: PathBuf,
     timeout: Duration,
 }
 
@@ -282,7 +281,6 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub async fn open(path: &Path, timeout: Duration) -> anyhow::Result<Self> {
         let path = path.to_path_buf();
-        let opened_path = path.clone();
         let inner = tokio::task::spawn_blocking(move || -> anyhow::Result<Inner> {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
@@ -317,13 +315,8 @@ impl SqliteStore {
         .context("SQLite open task failed")??;
         Ok(Self {
             inner: Arc::new(inner),
-            path: opened_path,
             timeout,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     async fn run<T, F>(&self, f: F) -> StoreResult<T>
