@@ -67,6 +67,8 @@ pub struct Application {
     router: Router,
     state: AppState,
     port: u16,
+    /// The Prometheus listener (`METRICS_ADDR`), if configured.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Application {
@@ -118,17 +120,34 @@ impl Application {
             .await
             .with_context(|| format!("Failed to listen on {address}"))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = match state.config.metrics_addr {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("Failed to listen on {address} (METRICS_ADDR)"))?,
+            ),
+            None => None,
+        };
         let router = build_router(state.clone());
         Ok(Self {
             listener,
             router,
             state,
             port,
+            metrics_listener,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the metrics listener, when `METRICS_ADDR` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     pub fn state(&self) -> &AppState {
@@ -147,6 +166,10 @@ impl Application {
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         spawn_background_tasks(&state);
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");
+            tokio::spawn(crate::metrics::serve(listener, state.clone()))
+        });
         tracing::info!(
             address = %format!("{}:{}", state.config.host, self.port),
             environment = state.config.environment.as_str(),
@@ -162,6 +185,9 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server failed")?;
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         let pending = state.background.wait_idle(BACKGROUND_DRAIN_LIMIT).await;
         if pending > 0 {
             tracing::warn!(
@@ -359,6 +385,8 @@ pub fn build_router(state: AppState) -> Router {
             tracing::error!("a request handler panicked");
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
+        // Outermost, so every answer is counted with its final status and full latency.
+        .layer(middleware::from_fn(crate::metrics::track_http))
         .with_state(state)
 }
 

@@ -25,6 +25,9 @@ under `/api`. Errors are `{\"detail\": ..., \"code\": ...}`; validation errors a
     paths(
         super::meta::root,
         super::meta::health,
+        super::meta::live,
+        super::meta::ready,
+        crate::metrics::scrape_with_token,
         super::auth::register,
         super::auth::send_verification_code,
         super::auth::verify_otp,

@@ -19,6 +19,8 @@ fn api(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(meta::root))
         .route("/health", get(meta::health))
+        .route("/health/live", get(meta::live))
+        .route("/health/ready", get(meta::ready))
         .merge(auth::router(state.clone()))
         .merge(users::router())
         .merge(social_battery::router())
@@ -33,5 +35,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .nest("/api", api(state))
         .merge(docs::router("", doc.clone()))
         .merge(docs::router("/api", doc))
+        // Not under /api: an operations endpoint, answered only with METRICS_TOKEN.
+        .route("/metrics", get(crate::metrics::scrape_with_token))
         .fallback(|| async { ApiError::NotFound("Route".into()) })
 }
