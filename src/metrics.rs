@@ -502,11 +502,28 @@ fn last_generic_argument(args: &'static str) -> Option<&'static str> {
     None
 }
 
-/// `path::to::function::{{closure}}::{{closure}}` → `function`.
+/// `path::to::function<'_, '_>::{{closure}}::{{closure}}` → `function`.
 fn function_name(path: &'static str) -> &'static str {
     let mut path = path.trim();
     while let Some(stripped) = path.strip_suffix("::{{closure}}") {
         path = stripped;
+    }
+    // The function's own generic arguments (async_trait methods carry lifetimes).
+    if path.ends_with('>') {
+        let mut depth = 0usize;
+        for (i, c) in path.char_indices().rev() {
+            match c {
+                '>' => depth += 1,
+                '<' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        path = &path[..i];
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
     }
     path.rsplit("::").next().unwrap_or(path)
 }
@@ -565,7 +582,7 @@ mod tests {
         // The real shape: the choke point sees `write<T, F>`'s own closure.
         let seen = Backend.insert_user();
         assert_eq!(sqlite_operation(seen), ("insert_user", true), "{seen}");
-        let async_trait_shape = "introgy::store::sqlite::SqliteStore::read<core::option::Option<introgy::store::User>, <introgy::store::sqlite::SqliteStore as introgy::store::Store>::user_by_id::{{closure}}::{{closure}}>::{{closure}}";
+        let async_trait_shape = "introgy::store::sqlite::SqliteStore::read<core::option::Option<introgy::store::User>, <introgy::store::sqlite::SqliteStore as introgy::store::Store>::user_by_id<'_, '_, '_>::{{closure}}::{{closure}}>::{{closure}}";
         assert_eq!(sqlite_operation(async_trait_shape), ("user_by_id", false));
         let generic_result = "x::SqliteStore::write<alloc::vec::Vec<(u8, alloc::string::String)>, x::helper::{{closure}}>::{{closure}}";
         assert_eq!(sqlite_operation(generic_result), ("helper", true));
