@@ -156,9 +156,9 @@ fi
 # --- service -----------------------------------------------------------------------
 systemctl daemon-reload
 systemctl enable introgy.service >/dev/null 2>&1
-nginx -t
-systemctl reload nginx || systemctl start nginx
 report
+# Only checked here; nothing goes live (service or site) before the settings pass.
+nginx -t || die "nginx -t fails with these files (above); nothing was reloaded"
 
 check() {
   runuser -u introgy -- /usr/local/bin/introgy check --env-file /etc/introgy/introgy.env
@@ -167,7 +167,8 @@ if ! check_output=$(check 2>&1); then
   echo "$check_output"
   cat >&2 <<NEXT
 
-setup.sh: the service was NOT started: its settings do not pass \`introgy check\` (above).
+setup.sh: the service was NOT started and nginx NOT reloaded: the settings do not pass
+\`introgy check\` (above).
 Next step: complete /etc/introgy/introgy.env (mail: SENDGRID_API_KEY, or SMTP_HOST,
 SMTP_PORT, SMTP_USER, SMTP_PASSWORD), then run setup again:
   sudoedit /etc/introgy/introgy.env
@@ -184,6 +185,7 @@ if [ "$service_changes" -gt 0 ] || ! systemctl is-active --quiet introgy.service
   systemctl restart introgy.service
   echo "started introgy.service"
 fi
+systemctl reload nginx || systemctl start nginx
 
 # Through nginx, as clients come: a site that loses to another server fails here.
 if [ "$server_name" = "_" ]; then
