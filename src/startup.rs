@@ -142,14 +142,6 @@ impl Application {
         self.port
     }
 
-    /// The port of the metrics listener, when `METRICS_ADDR` is set.
-    pub fn metrics_port(&self) -> Option<u16> {
-        self.metrics_listener
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map(|a| a.port())
-    }
-
     pub fn state(&self) -> &AppState {
         &self.state
     }

@@ -218,27 +218,16 @@ async fn readiness_reports_a_wedged_mail_worker_but_health_stays_ok() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let ready = json_of(
-        client
-            .get(format!("{address}/health/ready"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let ready = get_json(&client, &format!("{address}/health/ready"), StatusCode::OK).await;
     assert_eq!(ready["outbox"], "ok", "{ready}");
 
     state.clock.advance(
         chrono::Duration::from_std(introgy::email::outbox::STALL_AFTER + Duration::from_secs(1))
             .unwrap(),
     );
-    let ready = json_of(
-        client
-            .get(format!("{address}/health/ready"))
-            .send()
-            .await
-            .unwrap(),
+    let ready = get_json(
+        &client,
+        &format!("{address}/health/ready"),
         StatusCode::SERVICE_UNAVAILABLE,
     )
     .await;
@@ -248,16 +237,12 @@ async fn readiness_reports_a_wedged_mail_worker_but_health_stays_ok() {
         .unwrap()
         .contains("mail worker"));
     // Mail waits durably in the outbox: that alone does not make the service degraded.
-    let health = json_of(
-        client
-            .get(format!("{address}/health"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let health = get_json(&client, &format!("{address}/health"), StatusCode::OK).await;
     assert_eq!(health["status"], "ok");
+}
+
+async fn get_json(client: &reqwest::Client, url: &str, status: StatusCode) -> serde_json::Value {
+    json_of(client.get(url).send().await.unwrap(), status).await
 }
 
 const TOKEN: &str = "metrics-token-0123456789abcdef0123456789";
