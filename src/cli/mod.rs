@@ -1,5 +1,6 @@
 //! The `introgy` command line: `serve` (default), `check`, `smoke`, `migrate` and
-//! `mail preview`.
+//! `mail preview`; `--version` names the build; `--env-file FILE` (any command) reads
+//! the settings file instead of the working directory's `.env`, `Mongo.env`, `Email.env`.
 
 pub mod mail;
 pub mod migrate;
