@@ -161,6 +161,8 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::Conflict(what) => Self::Conflict(what),
             StoreError::Unavailable(e) => Self::Unavailable(e),
+            // An opaque 500; the log (one line, in `into_response`) names the record.
+            corrupt @ StoreError::Corrupt { .. } => Self::Internal(corrupt.into()),
             StoreError::Other(e) => Self::Internal(e),
         }
     }
