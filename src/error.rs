@@ -322,6 +322,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unreadable_record_is_an_opaque_500() {
+        let corrupt =
+            crate::store::StoreError::corrupt("users", "64f0c0ffee", "battery_level: 150");
+        let (status, body) = body_of(ApiError::from(corrupt)).await;
+        assert_eq!(status.as_u16(), 500);
+        assert_eq!(body["code"], "internal_error");
+        assert!(!body.to_string().contains("64f0c0ffee"), "{body}");
+    }
+
+    #[tokio::test]
     async fn rate_limited_responses_carry_retry_after() {
         let response = ApiError::TooManyRequests {
             retry_after_secs: 42,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use super::{millis, unreadable, Fields, SqliteStore};
+use super::{millis, unreadable, Fields, Key, SqliteStore};
 use crate::battery::{self, InteractionKind, KindTotals, Totals};
 use crate::store::battery::{stored_level, InteractionColumns};
 use crate::store::{
@@ -26,7 +26,7 @@ pub(super) const KIND_TOTALS: &str = "COUNT(*), SUM(MAX(energy_delta, 0)), \
 
 /// The one `battery_events` row → [`BatteryEvent`] mapping.
 pub(super) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<BatteryEvent> {
-    let f = Fields::new(row, "battery_events", row.get(0)?);
+    let f = Fields::new(row, "battery_events", Key::Column(0));
     let columns = InteractionColumns {
         kind: f.parse(3)?,
         energy_impact: f.get(4)?,
@@ -252,8 +252,7 @@ impl BatteryStore for SqliteStore {
                 )?;
                 let mut rows = statement.query([&user_id])?;
                 while let Some(row) = rows.next()? {
-                    let kind: String = row.get(0)?;
-                    let f = Fields::new(row, "battery_stats", format!("{user_id}:{kind}"));
+                    let f = Fields::new(row, "battery_stats", Key::Text(&user_id));
                     let kind: InteractionKind = f.parse(0)?;
                     totals.set(kind, stats_from(&f, 1)?);
                 }
@@ -268,8 +267,9 @@ impl BatteryStore for SqliteStore {
                 );
                 let mut statement = conn.prepare_cached(&sql)?;
                 let mut rows = statement.query(rusqlite::params_from_iter(values))?;
+                let name = format!("of user {user_id}");
                 while let Some(row) = rows.next()? {
-                    let f = Fields::new(row, "battery_events", format!("of user {user_id}"));
+                    let f = Fields::new(row, "battery_events", Key::Text(&name));
                     totals.set(f.parse(0)?, stats_from(&f, 1)?);
                 }
             }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use super::{mail::insert_mail, millis, Fields, SqliteStore};
+use super::{mail::insert_mail, millis, Fields, Key, SqliteStore};
 use crate::domain::OtpPurpose;
 use crate::store::{CodeStore, OneTimeCode, OutboxMail, StoreResult};
 
@@ -12,8 +12,7 @@ const CODE_COLUMNS: &str = "user_id, purpose, code_hash, attempts, created_at, e
 
 /// The one `one_time_codes` row → [`OneTimeCode`] mapping.
 fn code_from_row(row: &Row<'_>) -> rusqlite::Result<OneTimeCode> {
-    let id = format!("{}:{}", row.get::<_, String>(0)?, row.get::<_, String>(1)?);
-    let f = Fields::new(row, "one_time_codes", id);
+    let f = Fields::new(row, "one_time_codes", Key::Columns(0, 1));
     Ok(OneTimeCode {
         user_id: f.get(0)?,
         purpose: f.parse(1)?,

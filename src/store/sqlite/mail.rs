@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, Row, TransactionBehavior};
 
-use super::{millis, Fields, SqliteStore};
+use super::{millis, Fields, Key, SqliteStore};
 use crate::store::mail::SEND_WINDOW;
 use crate::store::{
     MailResult, MailStatus, MailStore, OutboxMail, OutboxStats, SendLimits, StoreResult,
@@ -16,7 +16,7 @@ const MAIL_COLUMNS: &str =
 
 /// The one `mail_outbox` row → [`OutboxMail`] mapping.
 fn mail_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxMail> {
-    let f = Fields::new(row, "mail_outbox", row.get(0)?);
+    let f = Fields::new(row, "mail_outbox", Key::Column(0));
     Ok(OutboxMail {
         id: f.get(0)?,
         recipient: f.get(1)?,

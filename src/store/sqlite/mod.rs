@@ -118,22 +118,49 @@ fn unreadable(
     )
 }
 
+/// How a row names its record in errors; worked out only when a value is unreadable, so
+/// reading a good row costs nothing extra.
+#[derive(Clone, Copy)]
+enum Key<'k> {
+    /// The text of one column (the record's id).
+    Column(usize),
+    /// `a:b` of two columns (a composite key).
+    Columns(usize, usize),
+    /// A prefix and one column, e.g. a refresh token named by its session.
+    Prefixed(&'static str, usize),
+    /// Given by the caller (an aggregate over several rows).
+    Text(&'k str),
+}
+
 /// Reads the values of one row of `record`, turning any value that does not fit its type
 /// (a bad name, an out-of-range number, a non-time) into an error naming the record.
 struct Fields<'a, 'r> {
     row: &'a Row<'r>,
     record: &'static str,
-    id: String,
+    key: Key<'a>,
 }
 
 impl<'a, 'r> Fields<'a, 'r> {
-    /// `id` names the record in errors (its key, never a secret).
-    fn new(row: &'a Row<'r>, record: &'static str, id: String) -> Self {
-        Self { row, record, id }
+    fn new(row: &'a Row<'r>, record: &'static str, key: Key<'a>) -> Self {
+        Self { row, record, key }
+    }
+
+    fn id(&self) -> String {
+        let text = |index: usize| {
+            self.row
+                .get::<_, String>(index)
+                .unwrap_or_else(|_| "(unreadable key)".to_owned())
+        };
+        match self.key {
+            Key::Column(index) => text(index),
+            Key::Columns(a, b) => format!("{}:{}", text(a), text(b)),
+            Key::Prefixed(prefix, index) => format!("{prefix}{}", text(index)),
+            Key::Text(id) => id.to_owned(),
+        }
     }
 
     fn corrupt(&self, reason: impl std::fmt::Display) -> rusqlite::Error {
-        unreadable(self.record, self.id.clone(), reason)
+        unreadable(self.record, self.id(), reason)
     }
 
     fn column(&self, index: usize) -> String {

@@ -5,12 +5,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
 
-use super::{millis, Fields, SqliteStore};
+use super::{millis, Fields, Key, SqliteStore};
 use crate::store::{RefreshToken, Session, SessionStore, StoreResult};
 
 /// The one `sessions` row → [`Session`] mapping.
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
-    let f = Fields::new(row, "sessions", row.get(0)?);
+    let f = Fields::new(row, "sessions", Key::Column(0));
     Ok(Session {
         id: f.get(0)?,
         user_id: f.get(1)?,
@@ -23,11 +23,7 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
 /// The one `refresh_tokens` row → [`RefreshToken`] mapping; errors name the token by its
 /// session.
 fn token_from_row(row: &Row<'_>) -> rusqlite::Result<RefreshToken> {
-    let f = Fields::new(
-        row,
-        "refresh_tokens",
-        format!("of session {}", row.get::<_, String>(1)?),
-    );
+    let f = Fields::new(row, "refresh_tokens", Key::Prefixed("of session ", 1));
     Ok(RefreshToken {
         token_hash: f.get(0)?,
         session_id: f.get(1)?,

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use super::{millis, Fields, SqliteStore};
+use super::{millis, Fields, Key, SqliteStore};
 use crate::store::{NewUser, ProfilePatch, StoreResult, User, UserStore};
 
 pub(super) const USER_COLUMNS: &str = "id, email, hashed_password, display_name, avatar_url, \
@@ -15,7 +15,7 @@ pub(super) const USER_COLUMNS: &str = "id, email, hashed_password, display_name,
 
 /// The one `users` row → [`User`] mapping (columns in [`USER_COLUMNS`] order).
 pub(super) fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
-    let f = Fields::new(row, "users", row.get(0)?);
+    let f = Fields::new(row, "users", Key::Column(0));
     let preferences: String = f.get(11)?;
     let preferences = f.check(11, preferences_from_text(&preferences))?;
     let battery_level: i64 = f.get(12)?;
