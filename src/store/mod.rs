@@ -42,7 +42,7 @@ pub use housekeeping::Housekeeping;
 pub use mail::{MailResult, MailStatus, MailStore, OutboxMail, OutboxStats, SendLimits};
 pub use migration::{MigrationStore, StoreCounts};
 pub use sessions::{RefreshToken, Session, SessionStore};
-pub use users::{NewUser, ProfilePatch, User, UserStore};
+pub use users::{NewUser, ProfilePatch, ProfileValue, User, UserStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -57,6 +57,44 @@ pub struct ProfilePatch {
     pub preferences_unset: Vec<String>,
 }
 
+/// The new value of one profile field, for a backend to store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProfileValue<'a> {
+    Text(Option<&'a str>),
+    Int(Option<i32>),
+    Bool(bool),
+    Time(Option<DateTime<Utc>>),
+}
+
+impl ProfilePatch {
+    /// The fields this patch sets, by their stored names (the same column and field
+    /// names in both backends); `preferences` apart, as each backend merges it its way.
+    pub fn changes(&self) -> Vec<(&'static str, ProfileValue<'_>)> {
+        let mut changes = Vec::new();
+        let texts = [
+            ("display_name", &self.display_name),
+            ("avatar_url", &self.avatar_url),
+            ("bio", &self.bio),
+            ("timezone", &self.timezone),
+        ];
+        for (field, value) in texts {
+            if let Some(v) = value {
+                changes.push((field, ProfileValue::Text(v.as_deref())));
+            }
+        }
+        if let Some(v) = self.introvert_level {
+            changes.push(("introvert_level", ProfileValue::Int(v)));
+        }
+        if let Some(v) = self.onboarding_completed {
+            changes.push(("onboarding_completed", ProfileValue::Bool(v)));
+        }
+        if let Some(v) = self.onboarding_completed_at {
+            changes.push(("onboarding_completed_at", ProfileValue::Time(v)));
+        }
+        changes
+    }
+}
+
 /// Users and their profiles.
 #[async_trait]
 pub trait UserStore: Send + Sync {

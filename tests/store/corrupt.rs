@@ -3,8 +3,7 @@
 
 use introgy::battery::{Interaction, SleepQuality};
 use introgy::store::{
-    HistoryFilter, NewBatteryEvent, OutboxMail, RecordOutcome, RefreshToken, Session, StoreError,
-    StoreResult,
+    HistoryFilter, NewBatteryEvent, OutboxMail, RecordOutcome, StoreError, StoreResult,
 };
 use mongodb::bson::{doc, oid::ObjectId};
 
@@ -167,20 +166,7 @@ async fn an_unknown_sleep_quality_is_reported_not_read_as_medium(s: &TestStore) 
 
 async fn an_unreadable_session_is_reported(s: &TestStore) {
     let user = s.user().await;
-    let session = Session {
-        id: introgy::auth::random_hex(16),
-        user_id: user.id.clone(),
-        created_at: t0(),
-        expires_at: at(3_600),
-        refreshed_at: t0(),
-    };
-    let token = RefreshToken {
-        token_hash: introgy::auth::random_hex(32),
-        session_id: session.id.clone(),
-        issued_at: t0(),
-        rotated_at: None,
-    };
-    s.store.insert_session(&session, &token).await.unwrap();
+    let (session, _) = s.login(&user.id, at(3_600)).await;
     s.write_raw("sessions", &session.id, "expires_at", not_a_time(s))
         .await;
     assert_corrupt(s.store.session(&session.id).await, "sessions", &session.id);

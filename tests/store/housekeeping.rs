@@ -1,7 +1,7 @@
 //! `Housekeeping`: the purge removes what has expired and nothing else.
 
 use introgy::domain::OtpPurpose;
-use introgy::store::{MailResult, OneTimeCode, OutboxMail, RefreshToken, Session};
+use introgy::store::{MailResult, OneTimeCode, OutboxMail};
 
 use crate::{at, store_tests, t0, TestStore};
 
@@ -25,23 +25,8 @@ async fn the_purge_removes_what_expired_and_keeps_the_rest(s: &TestStore) {
         .put_code(&code(OtpPurpose::ResetPassword, at(86_400 * 30)))
         .await
         .unwrap();
-    let session = |expires_at| Session {
-        id: introgy::auth::random_hex(16),
-        user_id: user.id.clone(),
-        created_at: t0(),
-        expires_at,
-        refreshed_at: t0(),
-    };
-    let (short, long) = (session(at(3_600)), session(at(86_400 * 30)));
-    for s_ in [&short, &long] {
-        let token = RefreshToken {
-            token_hash: introgy::auth::random_hex(32),
-            session_id: s_.id.clone(),
-            issued_at: t0(),
-            rotated_at: None,
-        };
-        s.store.insert_session(s_, &token).await.unwrap();
-    }
+    let (short, _) = s.login(&user.id, at(3_600)).await;
+    let (long, _) = s.login(&user.id, at(86_400 * 30)).await;
     let mail = |n: usize| OutboxMail {
         id: introgy::auth::new_object_id(),
         recipient: format!("m{n}@example.com"),

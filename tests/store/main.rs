@@ -21,7 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use introgy::store::mongo::MongoStore;
 use introgy::store::sqlite::SqliteStore;
-use introgy::store::{NewUser, Store, User};
+use introgy::store::{NewUser, RefreshToken, Session, Store, User};
 use mongodb::bson::{doc, oid::ObjectId, Bson};
 
 /// Makes a `sqlite` and a `mongodb` test of each named `async fn(&TestStore)`.
@@ -203,6 +203,28 @@ impl TestStore {
                 .await
                 .expect("raw count"),
         }
+    }
+
+    /// A new session of `user_id` until `expires_at`, with its first refresh token.
+    pub async fn login(&self, user_id: &str, expires_at: DateTime<Utc>) -> (Session, RefreshToken) {
+        let session = Session {
+            id: introgy::auth::random_hex(16),
+            user_id: user_id.to_owned(),
+            created_at: t0(),
+            expires_at,
+            refreshed_at: t0(),
+        };
+        let token = RefreshToken {
+            token_hash: introgy::auth::random_hex(32),
+            session_id: session.id.clone(),
+            issued_at: t0(),
+            rotated_at: None,
+        };
+        self.store
+            .insert_session(&session, &token)
+            .await
+            .expect("insert session");
+        (session, token)
     }
 
     /// A fresh user at the initial battery level.

@@ -2,7 +2,7 @@
 
 use introgy::store::{RefreshToken, Session, StoreError};
 
-use crate::{at, parallel, store_tests, t0, TestStore};
+use crate::{at, parallel, store_tests, TestStore};
 
 store_tests!(
     parallel_rotations_of_one_refresh_token_have_exactly_one_winner,
@@ -12,21 +12,7 @@ store_tests!(
 );
 
 async fn login(s: &TestStore, user_id: &str) -> (Session, RefreshToken) {
-    let session = Session {
-        id: introgy::auth::random_hex(16),
-        user_id: user_id.to_owned(),
-        created_at: t0(),
-        expires_at: at(86_400),
-        refreshed_at: t0(),
-    };
-    let token = RefreshToken {
-        token_hash: introgy::auth::random_hex(32),
-        session_id: session.id.clone(),
-        issued_at: t0(),
-        rotated_at: None,
-    };
-    s.store.insert_session(&session, &token).await.unwrap();
-    (session, token)
+    s.login(user_id, at(86_400)).await
 }
 
 async fn parallel_rotations_of_one_refresh_token_have_exactly_one_winner(s: &TestStore) {

@@ -92,20 +92,7 @@ async fn a_profile_update_changes_only_what_it_is_given_and_merges_preferences(s
 }
 
 async fn everything_of(s: &TestStore, user_id: &str) -> (Session, RefreshToken) {
-    let session = Session {
-        id: introgy::auth::random_hex(16),
-        user_id: user_id.to_owned(),
-        created_at: t0(),
-        expires_at: at(86_400),
-        refreshed_at: t0(),
-    };
-    let token = RefreshToken {
-        token_hash: introgy::auth::random_hex(32),
-        session_id: session.id.clone(),
-        issued_at: t0(),
-        rotated_at: None,
-    };
-    s.store.insert_session(&session, &token).await.unwrap();
+    let (session, token) = s.login(user_id, at(86_400)).await;
     for purpose in [OtpPurpose::VerifyEmail, OtpPurpose::ResetPassword] {
         s.store
             .put_code(&OneTimeCode {

@@ -18,7 +18,7 @@ use super::{bdt, read, user_filter, user_key, utc, MongoStore, CODES, EVENTS, ID
 use super::{REFRESH_TOKENS, SESSIONS, USERS};
 use crate::battery::{BatteryLevel, INITIAL_LEVEL};
 use crate::store::battery::stored_level;
-use crate::store::{NewUser, ProfilePatch, StoreError, StoreResult, User, UserStore};
+use crate::store::{NewUser, ProfilePatch, ProfileValue, StoreError, StoreResult, User, UserStore};
 
 /// A document of `IntrogyUsers`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -241,23 +241,14 @@ impl UserStore for MongoStore {
     ) -> StoreResult<Option<User>> {
         let mut set = doc! { "updated_at": bdt(now) };
         let mut unset = Document::new();
-        let mut text = |field: &str, value: &Option<Option<String>>| {
-            if let Some(v) = value {
-                set.insert(field, v.clone());
-            }
-        };
-        text("display_name", &patch.display_name);
-        text("avatar_url", &patch.avatar_url);
-        text("bio", &patch.bio);
-        text("timezone", &patch.timezone);
-        if let Some(v) = patch.introvert_level {
-            set.insert("introvert_level", v);
-        }
-        if let Some(v) = patch.onboarding_completed {
-            set.insert("onboarding_completed", v);
-        }
-        if let Some(v) = patch.onboarding_completed_at {
-            set.insert("onboarding_completed_at", v.map(bdt));
+        for (field, value) in patch.changes() {
+            let value = match value {
+                ProfileValue::Text(v) => v.map_or(Bson::Null, Bson::from),
+                ProfileValue::Int(v) => v.map_or(Bson::Null, Bson::Int32),
+                ProfileValue::Bool(v) => Bson::Boolean(v),
+                ProfileValue::Time(v) => v.map_or(Bson::Null, |t| Bson::DateTime(bdt(t))),
+            };
+            set.insert(field, value);
         }
         for (key, value) in &patch.preferences_set {
             let value = mongodb::bson::to_bson(value).map_err(|e| StoreError::Other(e.into()))?;

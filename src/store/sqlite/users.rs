@@ -7,7 +7,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::{millis, Fields, Key, SqliteStore};
-use crate::store::{NewUser, ProfilePatch, StoreResult, User, UserStore};
+use crate::store::{NewUser, ProfilePatch, ProfileValue, StoreResult, User, UserStore};
 
 pub(super) const USER_COLUMNS: &str = "id, email, hashed_password, display_name, avatar_url, \
     bio, timezone, introvert_level, is_verified, onboarding_completed, onboarding_completed_at, \
@@ -209,32 +209,17 @@ impl UserStore for SqliteStore {
                 values.push(value);
                 sets.push(format!("{column} = ?{}", values.len()));
             };
-            let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::Text);
-            if let Some(v) = &patch.display_name {
-                push("display_name", text(v));
-            }
-            if let Some(v) = &patch.avatar_url {
-                push("avatar_url", text(v));
-            }
-            if let Some(v) = &patch.bio {
-                push("bio", text(v));
-            }
-            if let Some(v) = &patch.timezone {
-                push("timezone", text(v));
-            }
-            if let Some(v) = patch.introvert_level {
+            for (column, value) in patch.changes() {
                 push(
-                    "introvert_level",
-                    v.map_or(Value::Null, |n| Value::Integer(n.into())),
-                );
-            }
-            if let Some(v) = patch.onboarding_completed {
-                push("onboarding_completed", Value::Integer(v.into()));
-            }
-            if let Some(v) = patch.onboarding_completed_at {
-                push(
-                    "onboarding_completed_at",
-                    v.map_or(Value::Null, |t| Value::Integer(millis(t))),
+                    column,
+                    match value {
+                        ProfileValue::Text(v) => v.map_or(Value::Null, |t| Value::Text(t.into())),
+                        ProfileValue::Int(v) => v.map_or(Value::Null, |n| Value::Integer(n.into())),
+                        ProfileValue::Bool(v) => Value::Integer(v.into()),
+                        ProfileValue::Time(v) => {
+                            v.map_or(Value::Null, |t| Value::Integer(millis(t)))
+                        }
+                    },
                 );
             }
             if !patch.preferences_set.is_empty() || !patch.preferences_unset.is_empty() {
