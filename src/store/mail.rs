@@ -122,7 +122,9 @@ pub trait MailStore: Send + Sync {
     async fn enqueue_mail(&self, mail: &OutboxMail) -> StoreResult<()>;
     /// Claims up to `limit` due mails: counts a try and makes each due again at
     /// `lease_until` (if its worker vanishes, it is retried then). A due mail is claimed
-    /// by exactly one of any number of parallel claimers.
+    /// by exactly one of any number of parallel claimers. A claimed mail that cannot be
+    /// read is not returned: it is set aside as dead with the reason as its last error
+    /// (logged once, naming it), so one bad record never stalls the queue.
     async fn claim_mail(
         &self,
         now: DateTime<Utc>,

@@ -3,7 +3,7 @@
 
 use introgy::battery::{Interaction, SleepQuality};
 use introgy::store::{
-    HistoryFilter, NewBatteryEvent, OutboxMail, RecordOutcome, StoreError, StoreResult,
+    HistoryFilter, MailResult, NewBatteryEvent, OutboxMail, RecordOutcome, StoreError, StoreResult,
 };
 use mongodb::bson::{doc, oid::ObjectId};
 
@@ -17,7 +17,7 @@ store_tests!(
     an_unknown_interaction_type_in_the_history_is_reported,
     an_unknown_sleep_quality_is_reported_not_read_as_medium,
     an_unreadable_session_is_reported,
-    an_unreadable_outbox_mail_is_reported,
+    an_unreadable_outbox_mail_is_set_aside_as_dead_and_the_rest_still_go,
 );
 
 #[track_caller]
@@ -172,24 +172,49 @@ async fn an_unreadable_session_is_reported(s: &TestStore) {
     assert_corrupt(s.store.session(&session.id).await, "sessions", &session.id);
 }
 
-async fn an_unreadable_outbox_mail_is_reported(s: &TestStore) {
-    let mail = OutboxMail {
+async fn an_unreadable_outbox_mail_is_set_aside_as_dead_and_the_rest_still_go(s: &TestStore) {
+    let mail = |n: usize| OutboxMail {
         id: introgy::auth::new_object_id(),
-        recipient: "someone@example.com".into(),
+        recipient: format!("someone-{n}@example.com"),
         payload: "{}".into(),
         attempts: 0,
         created_at: t0(),
         next_attempt_at: t0(),
         expires_at: None,
     };
-    s.store.enqueue_mail(&mail).await.unwrap();
-    s.write_raw("mail_outbox", &mail.id, "attempts", RawValue::Int(-7))
+    let (good, bad) = (mail(0), mail(1));
+    s.store.enqueue_mail(&good).await.unwrap();
+    s.store.enqueue_mail(&bad).await.unwrap();
+    s.write_raw("mail_outbox", &bad.id, "attempts", RawValue::Int(-7))
         .await;
-    assert_corrupt(
-        s.store.claim_mail(at(1), at(61), 10).await,
-        "mail_outbox",
-        &mail.id,
+
+    let claimed = s.store.claim_mail(at(1), at(61), 10).await.unwrap();
+
+    assert_eq!(
+        claimed.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        [good.id.as_str()]
     );
+    assert_eq!(s.store.outbox_stats().await.unwrap().dead, 1);
+    assert_eq!(
+        s.read_raw_text("mail_outbox", &bad.id, "status").await,
+        "dead"
+    );
+    let reason = s.read_raw_text("mail_outbox", &bad.id, "last_error").await;
+    assert!(
+        reason.starts_with("unreadable record: attempts"),
+        "{reason}"
+    );
+    // Once the good one is sent, nothing is left to claim: the bad one is not pending.
+    s.store
+        .finish_mail(&good.id, &MailResult::Sent, at(2))
+        .await
+        .unwrap();
+    assert!(s
+        .store
+        .claim_mail(at(1_000), at(1_060), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// The old service's documents lack our fields: each gets its documented default

@@ -120,9 +120,24 @@ impl MailStore for MongoStore {
                         .return_document(ReturnDocument::After),
                 )
                 .await?;
-            match next {
-                Some(raw) => claimed.push(read(OUTBOX, &raw, MailDoc::into_mail)?),
-                None => break,
+            let Some(raw) = next else {
+                break;
+            };
+            match read(OUTBOX, &raw, MailDoc::into_mail) {
+                Ok(mail) => claimed.push(mail),
+                Err(StoreError::Corrupt { record, id, reason }) => {
+                    tracing::error!(record, %id, %reason, "outbox: unreadable mail set aside as dead");
+                    self.run(self.c(OUTBOX).update_one(
+                        doc! { "_id": &id },
+                        doc! { "$set": {
+                            "status": MailStatus::Dead.as_str(),
+                            "last_error": format!("unreadable record: {reason}"),
+                            "finished_at": bdt(now),
+                        } },
+                    ))
+                    .await?;
+                }
+                Err(other) => return Err(other),
             }
         }
         Ok(claimed)

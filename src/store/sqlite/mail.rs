@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, Row, TransactionBehavior};
 
-use super::{millis, Fields, Key, SqliteStore};
+use super::{millis, Fields, Key, SqliteStore, Unreadable};
 use crate::store::mail::SEND_WINDOW;
 use crate::store::{
     MailResult, MailStatus, MailStore, OutboxMail, OutboxStats, SendLimits, StoreResult,
@@ -61,14 +61,16 @@ impl MailStore for SqliteStore {
         // One statement on the one writer: a due mail is claimed by one caller only.
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let claimed: Vec<OutboxMail> = tx
-                .prepare_cached(&format!(
+            let mut claimed = Vec::new();
+            let mut unreadable = Vec::new();
+            {
+                let mut statement = tx.prepare_cached(&format!(
                     "UPDATE mail_outbox SET attempts = attempts + 1, next_attempt_at = ?2 \
                      WHERE id IN (SELECT id FROM mail_outbox WHERE status = ?4 \
                      AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?3) \
                      RETURNING {MAIL_COLUMNS}"
-                ))?
-                .query_map(
+                ))?;
+                let rows = statement.query_map(
                     params![
                         millis(now),
                         millis(lease_until),
@@ -76,8 +78,29 @@ impl MailStore for SqliteStore {
                         MailStatus::Pending.as_str()
                     ],
                     mail_from_row,
-                )?
-                .collect::<rusqlite::Result<_>>()?;
+                )?;
+                for row in rows {
+                    match row {
+                        Ok(mail) => claimed.push(mail),
+                        Err(e) => match Unreadable::of(e) {
+                            Ok(bad) => unreadable.push(bad),
+                            Err(e) => return Err(e),
+                        },
+                    }
+                }
+            }
+            for bad in unreadable {
+                tracing::error!(record = bad.record, id = %bad.id, reason = %bad.reason, "outbox: unreadable mail set aside as dead");
+                tx.execute(
+                    "UPDATE mail_outbox SET status = ?2, last_error = ?3, finished_at = ?4 WHERE id = ?1",
+                    params![
+                        bad.id,
+                        MailStatus::Dead.as_str(),
+                        format!("unreadable record: {}", bad.reason),
+                        millis(now)
+                    ],
+                )?;
+            }
             tx.commit()?;
             Ok(claimed)
         })

@@ -101,6 +101,23 @@ struct Unreadable {
     reason: String,
 }
 
+impl Unreadable {
+    /// The unreadable record behind `err`, or `err` as it was.
+    fn of(err: rusqlite::Error) -> Result<Unreadable, rusqlite::Error> {
+        match err {
+            rusqlite::Error::FromSqlConversionFailure(index, kind, cause) => {
+                match cause.downcast::<Unreadable>() {
+                    Ok(unreadable) => Ok(*unreadable),
+                    Err(cause) => Err(rusqlite::Error::FromSqlConversionFailure(
+                        index, kind, cause,
+                    )),
+                }
+            }
+            other => Err(other),
+        }
+    }
+}
+
 /// The error for a value of `record` that cannot be read.
 fn unreadable(
     record: &'static str,
@@ -224,17 +241,9 @@ impl<'a, 'r> Fields<'a, 'r> {
 
 fn map_err(err: rusqlite::Error) -> StoreError {
     use rusqlite::ffi;
-    let err = match err {
-        rusqlite::Error::FromSqlConversionFailure(index, kind, cause) => {
-            match cause.downcast::<Unreadable>() {
-                Ok(unreadable) => {
-                    let Unreadable { record, id, reason } = *unreadable;
-                    return StoreError::Corrupt { record, id, reason };
-                }
-                Err(cause) => rusqlite::Error::FromSqlConversionFailure(index, kind, cause),
-            }
-        }
-        other => other,
+    let err = match Unreadable::of(err) {
+        Ok(Unreadable { record, id, reason }) => return StoreError::Corrupt { record, id, reason },
+        Err(other) => other,
     };
     if let rusqlite::Error::SqliteFailure(failure, _) = &err {
         match failure.extended_code {
