@@ -204,22 +204,26 @@ impl MongoStore {
         self.db.collection::<RawDocumentBuf>(name)
     }
 
-    /// Every document of a cursor, read with `into`.
+    /// Every document of a cursor, read with `into`; the whole read is one bounded call.
     async fn read_all<D, T>(
         &self,
         collection: &'static str,
-        cursor: mongodb::Cursor<RawDocumentBuf>,
+        mut cursor: mongodb::Cursor<RawDocumentBuf>,
         into: impl Fn(D) -> Result<T, String>,
     ) -> StoreResult<Vec<T>>
     where
         D: DeserializeOwned,
     {
-        let mut cursor = cursor;
-        let mut out = Vec::new();
-        while self.run(cursor.advance()).await? {
-            out.push(read(collection, cursor.current(), &into)?);
-        }
-        Ok(out)
+        let records = self
+            .run(async {
+                let mut out = Vec::new();
+                while cursor.advance().await? {
+                    out.push(read(collection, cursor.current(), &into));
+                }
+                Ok(out)
+            })
+            .await?;
+        records.into_iter().collect()
     }
 
     /// Bounds a driver call by the store timeout and maps its error.
