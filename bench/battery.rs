@@ -21,7 +21,7 @@ use introgy::config::{Config, ConfigArgs};
 use introgy::email::MemoryTransport;
 use introgy::startup::Application;
 use introgy::store::sqlite::SqliteStore;
-use introgy::store::{HistoryFilter, NewUser, Store};
+use introgy::store::{BatteryStore, HistoryFilter, NewUser, Store, UserStore};
 use serde_json::json;
 
 #[derive(Parser)]

@@ -161,6 +161,8 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::Conflict(what) => Self::Conflict(what),
             StoreError::Unavailable(e) => Self::Unavailable(e),
+            // An opaque 500; the log (one line, in `into_response`) names the record.
+            corrupt @ StoreError::Corrupt { .. } => Self::Internal(corrupt.into()),
             StoreError::Other(e) => Self::Internal(e),
         }
     }
@@ -317,6 +319,16 @@ mod tests {
     async fn internal_errors_do_not_leak_their_cause() {
         let (_, body) = body_of(ApiError::Internal(anyhow::anyhow!("password=hunter2"))).await;
         assert!(!body.to_string().contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_is_an_opaque_500() {
+        let corrupt =
+            crate::store::StoreError::corrupt("users", "64f0c0ffee", "battery_level: 150");
+        let (status, body) = body_of(ApiError::from(corrupt)).await;
+        assert_eq!(status.as_u16(), 500);
+        assert_eq!(body["code"], "internal_error");
+        assert!(!body.to_string().contains("64f0c0ffee"), "{body}");
     }
 
     #[tokio::test]

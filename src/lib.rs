@@ -10,7 +10,8 @@
 //! - [`auth`]: passwords, access tokens, one-time codes, sessions, the account flows and
 //!   the [`auth::AuthUser`] extractor.
 //! - [`battery`]: the social battery rules, pure.
-//! - [`store`]: the [`store::Store`] trait and its backends.
+//! - [`store`]: one trait per aggregate (users, codes, sessions, mail, battery, migration,
+//!   housekeeping), [`store::Store`] their sum, and the SQLite and MongoDB backends.
 //! - [`email`]: templates and mail transports.
 //! - [`background`]: work that runs after a response, counted for shutdown and tests.
 //! - [`metrics`]: Prometheus series, `/metrics`, and the stores' recent write outcomes.

@@ -424,6 +424,7 @@ impl StoreObserver {
                 let kind = match e {
                     StoreError::Conflict(_) => "conflict",
                     StoreError::Unavailable(_) => "unavailable",
+                    StoreError::Corrupt { .. } => "corrupt",
                     StoreError::Other(_) => "other",
                 };
                 m.store_errors

@@ -1,11 +1,14 @@
-//! MongoDB-only behaviour: documents written by the old Python service, and an outage of
-//! the database server. Needs INTROGY_TEST_MONGO_URL (a running MongoDB-compatible
+//! MongoDB-only behaviour: documents written by the old Python service, and outages of
+//! the database server (stopped, or the network to it cut). Needs INTROGY_TEST_MONGO_URL (a running MongoDB-compatible
 //! server) and INTROGY_TEST_PYTHON (a Python with SecantusDB, for the outage test);
 //! `scripts/test` provides both.
 
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+
+#[path = "api/chaos_proxy.rs"]
+mod chaos_proxy;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -585,4 +588,83 @@ async fn migrate_copies_users_and_history_to_mongodb_and_back_and_is_idempotent(
         report.contains("copied 1 users, 4 battery events"),
         "{report}"
     );
+}
+
+/// A real outage between the service and MongoDB (a TCP proxy in between is cut): every
+/// route answers 503 JSON within the store timeout, and the service recovers by itself
+/// when the network comes back. MongoDB only for now: SQLite has no connection to cut
+/// (its outage, a deleted or replaced database file, is a later change).
+#[tokio::test]
+async fn health_and_every_route_answer_503_json_while_the_network_to_mongodb_is_cut() {
+    let (app, proxy) = chaos_proxy::spawn_app_behind_proxy().await;
+    let user = app.signup().await;
+    proxy.cut();
+    let started = Instant::now();
+    let body = json_of(app.get("/health").await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["database"], "disconnected");
+    assert_eq!(body["status"], "degraded");
+    let body = json_of(
+        app.login(&user.email, &user.password).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(body["code"], "service_unavailable");
+    let body = json_of(
+        app.verify_token(&user.access_token).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(body["code"], "service_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "three requests took {:?} during the outage (store timeout 2 s)",
+        started.elapsed()
+    );
+    // And it recovers by itself.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.get("/health").await.status() != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "/health did not recover within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.verify_token(&user.access_token).await.status(),
+        StatusCode::OK
+    );
+}
+
+/// Liveness does not depend on the store; readiness and `/health` do (a real outage: the
+/// network to MongoDB is cut).
+#[tokio::test]
+async fn liveness_stays_up_while_the_store_is_down_and_readiness_does_not() {
+    let (app, proxy) = chaos_proxy::spawn_app_behind_proxy().await;
+    proxy.cut();
+    let live = json_of(app.get("/health/live").await, StatusCode::OK).await;
+    assert_eq!(live["status"], "ok");
+    let ready = json_of(
+        app.get("/health/ready").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(ready["status"], "not_ready");
+    assert_eq!(ready["store"], "unreachable");
+    let health = json_of(app.get("/health").await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["database"], "disconnected");
+    assert!(
+        health["reason"].as_str().unwrap().contains("store"),
+        "{health}"
+    );
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.get("/health/ready").await.status() != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "/health/ready did not recover within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -5,8 +5,14 @@
 //! quality (good +50, medium +10, bad −5), and `set` to a given level. The result is
 //! clamped to 0–100; what was applied is described by an [`Applied`].
 
+mod channel;
+mod totals;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+pub use channel::Channel;
+pub use totals::{KindTotals, Totals};
 
 /// The level a new account starts at.
 pub const INITIAL_LEVEL: BatteryLevel = BatteryLevel(70);
@@ -93,6 +99,8 @@ pub enum SleepQuality {
 }
 
 impl SleepQuality {
+    pub const ALL: [SleepQuality; 3] = [Self::Good, Self::Medium, Self::Bad];
+
     pub fn delta(self) -> i64 {
         match self {
             Self::Good => 50,
@@ -107,6 +115,16 @@ impl SleepQuality {
             Self::Medium => "medium",
             Self::Bad => "bad",
         }
+    }
+}
+
+impl std::str::FromStr for SleepQuality {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|q| q.as_str() == raw)
+            .ok_or_else(|| format!("unknown sleep quality {raw:?}"))
     }
 }
 
@@ -162,6 +180,13 @@ impl InteractionKind {
 
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+}
+
+impl std::str::FromStr for InteractionKind {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Self::parse(raw).ok_or_else(|| format!("unknown interaction type {raw:?}"))
     }
 }
 
@@ -273,6 +298,30 @@ mod tests {
             assert_eq!(level(value).status(), status, "{value}");
             assert_eq!(level(value).is_low(), value < 20, "{value}");
         }
+    }
+
+    #[test]
+    fn each_name_is_the_same_for_serde_and_the_stores() {
+        fn check<T>(all: &[T], name: fn(&T) -> &'static str)
+        where
+            T: Serialize + std::str::FromStr + PartialEq + std::fmt::Debug,
+            <T as std::str::FromStr>::Err: std::fmt::Debug,
+        {
+            for value in all {
+                assert_eq!(
+                    serde_json::to_value(value).unwrap(),
+                    name(value),
+                    "{value:?}"
+                );
+                assert_eq!(&name(value).parse::<T>().unwrap(), value);
+            }
+        }
+        check(&InteractionKind::ALL, |k| k.as_str());
+        check(&SleepQuality::ALL, |q| q.as_str());
+        check(&Channel::ALL, |c| c.as_str());
+        assert!("Sleep".parse::<InteractionKind>().is_err());
+        assert!("so-so".parse::<SleepQuality>().is_err());
+        assert!("in_person".parse::<Channel>().is_err());
     }
 
     #[test]

@@ -13,11 +13,24 @@ pub enum OtpPurpose {
 }
 
 impl OtpPurpose {
+    pub const ALL: [OtpPurpose; 2] = [Self::VerifyEmail, Self::ResetPassword];
+
+    /// The name in requests and both stores.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::VerifyEmail => "verify_email",
             Self::ResetPassword => "reset_password",
         }
+    }
+}
+
+impl std::str::FromStr for OtpPurpose {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == raw)
+            .ok_or_else(|| format!("unknown code purpose {raw:?}"))
     }
 }
 
@@ -54,6 +67,15 @@ impl std::fmt::Debug for OtpCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_purpose_has_one_name_for_serde_and_the_stores() {
+        for purpose in OtpPurpose::ALL {
+            assert_eq!(serde_json::to_value(purpose).unwrap(), purpose.as_str());
+            assert_eq!(purpose.as_str().parse::<OtpPurpose>(), Ok(purpose));
+        }
+        assert!("verify".parse::<OtpPurpose>().is_err());
+    }
 
     #[test]
     fn only_six_digits_parse() {

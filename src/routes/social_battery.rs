@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use crate::auth::AuthUser;
 use crate::battery::{
-    BatteryLevel, BatteryStatus, EnergyImpact, Interaction, InteractionKind, SleepQuality,
+    BatteryLevel, BatteryStatus, Channel, EnergyImpact, Interaction, InteractionKind, SleepQuality,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
 use crate::extract::{parse_json, ApiJson};
@@ -42,33 +42,6 @@ pub fn router() -> Router<AppState> {
         .route("/social-battery/{user_id}", get(get_battery))
         .route("/social-battery/{user_id}/record", post(record))
         .route("/social-battery/{user_id}/activity", get(activity))
-}
-
-/// The channel of a social interaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Channel {
-    Call,
-    Message,
-    InPerson,
-    Video,
-    Email,
-    Social,
-    Other,
-}
-
-impl Channel {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Call => "call",
-            Self::Message => "message",
-            Self::InPerson => "in-person",
-            Self::Video => "video",
-            Self::Email => "email",
-            Self::Social => "social",
-            Self::Other => "other",
-        }
-    }
 }
 
 /// An interaction to record. Which fields apply depends on `type`:
@@ -190,7 +163,7 @@ impl From<BatteryEvent> for ActivityRecord {
             recorded_at: event.recorded_at,
             notes: event.notes,
             people_count: event.people_count,
-            interaction_type: event.interaction_type,
+            interaction_type: event.interaction_type.map(|c| c.as_str().to_owned()),
         }
     }
 }
@@ -431,7 +404,7 @@ fn parse_record(req: RecordRequest, now: DateTime<Utc>) -> ApiResult<NewBatteryE
         recorded_at: now,
         notes,
         people_count,
-        interaction_type: req.interaction_type.map(|c| c.as_str().to_owned()),
+        interaction_type: req.interaction_type,
     })
 }
 

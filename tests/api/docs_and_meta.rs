@@ -27,35 +27,6 @@ async fn health_reports_a_connected_store() {
 }
 
 #[tokio::test]
-async fn health_and_every_route_answer_503_json_while_the_store_is_down() {
-    let app = crate::helpers::spawn_app_with_faulty_store().await;
-    let user = app.signup().await;
-    app.store_down(true);
-    let body = json_of(app.get("/health").await, StatusCode::SERVICE_UNAVAILABLE).await;
-    assert_eq!(body["database"], "disconnected");
-    assert_eq!(body["status"], "degraded");
-    let body = json_of(
-        app.login(&user.email, &user.password).await,
-        StatusCode::SERVICE_UNAVAILABLE,
-    )
-    .await;
-    assert_eq!(body["code"], "service_unavailable");
-    let body = json_of(
-        app.verify_token(&user.access_token).await,
-        StatusCode::SERVICE_UNAVAILABLE,
-    )
-    .await;
-    assert_eq!(body["code"], "service_unavailable");
-    // And it recovers by itself.
-    app.store_down(false);
-    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
-    assert_eq!(
-        app.verify_token(&user.access_token).await.status(),
-        StatusCode::OK
-    );
-}
-
-#[tokio::test]
 async fn openapi_document_is_3_1_and_lists_every_route_and_both_auth_schemes() {
     let app = spawn_app().await;
     for path in ["/openapi.json", "/api/openapi.json"] {

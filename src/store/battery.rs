@@ -1,0 +1,224 @@
+//! The battery aggregate: a user's level (on the user record, with its running totals)
+//! and the history of interactions that moved it.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::StoreResult;
+use crate::battery::{
+    Applied, BatteryLevel, Channel, EnergyImpact, Interaction, InteractionKind, SleepQuality,
+};
+
+/// An interaction to record, before the store applies it to the current level.
+#[derive(Debug, Clone)]
+pub struct NewBatteryEvent {
+    pub id: String,
+    pub interaction: Interaction,
+    pub name: Option<String>,
+    pub duration_minutes: i32,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub notes: Option<String>,
+    pub people_count: Option<i32>,
+    pub interaction_type: Option<Channel>,
+}
+
+impl NewBatteryEvent {
+    /// The event as recorded: `applied` to the level at step `seq` of `user_id`'s history.
+    pub fn recorded(self, user_id: &str, seq: i64, applied: Applied) -> BatteryEvent {
+        BatteryEvent {
+            id: self.id,
+            user_id: user_id.to_owned(),
+            seq,
+            interaction: self.interaction,
+            name: self.name,
+            energy_delta: applied.energy_delta,
+            level_before: applied.level_before,
+            level_after: applied.level_after,
+            duration_minutes: self.duration_minutes,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            notes: self.notes,
+            people_count: self.people_count,
+            interaction_type: self.interaction_type,
+        }
+    }
+}
+
+/// A recorded interaction: what was asked and what it did to the level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatteryEvent {
+    pub id: String,
+    pub user_id: String,
+    /// Acceptance order within the user's history (1, 2, 3, ...).
+    pub seq: i64,
+    pub interaction: Interaction,
+    pub name: Option<String>,
+    pub energy_delta: i32,
+    pub level_before: BatteryLevel,
+    pub level_after: BatteryLevel,
+    pub duration_minutes: i32,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub notes: Option<String>,
+    pub people_count: Option<i32>,
+    pub interaction_type: Option<Channel>,
+}
+
+impl BatteryEvent {
+    /// What applying it did (for totals and roll-forward).
+    pub fn applied(&self) -> Applied {
+        Applied {
+            level_before: self.level_before,
+            level_after: self.level_after,
+            energy_delta: self.energy_delta,
+        }
+    }
+}
+
+/// How an [`Interaction`] is stored by both backends: its kind and the one input that
+/// kind has, each in its own column/field (so history can be filtered by kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InteractionColumns {
+    pub kind: InteractionKind,
+    pub energy_impact: Option<i32>,
+    pub sleep_quality: Option<SleepQuality>,
+    pub target_level: Option<i32>,
+}
+
+impl From<&Interaction> for InteractionColumns {
+    fn from(interaction: &Interaction) -> Self {
+        let mut columns = Self {
+            kind: interaction.kind(),
+            energy_impact: None,
+            sleep_quality: None,
+            target_level: None,
+        };
+        match interaction {
+            Interaction::Depletion(i) | Interaction::Recharge(i) => {
+                columns.energy_impact = Some(i.value())
+            }
+            Interaction::Sleep(q) => columns.sleep_quality = Some(*q),
+            Interaction::Set(level) => columns.target_level = Some(level.value()),
+        }
+        columns
+    }
+}
+
+impl InteractionColumns {
+    /// The interaction back; `Err` says what is missing or out of range.
+    pub fn interaction(self) -> Result<Interaction, String> {
+        let impact = || {
+            let raw = self
+                .energy_impact
+                .ok_or_else(|| format!("{} without energy_impact", self.kind.as_str()))?;
+            EnergyImpact::new(raw.into()).ok_or_else(|| format!("energy_impact {raw} not in 1–100"))
+        };
+        Ok(match self.kind {
+            InteractionKind::Depletion => Interaction::Depletion(impact()?),
+            InteractionKind::Recharge => Interaction::Recharge(impact()?),
+            InteractionKind::Sleep => {
+                Interaction::Sleep(self.sleep_quality.ok_or("sleep without sleep_quality")?)
+            }
+            InteractionKind::Set => {
+                let raw = self.target_level.ok_or("set without target_level")?;
+                Interaction::Set(BatteryLevel::try_from(i64::from(raw)).map_err(|e| e.to_string())?)
+            }
+        })
+    }
+}
+
+/// A stored level back into a [`BatteryLevel`]; out of range is unreadable, not clamped.
+pub fn stored_level(raw: i64) -> Result<BatteryLevel, String> {
+    BatteryLevel::try_from(raw).map_err(|e| e.to_string())
+}
+
+/// A client's `Idempotency-Key` for one record request.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// SHA-256 of the canonical request body.
+    pub request_hash: String,
+    /// Keys created before this instant have expired and are ignored.
+    pub not_before: DateTime<Utc>,
+}
+
+/// What `record_interaction` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordOutcome {
+    Recorded(BatteryEvent),
+    /// The same key and body were seen before: the original event, nothing changed.
+    Replayed(BatteryEvent),
+    /// The key was used before with a different body: nothing changed.
+    KeyReused,
+    /// The user does not exist (any more).
+    UserMissing,
+}
+
+/// Filters of a history query; `before_seq` is the keyset cursor.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub kind: Option<InteractionKind>,
+}
+
+/// Totals over a filtered history.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatterySummary {
+    pub count: i64,
+    pub recharge_count: i64,
+    pub depletion_count: i64,
+    /// Sum of the positive `energy_delta`s.
+    pub total_recharged: i64,
+    /// Sum of the magnitudes of the negative `energy_delta`s.
+    pub total_depleted: i64,
+    /// Mean `level_after`; `None` when nothing matched.
+    pub average_level: Option<f64>,
+}
+
+impl BatterySummary {
+    /// The summary of per-kind totals (only the kinds the filter admits).
+    pub fn of(totals: &crate::battery::KindTotals) -> Self {
+        let all = totals.sum();
+        Self {
+            count: all.count,
+            recharge_count: totals.get(InteractionKind::Recharge).count,
+            depletion_count: totals.get(InteractionKind::Depletion).count,
+            total_recharged: all.total_positive,
+            total_depleted: all.total_negative,
+            average_level: all.average_level(),
+        }
+    }
+}
+
+/// The social battery.
+#[async_trait]
+pub trait BatteryStore: Send + Sync {
+    /// Applies an interaction to the user's current level and appends it to the
+    /// history, atomically: parallel records never lose an update (their `seq`s are
+    /// contiguous and the level is the replay of the history). With a key, a repeat of
+    /// the same request within its lifetime changes nothing, and parallel requests with
+    /// one key record one event.
+    async fn record_interaction(
+        &self,
+        user_id: &str,
+        event: &NewBatteryEvent,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<RecordOutcome>;
+    /// One page of history, newest first: events with `seq < before_seq`.
+    async fn battery_history(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<BatteryEvent>>;
+    /// Totals over the filtered history; without a time filter from the running
+    /// totals, in O(1).
+    async fn battery_summary(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+    ) -> StoreResult<BatterySummary>;
+}

@@ -1,0 +1,28 @@
+//! What belongs to no one aggregate: which backend this is, whether it answers, and
+//! purging what has expired everywhere.
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::StoreResult;
+
+/// How long an `Idempotency-Key` record is kept.
+pub const IDEMPOTENCY_KEPT: TimeDelta = TimeDelta::hours(24);
+
+/// Backend identity, liveness, purge.
+#[async_trait]
+pub trait Housekeeping: Send + Sync {
+    /// `sqlite` or `mongodb`.
+    fn backend(&self) -> &'static str;
+    /// Cheap round trip proving the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+    /// What this store's choke point recorded about recent operations (whether writes
+    /// are failing), for `/health`; `None` for a store that records nothing.
+    fn observer(&self) -> Option<&crate::metrics::StoreObserver> {
+        None
+    }
+    /// Deletes expired codes and sessions (with their refresh tokens), mail-send records
+    /// older than the budget's window, idempotency keys older than a day, and delivered
+    /// or expired mail older than a week (dead mail stays); returns how many went.
+    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+}

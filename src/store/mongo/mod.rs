@@ -1,0 +1,358 @@
+//! The MongoDB store, with the official `mongodb` driver.
+//!
+//! Users live in `IntrogyUsers` with the old service's field names (`email`,
+//! `hashed_password`, `display_name`, `is_verified`, `created_at`), so accounts written by
+//! the Python service log in unchanged. New users get ObjectId `_id`s too.
+//!
+//! Every operation is correct on a standalone `mongod` as well as on a replica set: no
+//! operation needs a multi-document transaction.
+//! - Atomic single-document updates with a precondition do what SQLite's single writer
+//!   does: counting a code guess (`attempts < 5`), consuming a code (delete by hash),
+//!   rotating a refresh token (`rotated_at: null`), the mail budget (a version counter).
+//! - Recording an interaction is lock-free (see `battery.rs`).
+//! - Multi-step deletions (reset password, delete account) go in the order that keeps
+//!   the account safe if interrupted: the user document changes first, then sessions,
+//!   refresh tokens and codes are removed.
+//!
+//! This file owns the client, the indexes, error mapping and decoding; each collection's
+//! typed document (`UserDoc`, `EventDoc`, ...) and its queries live in the file of its
+//! aggregate. Documents are written through `Collection<TypedDoc>` and read as raw BSON
+//! decoded into the same types, so a document that does not decode is reported as
+//! [`StoreError::Corrupt`] naming its collection and `_id`.
+
+mod battery;
+mod codes;
+mod housekeeping;
+mod mail;
+mod migration;
+mod sessions;
+mod users;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, TimeZone, Utc};
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+use serde::de::DeserializeOwned;
+
+use super::{StoreError, StoreResult};
+
+/// The old service's users collection.
+pub const USERS: &str = "IntrogyUsers";
+const SESSIONS: &str = "sessions";
+const REFRESH_TOKENS: &str = "refresh_tokens";
+const CODES: &str = "one_time_codes";
+const MAIL_SENDS: &str = "mail_sends";
+const EVENTS: &str = "battery_events";
+const IDEMPOTENCY: &str = "idempotency_keys";
+const OUTBOX: &str = "mail_outbox";
+
+/// How many times an optimistic write is retried under contention.
+const MAX_RETRIES: usize = 200;
+
+/// MongoDB-backed [`Store`](super::Store).
+#[derive(Clone)]
+pub struct MongoStore {
+    db: Database,
+    timeout: Duration,
+    observer: std::sync::Arc<crate::metrics::StoreObserver>,
+}
+
+/// A time as stored: a BSON date (milliseconds).
+fn bdt(at: DateTime<Utc>) -> mongodb::bson::DateTime {
+    mongodb::bson::DateTime::from_millis(at.timestamp_millis())
+}
+
+/// A stored BSON date back; `Err` for one outside chrono's range.
+fn utc(at: mongodb::bson::DateTime) -> Result<DateTime<Utc>, String> {
+    Utc.timestamp_millis_opt(at.timestamp_millis())
+        .single()
+        .ok_or_else(|| format!("{} ms is not a time", at.timestamp_millis()))
+}
+
+/// How a document is named in errors: its `_id`, except where the `_id` is an address
+/// (masked) or a token hash (named by its session).
+fn name_of(collection: &'static str, raw: &RawDocument) -> String {
+    let field = |key: &str| match raw.get(key) {
+        Ok(Some(RawBsonRef::ObjectId(oid))) => oid.to_hex(),
+        Ok(Some(RawBsonRef::String(s))) => s.to_owned(),
+        Ok(Some(other)) => format!("({:?})", other.element_type()),
+        _ => "(none)".to_owned(),
+    };
+    match collection {
+        MAIL_SENDS => crate::domain::mask_email(&field("_id")),
+        REFRESH_TOKENS => format!("of session {}", field("session_id")),
+        _ => field("_id"),
+    }
+}
+
+/// A user's `_id`: an ObjectId when the id is one (always, for ours and the old
+/// service's), else the string as stored.
+fn user_key(id: &str) -> Bson {
+    match ObjectId::parse_str(id) {
+        Ok(oid) => Bson::ObjectId(oid),
+        Err(_) => Bson::String(id.to_owned()),
+    }
+}
+
+fn user_filter(id: &str) -> Document {
+    doc! { "_id": user_key(id) }
+}
+
+/// Decodes a document of `collection` into its typed form.
+fn decode<T: DeserializeOwned>(collection: &'static str, raw: &RawDocument) -> StoreResult<T> {
+    mongodb::bson::from_slice(raw.as_bytes())
+        .map_err(|e| StoreError::corrupt(collection, name_of(collection, raw), e))
+}
+
+/// Decodes a document and turns it into a record; errors of either step name it.
+fn read<D, T>(
+    collection: &'static str,
+    raw: &RawDocument,
+    into: impl FnOnce(D) -> Result<T, String>,
+) -> StoreResult<T>
+where
+    D: DeserializeOwned,
+{
+    into(decode(collection, raw)?)
+        .map_err(|reason| StoreError::corrupt(collection, name_of(collection, raw), reason))
+}
+
+fn is_duplicate(err: &mongodb::error::Error) -> bool {
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::Command(e) => e.code == 11000,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().any(|e| e.code == 11000)),
+        _ => false,
+    }
+}
+
+fn map_err(err: mongodb::error::Error) -> StoreError {
+    if is_duplicate(&err) {
+        return StoreError::Conflict("duplicate key".into());
+    }
+    let unavailable = matches!(
+        err.kind.as_ref(),
+        ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::DnsResolve { .. }
+            | ErrorKind::Shutdown
+    ) || err.contains_label("RetryableWriteError")
+        || err.contains_label("TransientTransactionError");
+    if unavailable {
+        StoreError::Unavailable(err.into())
+    } else {
+        StoreError::Other(err.into())
+    }
+}
+
+impl MongoStore {
+    /// Connects and creates the indexes before serving. A server that is down now does
+    /// not stop the service: requests answer 503 until it is back, and the indexes are
+    /// created in the background as soon as it answers.
+    pub async fn connect(url: &str, default_db: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let mut options = ClientOptions::parse(url)
+            .await
+            .context("Failed to parse the MongoDB connection string")?;
+        options.app_name = Some("introgy".into());
+        options.server_selection_timeout = Some(timeout);
+        options.connect_timeout = Some(timeout);
+        let db_name = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| default_db.to_owned());
+        let client =
+            Client::with_options(options).context("Failed to create the MongoDB client")?;
+        let store = Self {
+            db: client.database(&db_name),
+            timeout,
+            observer: std::sync::Arc::new(crate::metrics::StoreObserver::new("mongodb")),
+        };
+        match tokio::time::timeout(timeout, store.ensure_indexes()).await {
+            Ok(Ok(())) => tracing::info!(database = %db_name, "MongoDB indexes are in place"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "MongoDB not ready; creating indexes in the background");
+                let background = store.clone();
+                tokio::spawn(async move { background.ensure_indexes_until_done().await });
+            }
+            Err(_) => {
+                tracing::warn!("MongoDB did not answer; creating indexes in the background");
+                let background = store.clone();
+                tokio::spawn(async move { background.ensure_indexes_until_done().await });
+            }
+        }
+        Ok(store)
+    }
+
+    /// A collection for writes of typed documents.
+    fn typed<T: Send + Sync>(&self, name: &str) -> Collection<T> {
+        self.db.collection::<T>(name)
+    }
+
+    /// A collection for filters, updates and raw reads.
+    fn c(&self, name: &str) -> Collection<Document> {
+        self.db.collection::<Document>(name)
+    }
+
+    /// A collection whose reads come back undecoded (see [`decode`]).
+    fn raw(&self, name: &str) -> Collection<RawDocumentBuf> {
+        self.db.collection::<RawDocumentBuf>(name)
+    }
+
+    /// Every document of a cursor, read with `into`; the whole read is one bounded call.
+    async fn read_all<D, T>(
+        &self,
+        collection: &'static str,
+        mut cursor: mongodb::Cursor<RawDocumentBuf>,
+        into: impl Fn(D) -> Result<T, String>,
+    ) -> StoreResult<Vec<T>>
+    where
+        D: DeserializeOwned,
+    {
+        let records = self
+            .run(async {
+                let mut out = Vec::new();
+                while cursor.advance().await? {
+                    out.push(read(collection, cursor.current(), &into));
+                }
+                Ok(out)
+            })
+            .await?;
+        records.into_iter().collect()
+    }
+
+    /// Bounds a driver call by the store timeout and maps its error.
+    async fn run<T>(
+        &self,
+        fut: impl std::future::IntoFuture<Output = Result<T, mongodb::error::Error>>,
+    ) -> StoreResult<T> {
+        // The driver action's type names the command and whether it writes (metrics.rs).
+        let (operation, write) = crate::metrics::mongo_operation(std::any::type_name_of_val(&fut));
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.timeout + Duration::from_secs(1), fut).await {
+            Ok(result) => result.map_err(map_err),
+            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
+                "MongoDB did not answer within {:?}",
+                self.timeout
+            ))),
+        };
+        self.observer
+            .record(operation, write, started.elapsed(), result.as_ref().err());
+        result
+    }
+
+    async fn ensure_indexes_until_done(&self) {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.ensure_indexes().await {
+                Ok(()) => {
+                    tracing::info!("MongoDB indexes are in place");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "MongoDB indexes not created yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Normalises legacy emails, then creates every index (idempotent).
+    pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
+        self.normalise_legacy_emails().await?;
+        let index = |keys: Document, unique: bool, ttl: Option<u64>| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(
+                    IndexOptions::builder()
+                        .unique(unique.then_some(true))
+                        .expire_after(ttl.map(Duration::from_secs))
+                        .build(),
+                )
+                .build()
+        };
+        let plan: Vec<(&str, IndexModel)> = vec![
+            (USERS, index(doc! { "email": 1 }, true, None)),
+            (SESSIONS, index(doc! { "user_id": 1 }, false, None)),
+            (SESSIONS, index(doc! { "expires_at": 1 }, false, Some(0))),
+            (REFRESH_TOKENS, index(doc! { "session_id": 1 }, false, None)),
+            (REFRESH_TOKENS, index(doc! { "user_id": 1 }, false, None)),
+            (
+                REFRESH_TOKENS,
+                index(doc! { "expires_at": 1 }, false, Some(0)),
+            ),
+            (CODES, index(doc! { "user_id": 1 }, false, None)),
+            (CODES, index(doc! { "expires_at": 1 }, false, Some(0))),
+            (MAIL_SENDS, index(doc! { "expires_at": 1 }, false, Some(0))),
+            (EVENTS, index(doc! { "user_id": 1, "seq": -1 }, true, None)),
+            (
+                EVENTS,
+                index(doc! { "user_id": 1, "kind": 1, "seq": -1 }, false, None),
+            ),
+            (
+                EVENTS,
+                index(doc! { "user_id": 1, "occurred_at": 1 }, false, None),
+            ),
+            (IDEMPOTENCY, index(doc! { "user_id": 1 }, false, None)),
+            (
+                OUTBOX,
+                index(doc! { "status": 1, "next_attempt_at": 1 }, false, None),
+            ),
+            (
+                IDEMPOTENCY,
+                index(doc! { "created_at": 1 }, false, Some(86_400)),
+            ),
+        ];
+        for (collection, model) in plan {
+            self.c(collection)
+                .create_index(model)
+                .await
+                .with_context(|| format!("Failed to create an index on {collection}"))?;
+        }
+        Ok(())
+    }
+
+    /// The old service may have stored addresses with capitals or spaces; this store
+    /// matches exact lowercased addresses, so such documents are normalised once. A
+    /// document whose normalised address is taken by another is left alone and logged.
+    async fn normalise_legacy_emails(&self) -> anyhow::Result<()> {
+        let users = self.c(USERS);
+        let mut cursor = users
+            .find(doc! { "email": { "$regex": "[A-Z]|^\\s|\\s$" } })
+            .projection(doc! { "email": 1 })
+            .await?;
+        let mut found = Vec::new();
+        while cursor.advance().await? {
+            found.push(cursor.deserialize_current()?);
+        }
+        for d in found {
+            let (Ok(email), Some(id)) = (d.get_str("email"), d.get("_id").cloned()) else {
+                continue;
+            };
+            let normalised = email.trim().to_lowercase();
+            match users
+                .update_one(
+                    doc! { "_id": id.clone() },
+                    doc! { "$set": { "email": &normalised } },
+                )
+                .await
+            {
+                Ok(_) => tracing::info!(user = %id, "normalised a legacy email address"),
+                Err(e) if is_duplicate(&e) => tracing::error!(
+                    user = %id,
+                    "two accounts share an address that differs only in case; left unchanged, merge them by hand"
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,290 @@
+//! The battery in SQLite: the level and `battery_seq` on `users`, the history in
+//! `battery_events`, running totals per kind in `battery_stats`, and `Idempotency-Key`s
+//! in `idempotency_keys`. A record is one transaction on the one writer, so it cannot
+//! lose an update.
+
+use async_trait::async_trait;
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use super::{millis, unreadable, Fields, Key, SqliteStore};
+use crate::battery::{self, InteractionKind, KindTotals, Totals};
+use crate::store::battery::{stored_level, InteractionColumns};
+use crate::store::{
+    BatteryEvent, BatteryStore, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent,
+    RecordOutcome, StoreResult,
+};
+
+pub(super) const EVENT_COLUMNS: &str = "id, user_id, seq, kind, energy_impact, sleep_quality, \
+    target_level, name, energy_delta, level_before, level_after, duration_minutes, occurred_at, \
+    recorded_at, notes, people_count, interaction_type";
+
+/// [`Totals`] of a group of `battery_events` rows, by the definitions of `Totals::of`
+/// (tests/store checks that they agree with the running totals).
+pub(super) const KIND_TOTALS: &str = "COUNT(*), SUM(MAX(energy_delta, 0)), \
+    SUM(MAX(-energy_delta, 0)), SUM(level_after)";
+
+/// The one `battery_events` row → [`BatteryEvent`] mapping.
+pub(super) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<BatteryEvent> {
+    let f = Fields::new(row, "battery_events", Key::Column(0));
+    let columns = InteractionColumns {
+        kind: f.parse(3)?,
+        energy_impact: f.get(4)?,
+        sleep_quality: f.parse_opt(5)?,
+        target_level: f.get(6)?,
+    };
+    let level_before: i64 = f.get(9)?;
+    let level_after: i64 = f.get(10)?;
+    Ok(BatteryEvent {
+        id: f.get(0)?,
+        user_id: f.get(1)?,
+        seq: f.get(2)?,
+        interaction: f.check(3, columns.interaction())?,
+        name: f.get(7)?,
+        energy_delta: f.get(8)?,
+        level_before: f.check(9, stored_level(level_before))?,
+        level_after: f.check(10, stored_level(level_after))?,
+        duration_minutes: f.get(11)?,
+        occurred_at: f.time(12)?,
+        recorded_at: f.time(13)?,
+        notes: f.get(14)?,
+        people_count: f.get(15)?,
+        interaction_type: f.parse_opt(16)?,
+    })
+}
+
+/// The one [`BatteryEvent`] → `battery_events` row mapping (insert or replace by id).
+pub(super) fn upsert_event(conn: &Connection, event: &BatteryEvent) -> rusqlite::Result<()> {
+    let columns = InteractionColumns::from(&event.interaction);
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO battery_events ({EVENT_COLUMNS}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+    ))?
+    .execute(params![
+        event.id,
+        event.user_id,
+        event.seq,
+        columns.kind.as_str(),
+        columns.energy_impact,
+        columns.sleep_quality.map(|q| q.as_str()),
+        columns.target_level,
+        event.name,
+        event.energy_delta,
+        event.level_before.value(),
+        event.level_after.value(),
+        event.duration_minutes,
+        millis(event.occurred_at),
+        millis(event.recorded_at),
+        event.notes,
+        event.people_count,
+        event.interaction_type.map(|c| c.as_str())
+    ])
+    .map(drop)
+}
+
+/// WHERE clause and parameters of a history filter (after `user_id = ?1`).
+fn history_conditions(filter: &HistoryFilter) -> (String, Vec<Value>) {
+    let mut sql = String::new();
+    let mut params = Vec::new();
+    if let Some(kind) = filter.kind {
+        params.push(Value::Text(kind.as_str().to_owned()));
+        sql.push_str(&format!(" AND kind = ?{}", params.len() + 1));
+    }
+    if let Some(from) = filter.from {
+        params.push(Value::Integer(millis(from)));
+        sql.push_str(&format!(" AND occurred_at >= ?{}", params.len() + 1));
+    }
+    if let Some(to) = filter.to {
+        params.push(Value::Integer(millis(to)));
+        sql.push_str(&format!(" AND occurred_at <= ?{}", params.len() + 1));
+    }
+    (sql, params)
+}
+
+/// The replay of a key seen before, or `None` to go on and record.
+fn seen_key(
+    conn: &Connection,
+    user_id: &str,
+    key: &IdempotencyKey,
+) -> rusqlite::Result<Option<RecordOutcome>> {
+    let seen: Option<(String, String)> = conn
+        .prepare_cached(
+            "SELECT request_hash, event_id FROM idempotency_keys \
+             WHERE user_id = ?1 AND key = ?2 AND created_at >= ?3",
+        )?
+        .query_row(params![user_id, key.key, millis(key.not_before)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((hash, event_id)) = seen else {
+        return Ok(None);
+    };
+    if hash != key.request_hash {
+        return Ok(Some(RecordOutcome::KeyReused));
+    }
+    let original = conn
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM battery_events WHERE id = ?1"
+        ))?
+        .query_row([event_id], event_from_row)
+        .optional()?;
+    Ok(original.map(RecordOutcome::Replayed))
+}
+
+#[async_trait]
+impl BatteryStore for SqliteStore {
+    #[tracing::instrument(skip_all)]
+    async fn record_interaction(
+        &self,
+        user_id: &str,
+        event: &NewBatteryEvent,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<RecordOutcome> {
+        let (user_id, event, key) = (user_id.to_owned(), event.clone(), key.cloned());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(key) = &key {
+                if let Some(outcome) = seen_key(&tx, &user_id, key)? {
+                    return Ok(outcome);
+                }
+            }
+            let current: Option<(i64, i64)> = tx
+                .prepare_cached("SELECT battery_level, battery_seq FROM users WHERE id = ?1")?
+                .query_row([&user_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((level, seq)) = current else {
+                return Ok(RecordOutcome::UserMissing);
+            };
+            let level = stored_level(level).map_err(|reason| {
+                unreadable("users", &user_id, format_args!("battery_level: {reason}"))
+            })?;
+            let applied = battery::apply(level, &event.interaction);
+            let recorded = event.recorded(&user_id, seq + 1, applied);
+            upsert_event(&tx, &recorded)?;
+            tx.prepare_cached(
+                "UPDATE users SET battery_level = ?2, battery_seq = ?3, battery_updated_at = ?4 WHERE id = ?1",
+            )?
+            .execute(params![
+                user_id,
+                applied.level_after.value(),
+                recorded.seq,
+                millis(recorded.recorded_at)
+            ])?;
+            let totals = Totals::of(&applied);
+            tx.prepare_cached(
+                "INSERT INTO battery_stats (user_id, kind, count, total_positive, total_negative, level_sum) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (user_id, kind) DO UPDATE SET count = count + excluded.count, \
+                 total_positive = total_positive + excluded.total_positive, \
+                 total_negative = total_negative + excluded.total_negative, \
+                 level_sum = level_sum + excluded.level_sum",
+            )?
+            .execute(params![
+                user_id,
+                recorded.interaction.kind().as_str(),
+                totals.count,
+                totals.total_positive,
+                totals.total_negative,
+                totals.level_sum
+            ])?;
+            if let Some(key) = &key {
+                tx.prepare_cached(
+                    "INSERT INTO idempotency_keys (user_id, key, request_hash, event_id, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (user_id, key) DO UPDATE SET \
+                     request_hash = excluded.request_hash, event_id = excluded.event_id, \
+                     created_at = excluded.created_at",
+                )?
+                .execute(params![
+                    user_id,
+                    key.key,
+                    key.request_hash,
+                    recorded.id,
+                    millis(recorded.recorded_at)
+                ])?;
+            }
+            tx.commit()?;
+            Ok(RecordOutcome::Recorded(recorded))
+        })
+        .await
+    }
+
+    async fn battery_history(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<BatteryEvent>> {
+        let (user_id, filter) = (user_id.to_owned(), filter.clone());
+        self.read(move |conn| {
+            let (mut conditions, mut values) = history_conditions(&filter);
+            values.insert(0, Value::Text(user_id));
+            if let Some(before) = before_seq {
+                values.push(Value::Integer(before));
+                conditions.push_str(&format!(" AND seq < ?{}", values.len()));
+            }
+            values.push(Value::Integer(limit.into()));
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM battery_events WHERE user_id = ?1{conditions} \
+                 ORDER BY seq DESC LIMIT ?{}",
+                values.len()
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(rusqlite::params_from_iter(values), event_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn battery_summary(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+    ) -> StoreResult<BatterySummary> {
+        let (user_id, filter) = (user_id.to_owned(), filter.clone());
+        self.read(move |conn| {
+            let mut totals = KindTotals::default();
+            if filter.from.is_none() && filter.to.is_none() {
+                // Running totals: O(1) whatever the history's length.
+                let mut statement = conn.prepare_cached(
+                    "SELECT kind, count, total_positive, total_negative, level_sum \
+                     FROM battery_stats WHERE user_id = ?1",
+                )?;
+                let mut rows = statement.query([&user_id])?;
+                while let Some(row) = rows.next()? {
+                    let f = Fields::new(row, "battery_stats", Key::Text(&user_id));
+                    let kind: InteractionKind = f.parse(0)?;
+                    totals.set(kind, stats_from(&f, 1)?);
+                }
+                totals = totals.only(filter.kind);
+            } else {
+                // A time range: aggregate the matching events.
+                let (conditions, mut values) = history_conditions(&filter);
+                values.insert(0, Value::Text(user_id.clone()));
+                let sql = format!(
+                    "SELECT kind, {KIND_TOTALS} FROM battery_events \
+                     WHERE user_id = ?1{conditions} GROUP BY kind"
+                );
+                let mut statement = conn.prepare_cached(&sql)?;
+                let mut rows = statement.query(rusqlite::params_from_iter(values))?;
+                let name = format!("of user {user_id}");
+                while let Some(row) = rows.next()? {
+                    let f = Fields::new(row, "battery_events", Key::Text(&name));
+                    totals.set(f.parse(0)?, stats_from(&f, 1)?);
+                }
+            }
+            Ok(BatterySummary::of(&totals))
+        })
+        .await
+    }
+}
+
+/// Four totals columns from `first` on: count, positive, negative, level sum.
+fn stats_from(f: &Fields<'_, '_>, first: usize) -> rusqlite::Result<Totals> {
+    Ok(Totals {
+        count: f.get(first)?,
+        total_positive: f.get(first + 1)?,
+        total_negative: f.get(first + 2)?,
+        level_sum: f.get(first + 3)?,
+    })
+}

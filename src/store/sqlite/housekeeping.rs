@@ -1,0 +1,61 @@
+//! Liveness and the purge of expired rows across every table.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, TransactionBehavior};
+
+use super::{millis, SqliteStore};
+use crate::store::housekeeping::IDEMPOTENCY_KEPT;
+use crate::store::mail::{FINISHED_MAIL_KEPT, SEND_WINDOW};
+use crate::store::{Housekeeping, MailStatus, StoreResult};
+
+#[async_trait]
+impl Housekeeping for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn observer(&self) -> Option<&crate::metrics::StoreObserver> {
+        Some(&self.observer)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        // Touch the schema, so a broken or vanished file is noticed (`SELECT 1` would not).
+        self.read(|conn| conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(())))
+            .await
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now_ms = millis(now);
+            let mut removed = 0;
+            removed += tx.execute(
+                "DELETE FROM one_time_codes WHERE expires_at <= ?1",
+                [now_ms],
+            )?;
+            // Refresh tokens go with their session by cascade.
+            removed += tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now_ms])?;
+            removed += tx.execute(
+                "DELETE FROM mail_sends WHERE sent_at <= ?1",
+                [millis(now - SEND_WINDOW)],
+            )?;
+            removed += tx.execute(
+                "DELETE FROM idempotency_keys WHERE created_at <= ?1",
+                [millis(now - IDEMPOTENCY_KEPT)],
+            )?;
+            // Delivered and expired mail is kept a week for inspection; dead mail stays.
+            removed += tx.execute(
+                "DELETE FROM mail_outbox WHERE status IN (?2, ?3) AND finished_at <= ?1",
+                params![
+                    millis(now - FINISHED_MAIL_KEPT),
+                    MailStatus::Sent.as_str(),
+                    MailStatus::Expired.as_str()
+                ],
+            )?;
+            tx.commit()?;
+            Ok(removed as u64)
+        })
+        .await
+    }
+}

@@ -1,0 +1,342 @@
+//! `BatteryStore`: parallel records lose no update, the level is the replay of the
+//! history, the running totals agree with the history, and idempotency keys hold.
+
+use chrono::TimeZone;
+use introgy::battery::{
+    self, BatteryLevel, Channel, EnergyImpact, Interaction, InteractionKind, SleepQuality, Totals,
+    INITIAL_LEVEL,
+};
+use introgy::store::{HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome};
+
+use crate::{at, parallel, store_tests, t0, TestStore};
+
+store_tests!(
+    parallel_records_get_contiguous_seqs_and_the_level_is_the_replay_of_the_history,
+    the_running_totals_agree_with_the_history_they_summarise,
+    a_repeated_key_replays_the_first_event_and_changes_nothing,
+    a_key_reused_with_another_body_changes_nothing,
+    parallel_requests_with_one_key_record_one_event,
+    an_expired_key_records_again,
+    recording_for_a_missing_user_changes_nothing,
+    history_pages_newest_first_and_filters_by_kind,
+);
+
+fn interaction(i: usize) -> Interaction {
+    let impact = EnergyImpact::new(1 + (i as i64 * 7) % 40).unwrap();
+    match i % 4 {
+        0 => Interaction::Depletion(impact),
+        1 => Interaction::Recharge(impact),
+        2 => {
+            Interaction::Sleep([SleepQuality::Good, SleepQuality::Medium, SleepQuality::Bad][i % 3])
+        }
+        _ => Interaction::Set(BatteryLevel::try_from((i as i64 * 13) % 101).unwrap()),
+    }
+}
+
+fn event(i: usize) -> NewBatteryEvent {
+    NewBatteryEvent {
+        id: introgy::auth::new_object_id(),
+        interaction: interaction(i),
+        name: Some(format!("event {i}")),
+        duration_minutes: 30,
+        occurred_at: at(i as i64),
+        recorded_at: at(i as i64),
+        notes: None,
+        people_count: Some(2),
+        interaction_type: Some(Channel::InPerson),
+    }
+}
+
+fn key(name: &str, body: &str) -> IdempotencyKey {
+    IdempotencyKey {
+        key: name.to_owned(),
+        request_hash: introgy::auth::sha256_hex(body),
+        not_before: t0() - chrono::Duration::hours(24),
+    }
+}
+
+fn recorded(outcome: RecordOutcome) -> introgy::store::BatteryEvent {
+    match outcome {
+        RecordOutcome::Recorded(event) => event,
+        other => panic!("expected Recorded, got {other:?}"),
+    }
+}
+
+const N: usize = 30;
+
+async fn parallel_records_get_contiguous_seqs_and_the_level_is_the_replay_of_the_history(
+    s: &TestStore,
+) {
+    let user = s.user().await;
+
+    let outcomes = parallel(N, |i| {
+        let (store, id) = (s.store.clone(), user.id.clone());
+        async move {
+            store
+                .record_interaction(&id, &event(i), None)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let mut events: Vec<_> = outcomes.into_iter().map(recorded).collect();
+    events.sort_by_key(|e| e.seq);
+
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=N as i64).collect::<Vec<_>>(), "contiguous seqs");
+    let mut level = INITIAL_LEVEL;
+    for e in &events {
+        assert_eq!(
+            e.level_before,
+            level,
+            "event {} starts where {} ended",
+            e.seq,
+            e.seq - 1
+        );
+        assert_eq!(battery::apply(level, &e.interaction), e.applied());
+        level = e.level_after;
+    }
+    let replayed = battery::replay(INITIAL_LEVEL, events.iter().map(|e| &e.interaction));
+    let user_now = s.store.user_by_id(&user.id).await.unwrap().unwrap();
+    assert_eq!(user_now.battery_level, replayed.value());
+    // The stored history is what the writers were told.
+    let mut history = s
+        .store
+        .battery_history(&user.id, &HistoryFilter::default(), None, 100)
+        .await
+        .unwrap();
+    history.reverse();
+    assert_eq!(history, events);
+}
+
+async fn the_running_totals_agree_with_the_history_they_summarise(s: &TestStore) {
+    let user = s.user().await;
+    parallel(N, |i| {
+        let (store, id) = (s.store.clone(), user.id.clone());
+        async move {
+            store
+                .record_interaction(&id, &event(i), None)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let history = s
+        .store
+        .battery_history(&user.id, &HistoryFilter::default(), None, 100)
+        .await
+        .unwrap();
+    let everything = HistoryFilter {
+        from: Some(chrono::Utc.timestamp_millis_opt(0).unwrap()),
+        to: Some(at(86_400)),
+        kind: None,
+    };
+
+    for kind in [None].into_iter().chain(InteractionKind::ALL.map(Some)) {
+        let matching: Vec<_> = history
+            .iter()
+            .filter(|e| kind.is_none_or(|k| e.interaction.kind() == k))
+            .collect();
+        let expected = matching
+            .iter()
+            .fold(Totals::default(), |sum, e| sum + Totals::of(&e.applied()));
+        let count_of = |k| {
+            matching
+                .iter()
+                .filter(|e| e.interaction.kind() == k)
+                .count() as i64
+        };
+        // Without a time filter: the running totals (O(1)).
+        let running = s
+            .store
+            .battery_summary(
+                &user.id,
+                &HistoryFilter {
+                    kind,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        // With one: aggregated from the events. Both must say the same.
+        let aggregated = s
+            .store
+            .battery_summary(
+                &user.id,
+                &HistoryFilter {
+                    kind,
+                    ..everything.clone()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(running, aggregated, "kind {kind:?}");
+        assert_eq!(running.count, expected.count, "kind {kind:?}");
+        assert_eq!(
+            running.total_recharged, expected.total_positive,
+            "kind {kind:?}"
+        );
+        assert_eq!(
+            running.total_depleted, expected.total_negative,
+            "kind {kind:?}"
+        );
+        assert_eq!(
+            running.average_level,
+            expected.average_level(),
+            "kind {kind:?}"
+        );
+        assert_eq!(running.recharge_count, count_of(InteractionKind::Recharge));
+        assert_eq!(
+            running.depletion_count,
+            count_of(InteractionKind::Depletion)
+        );
+    }
+}
+
+async fn a_repeated_key_replays_the_first_event_and_changes_nothing(s: &TestStore) {
+    let user = s.user().await;
+    let first = recorded(
+        s.store
+            .record_interaction(&user.id, &event(0), Some(&key("k1", "body")))
+            .await
+            .unwrap(),
+    );
+
+    let again = s
+        .store
+        .record_interaction(&user.id, &event(0), Some(&key("k1", "body")))
+        .await
+        .unwrap();
+
+    assert_eq!(again, RecordOutcome::Replayed(first.clone()));
+    let user_now = s.store.user_by_id(&user.id).await.unwrap().unwrap();
+    assert_eq!(user_now.battery_level, first.level_after.value());
+    assert_eq!(s.count_raw("battery_events").await, 1);
+}
+
+async fn a_key_reused_with_another_body_changes_nothing(s: &TestStore) {
+    let user = s.user().await;
+    s.store
+        .record_interaction(&user.id, &event(0), Some(&key("k1", "body")))
+        .await
+        .unwrap();
+
+    let reused = s
+        .store
+        .record_interaction(&user.id, &event(1), Some(&key("k1", "other body")))
+        .await
+        .unwrap();
+
+    assert_eq!(reused, RecordOutcome::KeyReused);
+    assert_eq!(s.count_raw("battery_events").await, 1);
+}
+
+async fn parallel_requests_with_one_key_record_one_event(s: &TestStore) {
+    let user = s.user().await;
+
+    let outcomes = parallel(10, |_| {
+        let (store, id) = (s.store.clone(), user.id.clone());
+        async move {
+            // Each retry has its own event id, as each request would.
+            store
+                .record_interaction(&id, &event(0), Some(&key("same", "body")))
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+
+    let recorded: Vec<_> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            RecordOutcome::Recorded(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded.len(), 1, "{outcomes:?}");
+    for outcome in &outcomes {
+        match outcome {
+            RecordOutcome::Recorded(e) | RecordOutcome::Replayed(e) => assert_eq!(e, &recorded[0]),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(s.count_raw("battery_events").await, 1);
+}
+
+async fn an_expired_key_records_again(s: &TestStore) {
+    let user = s.user().await;
+    s.store
+        .record_interaction(&user.id, &event(0), Some(&key("k", "body")))
+        .await
+        .unwrap();
+    let later = IdempotencyKey {
+        // A day later: the first use is outside the window.
+        not_before: at(1),
+        ..key("k", "body")
+    };
+    let mut next = event(1);
+    next.recorded_at = at(86_401);
+
+    let outcome = s
+        .store
+        .record_interaction(&user.id, &next, Some(&later))
+        .await
+        .unwrap();
+
+    assert_eq!(recorded(outcome).seq, 2);
+}
+
+async fn recording_for_a_missing_user_changes_nothing(s: &TestStore) {
+    let missing = introgy::auth::new_object_id();
+    let outcome = s
+        .store
+        .record_interaction(&missing, &event(0), Some(&key("k", "b")))
+        .await
+        .unwrap();
+    assert_eq!(outcome, RecordOutcome::UserMissing);
+    assert_eq!(s.count_raw("battery_events").await, 0);
+}
+
+async fn history_pages_newest_first_and_filters_by_kind(s: &TestStore) {
+    let user = s.user().await;
+    for i in 0..8 {
+        s.store
+            .record_interaction(&user.id, &event(i), None)
+            .await
+            .unwrap();
+    }
+    let all = HistoryFilter::default();
+    let page = s
+        .store
+        .battery_history(&user.id, &all, None, 3)
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [8, 7, 6]);
+    let next = s
+        .store
+        .battery_history(&user.id, &all, Some(6), 3)
+        .await
+        .unwrap();
+    assert_eq!(next.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4, 3]);
+    let sleeps = HistoryFilter {
+        kind: Some(InteractionKind::Sleep),
+        ..Default::default()
+    };
+    let page = s
+        .store
+        .battery_history(&user.id, &sleeps, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [7, 3]);
+    let window = HistoryFilter {
+        from: Some(at(2)),
+        to: Some(at(4)),
+        kind: None,
+    };
+    let page = s
+        .store
+        .battery_history(&user.id, &window, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4, 3]);
+}
