@@ -13,5 +13,6 @@ mod reset;
 mod sendgrid;
 mod sessions;
 mod smtp;
+mod text;
 mod tokens;
 mod users;
