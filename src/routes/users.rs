@@ -59,12 +59,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::confirm::confirm_password;
 use crate::auth::AuthUser;
 use crate::domain::preferences::check_preferences;
 use crate::domain::text::{parse_text, Lines};
 use crate::domain::{DisplayName, Email};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
 use crate::extract::{parse_json, ApiJson};
+use crate::limits::ClientIp;
 use crate::startup::AppState;
 use crate::store::ProfilePatch;
 
@@ -327,23 +329,16 @@ pub async fn update_me(
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Wrong password", body = ErrorBody),
         (status = 422, description = "Invalid input", body = ValidationErrorBody),
+        (status = 429, description = "Too many password checks for this account or client", body = ErrorBody),
     ))]
 pub async fn delete_me(
     State(state): State<AppState>,
     auth: AuthUser,
+    client: ClientIp,
     ApiJson(req): ApiJson<DeleteAccountRequest>,
 ) -> ApiResult<StatusCode> {
     let user = current_user(&state, &auth).await?;
-    if !state
-        .hasher
-        .verify(&req.password, &user.hashed_password)
-        .await?
-    {
-        return Err(ApiError::Forbidden {
-            code: "invalid_password",
-            detail: "Incorrect password".into(),
-        });
-    }
+    confirm_password(&state, &user, client, &req.password).await?;
     state.store.delete_user(&user.id).await?;
     tracing::info!(user_id = %user.id, "account deleted");
     Ok(StatusCode::NO_CONTENT)

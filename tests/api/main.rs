@@ -7,6 +7,7 @@ mod docs_and_meta;
 mod helpers;
 mod input;
 mod login;
+mod memory;
 mod rate_limits;
 mod register;
 mod reset;
