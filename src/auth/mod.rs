@@ -2,6 +2,7 @@
 //! account flows that combine them, and the [`AuthUser`] extractor that protects routes.
 
 pub mod confirm;
+pub mod dev_secret;
 pub mod extractor;
 pub mod otp;
 pub mod password;
