@@ -6,7 +6,9 @@
 //!    all get past the check (the rest answer 429 without hashing);
 //! 2. the account waits for its one hashing slot: its checks run one after another, so one
 //!    account never occupies more than one bcrypt thread;
-//! 3. a right password gives its slot back (it was no failure); a wrong one keeps it.
+//! 3. a right password gives its slot back (it was no failure); a wrong one keeps it, and
+//!    so does a check abandoned mid-hash (its bcrypt may already be running); a check
+//!    that could not be made at all (the store was down) gives it back.
 //!
 //! Login is on the auth routes, whose middleware already spends the client's per-IP
 //! budget; [`confirm_password`] spends it itself, because it runs on authenticated routes.

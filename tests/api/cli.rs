@@ -81,14 +81,31 @@ fn production_refuses_to_start_without_a_secret_or_a_mail_transport() {
         (&[("JWT_SECRET_KEY", good)], "mail transport"),
     ];
     for (env, expected) in cases {
-        let output = introgy()
+        // Bounded: a server that wrongly accepts the settings is stopped, not waited for.
+        let mut child = introgy()
             .env("ENVIRONMENT", "production")
+            .env("PORT", "0")
             .envs(env.iter().copied())
             .current_dir(dir.path())
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(!output.status.success(), "started with {env:?}");
-        let stderr = String::from_utf8(output.stderr).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("started with {env:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(!status.success(), "started with {env:?}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
         assert!(stderr.contains(expected), "{env:?}: {stderr}");
         for (_, value) in env {
             if value.len() > 8 && !value.contains('.') {
