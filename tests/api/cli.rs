@@ -11,6 +11,25 @@ fn introgy() -> Command {
     command
 }
 
+/// The child's exit status, or `None` (child killed) if it still runs after `limit`.
+fn exit_within(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn help_lists_every_setting_with_its_environment_variable() {
     for args in [
@@ -91,19 +110,8 @@ fn production_refuses_to_start_without_a_secret_or_a_mail_transport() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("started with {env:?}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        assert!(!status.success(), "started with {env:?}");
+        let status = exit_within(&mut child, std::time::Duration::from_secs(20));
+        assert!(status.is_some_and(|s| !s.success()), "started with {env:?}");
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
         assert!(stderr.contains(expected), "{env:?}: {stderr}");
@@ -259,17 +267,8 @@ fn sigterm_stops_the_server_gracefully() {
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not stop on SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let exit = exit_within(&mut child, std::time::Duration::from_secs(20))
+        .expect("the server did not stop on SIGTERM");
     reader.join().unwrap();
     log.extend(received.try_iter());
     assert!(exit.success(), "exit status {exit:?}; log: {log:?}");

@@ -5,17 +5,8 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{json_of, spawn_app, unique_email, TestApp, PASSWORD};
-
-async fn put_me(app: &TestApp, token: &str, body: &Value) -> reqwest::Response {
-    app.client
-        .put(app.url("/users/me"))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
+use crate::helpers::{json_of, spawn_app, unique_email, PASSWORD};
+use crate::users::put_me;
 
 /// The 422's first `loc`, asserting the status.
 async fn refused_at(response: reqwest::Response) -> Value {
