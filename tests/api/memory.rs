@@ -1,5 +1,6 @@
 //! Memory never grows with attacker-chosen input (SECURITY.md 32), measured on the real
-//! binary in its own process, so that the resident memory is the server's alone.
+//! binary in its own process, so that the resident memory is the server's alone. It uses
+//! the store the suite runs against (MongoDB when `INTROGY_TEST_MONGO_URL` is set).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -59,11 +60,20 @@ async fn oversized_login_inputs_do_not_grow_the_servers_memory() {
         .local_addr()
         .unwrap()
         .port();
+    let database_url = match std::env::var("INTROGY_TEST_MONGO_URL") {
+        Ok(url) if !url.is_empty() => format!(
+            "{}/introgy_test_memory_{}",
+            url.trim_end_matches('/'),
+            introgy::auth::random_hex(6)
+        ),
+        _ => format!("sqlite:{}", dir.path().join("introgy.db").display()),
+    };
     let server = Server(
         Command::new(env!("CARGO_BIN_EXE_introgy"))
             .env_clear()
             .args(["serve", "--port", &port.to_string(), "--bcrypt-cost", "4"])
             .args(["--auth-rate-limit-per-minute", "1000000"])
+            .args(["--database-url", &database_url])
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
