@@ -15,6 +15,82 @@ use secrecy::{ExposeSecret, SecretString};
 
 /// Minimum signing secret length in production (bytes).
 pub const MIN_PRODUCTION_SECRET_BYTES: usize = 64;
+/// Minimum signing secret length in every environment (bytes), for `JWT_SECRET_KEY` and
+/// every `JWT_PREVIOUS_SECRET_KEYS` entry (the generated development secret has 128).
+pub const MIN_SECRET_BYTES: usize = 32;
+/// A production secret must measure at least this many bits: its length times the
+/// Shannon entropy of its byte frequencies. The estimate undercounts short random
+/// strings: 64 random hex digits (256 random bits) measure about 240.
+pub const MIN_SECRET_ENTROPY_BITS: f64 = 192.0;
+/// A production secret must not repeat itself: at least this share of its 8-byte
+/// windows must be distinct (random strings: all of them).
+pub const MIN_DISTINCT_WINDOW_SHARE: f64 = 0.9;
+
+/// The entropy estimate of [`MIN_SECRET_ENTROPY_BITS`]: length × Shannon entropy of the
+/// byte frequencies, in bits.
+pub fn estimated_entropy_bits(secret: &[u8]) -> f64 {
+    let mut counts = [0usize; 256];
+    for &b in secret {
+        counts[b as usize] += 1;
+    }
+    let n = secret.len() as f64;
+    let per_byte: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    per_byte * n
+}
+
+/// The share of distinct 8-byte windows of [`MIN_DISTINCT_WINDOW_SHARE`].
+fn distinct_window_share(secret: &[u8]) -> f64 {
+    const WINDOW: usize = 8;
+    if secret.len() < WINDOW {
+        return 0.0;
+    }
+    let windows: Vec<&[u8]> = secret.windows(WINDOW).collect();
+    let distinct: std::collections::HashSet<&[u8]> = windows.iter().copied().collect();
+    distinct.len() as f64 / windows.len() as f64
+}
+
+/// Why `secret` may not sign tokens, if it may not. Every environment: at least
+/// [`MIN_SECRET_BYTES`]. Production also judges quality: at least
+/// [`MIN_PRODUCTION_SECRET_BYTES`], an entropy estimate of at least
+/// [`MIN_SECRET_ENTROPY_BITS`], and no repeated pattern ([`MIN_DISTINCT_WINDOW_SHARE`]).
+/// `openssl rand -hex 64` or `openssl rand -base64 48` pass; 64 × "k" or a short phrase
+/// repeated do not.
+pub fn secret_weakness(secret: &[u8], production: bool) -> Option<String> {
+    let min = if production {
+        MIN_PRODUCTION_SECRET_BYTES
+    } else {
+        MIN_SECRET_BYTES
+    };
+    if secret.len() < min {
+        return Some(format!(
+            "is {} bytes; at least {min} are required",
+            secret.len()
+        ));
+    }
+    if !production {
+        return None;
+    }
+    let bits = estimated_entropy_bits(secret);
+    if bits < MIN_SECRET_ENTROPY_BITS {
+        return Some(format!(
+            "looks too predictable (about {bits:.0} bits of entropy; at least {MIN_SECRET_ENTROPY_BITS:.0} are required)"
+        ));
+    }
+    if distinct_window_share(secret) < MIN_DISTINCT_WINDOW_SHARE {
+        return Some("repeats a pattern; use random bytes".into());
+    }
+    None
+}
+
+/// How to make a good secret, for error messages.
+const SECRET_ADVICE: &str = "generate one with `openssl rand -hex 64`";
 /// The bcrypt cost production requires (SECURITY.md 13).
 pub const PRODUCTION_BCRYPT_COST: u32 = 12;
 
@@ -332,35 +408,36 @@ impl Config {
         )?;
 
         let jwt_secret = non_empty_secret(args.jwt_secret_key);
-        if production {
-            match &jwt_secret {
-                None => {
-                    return Err(ConfigError(
-                        "JWT_SECRET_KEY is required in production (at least 64 bytes, e.g. `openssl rand -hex 64`)".into(),
-                    ))
-                }
-                Some(s) if s.expose_secret().len() < MIN_PRODUCTION_SECRET_BYTES => {
+        match &jwt_secret {
+            None if production => {
+                return Err(ConfigError(format!(
+                    "JWT_SECRET_KEY is required in production (at least {MIN_PRODUCTION_SECRET_BYTES} random bytes; {SECRET_ADVICE})"
+                )))
+            }
+            None => {}
+            Some(secret) => {
+                if let Some(why) = secret_weakness(secret.expose_secret().as_bytes(), production) {
                     return Err(ConfigError(format!(
-                        "JWT_SECRET_KEY is {} bytes; production requires at least {MIN_PRODUCTION_SECRET_BYTES}",
-                        s.expose_secret().len()
-                    )))
+                        "JWT_SECRET_KEY {why} ({} environment; {SECRET_ADVICE})",
+                        args.environment.as_str()
+                    )));
                 }
-                Some(_) => {}
             }
         }
+        // Checked in every environment: the list is comma-separated, so a secret that
+        // contains a comma would silently turn into weak fragments.
         let jwt_previous_secrets: Vec<SecretString> = args
             .jwt_previous_secret_keys
             .into_iter()
             .filter(|s| !s.expose_secret().trim().is_empty())
             .collect();
-        if production
-            && jwt_previous_secrets
-                .iter()
-                .any(|s| s.expose_secret().len() < MIN_PRODUCTION_SECRET_BYTES)
-        {
-            return Err(ConfigError(format!(
-                "every JWT_PREVIOUS_SECRET_KEYS entry must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes in production"
-            )));
+        for (n, previous) in jwt_previous_secrets.iter().enumerate() {
+            if let Some(why) = secret_weakness(previous.expose_secret().as_bytes(), production) {
+                return Err(ConfigError(format!(
+                    "JWT_PREVIOUS_SECRET_KEYS entry {} {why} (the list is comma-separated, so a secret cannot contain a comma; {SECRET_ADVICE})",
+                    n + 1
+                )));
+            }
         }
 
         if production && args.bcrypt_cost < PRODUCTION_BCRYPT_COST {
@@ -635,7 +712,9 @@ mod tests {
         Config::from_args(Wrapper::try_parse_from(argv).expect("args parse").args)
     }
 
-    const LONG_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    /// `openssl rand -hex 64`.
+    const LONG_SECRET: &str = "6a1f0c9e4b27d8a35f90e1c46b7d2a8f03e5c9b1d74a6f28e0b3c5d9a1f47e62\
+                               b8d0f3a6c91e47d25a8c0f6e3b9d14a7c2e5f08b6d3a9c1e47f2b5d8a0c3e6f91";
 
     #[test]
     fn defaults_are_the_documented_ones() {
@@ -677,6 +756,85 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.0.contains("at least 64"), "{err}");
+    }
+
+    fn production_with_secret(secret: &str) -> Result<Config, ConfigError> {
+        parse(&[
+            "--environment",
+            "production",
+            "--smtp-host",
+            "mail",
+            "--jwt-secret-key",
+            secret,
+        ])
+    }
+
+    #[test]
+    fn production_judges_the_secret_by_quality_not_only_length() {
+        let refused = [
+            ("k".repeat(64), "64 times the same byte"),
+            ("0123456789abcdef".repeat(4), "a repeated pattern"),
+            ("correct horse ".repeat(5), "a repeated phrase"),
+            ("ab".repeat(40), "two symbols"),
+            (
+                format!("{}{}", &LONG_SECRET[..16], "k".repeat(48)),
+                "a random start, then padding",
+            ),
+        ];
+        for (secret, why) in refused {
+            assert!(secret.len() >= 64, "{why}: test secret too short");
+            let err = production_with_secret(&secret).expect_err(why);
+            assert!(err.0.contains("JWT_SECRET_KEY"), "{why}: {err}");
+            assert!(
+                !err.0.contains(&secret),
+                "the message must not echo the secret"
+            );
+        }
+        let accepted = [
+            (LONG_SECRET.to_owned(), "openssl rand -hex 64"),
+            (LONG_SECRET[..64].to_owned(), "openssl rand -hex 32"),
+            (
+                "q3Vb7Kz9XwPn2Rt5Yc8Lm4Hd6Jf1Gs0Ae3Ui7Ok9Pl2Zx5Cv8Bn4Mq6Wr1Ty0Es3D".to_owned(),
+                "openssl rand -base64 48",
+            ),
+        ];
+        for (secret, why) in accepted {
+            production_with_secret(&secret).unwrap_or_else(|e| panic!("{why}: {e}"));
+        }
+    }
+
+    #[test]
+    fn previous_secrets_are_checked_in_every_environment() {
+        // A secret with a comma falls apart into fragments.
+        let with_comma = format!("{},{}", &LONG_SECRET[..100], &LONG_SECRET[100..]);
+        let err = parse(&["--jwt-previous-secret-keys", "short-one"]).unwrap_err();
+        assert!(err.0.contains("JWT_PREVIOUS_SECRET_KEYS entry 1"), "{err}");
+        let err = parse(&["--jwt-previous-secret-keys", &with_comma]).unwrap_err();
+        assert!(err.0.contains("comma"), "{err}");
+        let err = parse(&[
+            "--environment",
+            "production",
+            "--smtp-host",
+            "mail",
+            "--jwt-secret-key",
+            LONG_SECRET,
+            "--jwt-previous-secret-keys",
+            &format!("{LONG_SECRET},{}", "k".repeat(64)),
+        ])
+        .unwrap_err();
+        assert!(err.0.contains("entry 2"), "{err}");
+        let config = parse(&["--jwt-previous-secret-keys", &LONG_SECRET[..40]]).unwrap();
+        assert_eq!(config.jwt_previous_secrets.len(), 1);
+    }
+
+    #[test]
+    fn development_refuses_a_short_secret_too() {
+        let err = parse(&["--jwt-secret-key", "dev"]).unwrap_err();
+        assert!(err.0.contains("at least 32"), "{err}");
+        assert!(
+            parse(&["--jwt-secret-key", &"k".repeat(32)]).is_ok(),
+            "no quality rule in development"
+        );
     }
 
     #[test]

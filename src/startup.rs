@@ -2,7 +2,6 @@
 //! so tests can start the real thing on port 0 and learn the port.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,6 @@ use axum::http::{header, HeaderName, HeaderValue, Method, Response};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::Router;
-use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -95,7 +93,7 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let secret = match &config.jwt_secret {
             Some(secret) => secret.clone(),
-            None => load_or_create_dev_secret(&config.data_dir())?,
+            None => crate::auth::dev_secret::load_or_create(&config.data_dir())?,
         };
         let keys = JwtKeys::new(&secret, &config.jwt_previous_secrets);
         let background = Background::default();
@@ -256,38 +254,6 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
         }
         tracing::info!("shutdown requested; finishing in-flight requests");
     }
-}
-
-/// Reads the development signing secret kept in the data directory, creating it on first
-/// start so that a restart does not log everyone out.
-pub fn load_or_create_dev_secret(dir: &Path) -> anyhow::Result<SecretString> {
-    let path = dir.join("introgy-jwt-secret");
-    if path.exists() {
-        let raw = std::fs::read_to_string(&path)
-            .with_context(|| format!("Failed to read {}", path.display()))?;
-        let trimmed = raw.trim();
-        anyhow::ensure!(
-            trimmed.len() >= 32,
-            "{} is too short to be a signing secret; delete it to generate a new one",
-            path.display()
-        );
-        return Ok(SecretString::from(trimmed));
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
-    let secret = crate::auth::random_hex(64);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .with_context(|| format!("Failed to create {}", path.display()))?;
-    std::io::Write::write_all(&mut file, secret.as_bytes())?;
-    tracing::warn!(
-        path = %path.display(),
-        "generated a development JWT signing secret; set JWT_SECRET_KEY in production"
-    );
-    Ok(SecretString::from(secret))
 }
 
 #[derive(Clone, Default)]

@@ -39,7 +39,7 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or_else(unauthorized)?;
-        let claims = state.keys.verify(token).map_err(|e| {
+        let claims = state.keys.verify(token, state.clock.now()).map_err(|e| {
             tracing::debug!(reason = %e, "access token rejected");
             unauthorized()
         })?;

@@ -1,6 +1,8 @@
 //! Authentication: password hashing, access tokens, one-time codes, sessions, the
 //! account flows that combine them, and the [`AuthUser`] extractor that protects routes.
 
+pub mod confirm;
+pub mod dev_secret;
 pub mod extractor;
 pub mod otp;
 pub mod password;

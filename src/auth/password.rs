@@ -7,6 +7,7 @@
 //! Linux): logins use every idle cycle, but other users' requests win the CPU when both
 //! want it (`cargo bench --bench auth` measures both).
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -60,6 +61,16 @@ pub struct PasswordHasher {
     /// account does not exist so that "no such user" costs the same time as "wrong
     /// password" (SECURITY.md 10).
     dummy: Arc<OnceCell<String>>,
+    /// What the password-check budgets are about, so tests count it instead of timing.
+    verifications: Arc<VerifyCounters>,
+}
+
+/// Verifications run so far (real and dummy), and how many ran at once.
+#[derive(Default)]
+struct VerifyCounters {
+    total: AtomicU64,
+    running: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 impl PasswordHasher {
@@ -69,6 +80,7 @@ impl PasswordHasher {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             pool: start_pool(concurrency.max(1)),
             dummy: Arc::new(OnceCell::new()),
+            verifications: Arc::default(),
         }
     }
 
@@ -109,10 +121,28 @@ impl PasswordHasher {
         // bcrypt reads at most 72 bytes; a longer candidate would match on its prefix.
         let overlong = candidate.len() > crate::domain::MAX_PASSWORD_BYTES;
         let (candidate, hash) = (candidate.to_owned(), hash.to_owned());
+        let counters = Arc::clone(&self.verifications);
         let outcome = self
-            .blocking(move || bcrypt::verify(candidate, &hash))
+            .blocking(move || {
+                counters.total.fetch_add(1, Ordering::Relaxed);
+                let running = counters.running.fetch_add(1, Ordering::SeqCst) + 1;
+                counters.peak.fetch_max(running, Ordering::SeqCst);
+                let outcome = bcrypt::verify(candidate, &hash);
+                counters.running.fetch_sub(1, Ordering::SeqCst);
+                outcome
+            })
             .await?;
         Ok(!overlong && outcome.unwrap_or(false))
+    }
+
+    /// How many verifications (real and dummy) this hasher has run.
+    pub fn verifications(&self) -> u64 {
+        self.verifications.total.load(Ordering::Relaxed)
+    }
+
+    /// The most verifications that have run at the same moment so far.
+    pub fn peak_concurrent_verifications(&self) -> usize {
+        self.verifications.peak.load(Ordering::SeqCst)
     }
 
     /// Spends the time of one verification when there is no user, then answers `false`.

@@ -8,11 +8,13 @@
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 
+use super::confirm::PasswordCheck;
 use super::otp::MAX_CODE_ATTEMPTS;
 use super::{random_hex, random_token, sha256_hex, AuthUser};
 use crate::domain::{DisplayName, Email, OtpCode, OtpPurpose, Password};
 use crate::email::MailKind;
 use crate::error::{ApiError, ApiResult};
+use crate::limits::{AccountKey, ClientIp};
 use crate::startup::AppState;
 use crate::store::{NewUser, OneTimeCode, RefreshToken, SendLimits, Session, StoreError, User};
 
@@ -69,6 +71,7 @@ fn to_chrono(d: std::time::Duration) -> ChronoDuration {
 #[tracing::instrument(skip_all, fields(email = %email.masked()))]
 pub async fn register(
     state: &AppState,
+    client: ClientIp,
     email: Email,
     password: Password,
     display_name: Option<DisplayName>,
@@ -80,7 +83,7 @@ pub async fn register(
     let user = match existing {
         Some(user) if user.is_verified => {
             tracing::info!("registration attempt for an existing account");
-            spawn_mail_if_budget(state, email, MailKind::SignupAttempt);
+            spawn_mail_if_budget(state, client, email, MailKind::SignupAttempt);
             return Ok(());
         }
         Some(user) => {
@@ -106,34 +109,62 @@ pub async fn register(
             }
         }
     };
-    spawn_code(state.clone(), email, OtpPurpose::VerifyEmail, Some(user));
+    spawn_code(
+        state.clone(),
+        client,
+        email,
+        OtpPurpose::VerifyEmail,
+        Some(user),
+    );
     Ok(())
 }
 
 /// `POST /auth/send-verification-code`: all work happens after the response.
-pub fn request_code(state: &AppState, email: Email, purpose: OtpPurpose) {
-    spawn_code(state.clone(), email, purpose, None);
+pub fn request_code(state: &AppState, client: ClientIp, email: Email, purpose: OtpPurpose) {
+    spawn_code(state.clone(), client, email, purpose, None);
 }
 
-fn spawn_code(state: AppState, email: Email, purpose: OtpPurpose, user: Option<User>) {
+fn spawn_code(
+    state: AppState,
+    client: ClientIp,
+    email: Email,
+    purpose: OtpPurpose,
+    user: Option<User>,
+) {
     let background = state.background.clone();
     background.spawn(async move {
-        if let Err(e) = issue_code(&state, &email, purpose, user).await {
+        if let Err(e) = issue_code(&state, client, &email, purpose, user).await {
             tracing::error!(error = %e, email = %email.masked(), "failed to issue a one-time code");
         }
     });
 }
 
+/// Takes one mail of the address's budget for `client`: first the client's own share
+/// (SECURITY.md 30: one client spends at most two of an address's hourly mails), then the
+/// address's budget in the store (SECURITY.md 5); a refusal by the store returns the
+/// client's share, since no mail goes out.
+async fn reserve_mail(state: &AppState, client: ClientIp, email: &Email) -> anyhow::Result<bool> {
+    let now = state.clock.now();
+    let Some(slot) = state.limits.take_mail_slot(client, email, now) else {
+        tracing::info!("this client's share of the address's mail budget is spent");
+        return Ok(false);
+    };
+    let reserved = state
+        .store
+        .reserve_mail_send(email.as_str(), now, SEND_LIMITS)
+        .await;
+    if !matches!(reserved, Ok(true)) {
+        state.limits.give_back_mail_slot(slot);
+    }
+    Ok(reserved?)
+}
+
 /// Sends a notice if the address's mail budget allows.
-fn spawn_mail_if_budget(state: &AppState, email: Email, kind: MailKind) {
+fn spawn_mail_if_budget(state: &AppState, client: ClientIp, email: Email, kind: MailKind) {
     let state = state.clone();
     let background = state.background.clone();
     background.spawn(async move {
-        match state
-            .store
-            .reserve_mail_send(email.as_str(), state.clock.now(), SEND_LIMITS)
-            .await
-        {
+        match reserve_mail(&state, client, &email).await {
             Ok(true) => {
                 if let Err(e) = state.outbox.enqueue(&email, &kind).await {
                     tracing::error!(error = %e, "failed to queue a mail");
@@ -151,6 +182,7 @@ fn spawn_mail_if_budget(state: &AppState, email: Email, kind: MailKind) {
 #[tracing::instrument(skip_all, fields(email = %email.masked(), purpose = purpose.as_str()))]
 async fn issue_code(
     state: &AppState,
+    client: ClientIp,
     email: &Email,
     purpose: OtpPurpose,
     user: Option<User>,
@@ -166,11 +198,7 @@ async fn issue_code(
     let now = state.clock.now();
     // The budget is checked before a code is created, so a refused send never replaces
     // (and never refreshes the guess budget of) the outstanding code.
-    if !state
-        .store
-        .reserve_mail_send(email.as_str(), now, SEND_LIMITS)
-        .await?
-    {
+    if !reserve_mail(state, client, email).await? {
         tracing::info!("mail budget exhausted; no new code");
         return Ok(());
     }
@@ -258,42 +286,40 @@ pub async fn verify_email(state: &AppState, email: Email, code: &str) -> ApiResu
 /// time; "not verified" is only said after a correct password.
 #[tracing::instrument(skip_all)]
 pub async fn login(state: &AppState, email: &str, password: &str) -> ApiResult<IssuedTokens> {
-    // Failed logins are throttled per address, known or not (SECURITY.md 21).
-    let throttle_key = email.trim().to_lowercase();
-    let now = state.clock.now();
-    if let Err(e) = state.limits.check_login(&throttle_key, now) {
-        crate::metrics::metrics().login("throttled");
-        return Err(e);
-    }
-    let result = check_credentials(state, email, password).await;
-    if matches!(result, Err(ApiError::Unauthorized { .. })) {
-        state.limits.record_failed_login(&throttle_key, now);
-    }
-    let result = match result {
-        Ok(user) => start_session(state, user).await,
-        Err(e) => Err(e),
-    };
+    let result = login_inner(state, email, password).await;
     crate::metrics::metrics().login(match &result {
         Ok(_) => "success",
         Err(ApiError::Unauthorized { .. }) => "invalid_credentials",
         Err(ApiError::Forbidden { .. }) => "unverified",
+        Err(ApiError::TooManyRequests { .. }) => "throttled",
         Err(_) => "error",
     });
     result
 }
 
-/// The user whose password this is, or the uniform 401 (403 if not verified).
-async fn check_credentials(state: &AppState, email: &str, password: &str) -> ApiResult<User> {
+async fn login_inner(state: &AppState, email: &str, password: &str) -> ApiResult<IssuedTokens> {
+    // Failed logins are throttled per address, known or not (SECURITY.md 21), and the
+    // slot is taken before anything is looked up or hashed (SECURITY.md 26).
+    let check = PasswordCheck::reserve(state, AccountKey::for_login_input(email))?;
     let email = Email::parse(email, "username").ok();
-    let user = match &email {
-        Some(email) => state.store.user_by_email(email.as_str()).await?,
-        None => None,
+    let found = match &email {
+        Some(email) => state.store.user_by_email(email.as_str()).await,
+        None => Ok(None),
     };
+    let user = match found {
+        Ok(user) => user,
+        Err(e) => {
+            // Nothing was checked: a store outage must not spend the user's budget.
+            check.cancel(state);
+            return Err(e.into());
+        }
+    };
+    let hash = user.as_ref().map(|u| u.hashed_password.as_str());
+    let right = check.run(state, password, hash).await?;
     let Some(user) = user else {
-        state.hasher.verify_dummy(password).await?;
         return Err(invalid_credentials());
     };
-    if !state.hasher.verify(password, &user.hashed_password).await? {
+    if !right {
         tracing::info!(user_id = %user.id, "login with a wrong password");
         return Err(invalid_credentials());
     }
@@ -303,7 +329,7 @@ async fn check_credentials(state: &AppState, email: &str, password: &str) -> Api
             detail: "Email not verified. Enter the code we sent you, or ask for a new one.".into(),
         });
     }
-    Ok(user)
+    start_session(state, user).await
 }
 
 /// Opens a session and issues its first token pair.

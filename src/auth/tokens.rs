@@ -16,6 +16,9 @@ use sha2::{Digest, Sha256};
 pub const ISSUER: &str = "introgy";
 pub const AUDIENCE: &str = "introgy-api";
 pub const ACCESS_TYPE: &str = "access";
+/// How far `iat` and `nbf` may lie ahead of the verifier's clock (clock skew between
+/// instances); a token "issued" or "valid" later than that is refused.
+pub const FUTURE_LEEWAY_SECONDS: i64 = 10;
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -26,6 +29,9 @@ pub struct AccessClaims {
     pub sid: String,
     pub exp: i64,
     pub iat: i64,
+    /// Not before; our tokens do not carry it, but one that does is honoured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     pub iss: String,
     pub aud: String,
     #[serde(rename = "type")]
@@ -49,6 +55,8 @@ pub enum TokenError {
     Invalid(String),
     #[error("not an access token")]
     WrongType,
+    #[error("issued in the future or not valid yet")]
+    NotYetValid,
 }
 
 /// Signing key plus every key still accepted for verification.
@@ -99,6 +107,7 @@ impl JwtKeys {
             sid: session_id.to_owned(),
             exp: expires_at.timestamp(),
             iat: now.timestamp(),
+            nbf: None,
             iss: ISSUER.to_owned(),
             aud: AUDIENCE.to_owned(),
             kind: ACCESS_TYPE.to_owned(),
@@ -106,7 +115,8 @@ impl JwtKeys {
         Ok(jsonwebtoken::encode(&header, &claims, &self.encoding)?)
     }
 
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+    /// Verifies a token at `now` (the service's clock).
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::HS512 {
             return Err(TokenError::Malformed);
@@ -117,6 +127,10 @@ impl JwtKeys {
             .map_err(|e| TokenError::Invalid(e.to_string()))?;
         if data.claims.kind != ACCESS_TYPE {
             return Err(TokenError::WrongType);
+        }
+        let latest = now.timestamp() + FUTURE_LEEWAY_SECONDS;
+        if data.claims.iat > latest || data.claims.nbf.is_some_and(|nbf| nbf > latest) {
+            return Err(TokenError::NotYetValid);
         }
         Ok(data.claims)
     }
@@ -151,7 +165,7 @@ mod tests {
         let token = keys
             .issue("u1", "s1", now, now + Duration::minutes(15))
             .unwrap();
-        let claims = keys.verify(&token).unwrap();
+        let claims = keys.verify(&token, now).unwrap();
         assert_eq!(claims.sub, "u1");
         assert_eq!(claims.sid, "s1");
         assert_eq!(claims.iss, ISSUER);
@@ -173,7 +187,9 @@ mod tests {
         let mut tampered = token.clone().into_bytes();
         let middle = tampered.len() / 2;
         tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
-        assert!(keys.verify(&String::from_utf8(tampered).unwrap()).is_err());
+        assert!(keys
+            .verify(&String::from_utf8(tampered).unwrap(), now)
+            .is_err());
 
         let expired = keys
             .issue(
@@ -183,13 +199,16 @@ mod tests {
                 now - Duration::hours(1),
             )
             .unwrap();
-        assert!(matches!(keys.verify(&expired), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            keys.verify(&expired, now),
+            Err(TokenError::Invalid(_))
+        ));
 
         let other = JwtKeys::new(&SecretString::from("b".repeat(64)), &[]);
         let foreign = other
             .issue("u1", "s1", now, now + Duration::minutes(5))
             .unwrap();
-        assert_eq!(keys.verify(&foreign), Err(TokenError::UnknownKey));
+        assert_eq!(keys.verify(&foreign, now), Err(TokenError::UnknownKey));
     }
 
     #[test]
@@ -203,7 +222,7 @@ mod tests {
             b64(&serde_json::json!({"alg":"none","typ":"JWT","kid":keys.current_kid()})),
             b64(&claims)
         );
-        assert!(keys.verify(&none).is_err());
+        assert!(keys.verify(&none, Utc::now()).is_err());
 
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(keys.current_kid().to_owned());
@@ -213,7 +232,7 @@ mod tests {
             &EncodingKey::from_secret("a".repeat(64).as_bytes()),
         )
         .unwrap();
-        assert_eq!(keys.verify(&hs256), Err(TokenError::Malformed));
+        assert_eq!(keys.verify(&hs256, Utc::now()), Err(TokenError::Malformed));
     }
 
     #[test]
@@ -236,14 +255,17 @@ mod tests {
             "iss":ISSUER,"aud":"someone-else","type":"access"}),
         );
         assert!(matches!(
-            keys.verify(&wrong_aud),
+            keys.verify(&wrong_aud, Utc::now()),
             Err(TokenError::Invalid(_))
         ));
         let refresh_typed = sign(
             serde_json::json!({"sub":"u1","sid":"s1","exp":now+600,"iat":now,
             "iss":ISSUER,"aud":AUDIENCE,"type":"refresh"}),
         );
-        assert_eq!(keys.verify(&refresh_typed), Err(TokenError::WrongType));
+        assert_eq!(
+            keys.verify(&refresh_typed, Utc::now()),
+            Err(TokenError::WrongType)
+        );
     }
 
     #[test]
@@ -256,9 +278,57 @@ mod tests {
             .issue("u1", "s1", now, now + Duration::minutes(5))
             .unwrap();
         let during = JwtKeys::new(&new, std::slice::from_ref(&old));
-        assert!(during.verify(&token).is_ok());
+        assert!(during.verify(&token, now).is_ok());
         assert_ne!(during.current_kid(), before.current_kid());
         let after = JwtKeys::new(&new, &[]);
-        assert_eq!(after.verify(&token), Err(TokenError::UnknownKey));
+        assert_eq!(after.verify(&token, now), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn tokens_issued_or_valid_in_the_future_are_rejected() {
+        let secret = "a".repeat(64);
+        let keys = keys(&secret);
+        let now = Utc::now();
+        let mut header = Header::new(Algorithm::HS512);
+        header.kid = Some(keys.current_kid().to_owned());
+        let sign = |iat: i64, nbf: Option<i64>| {
+            let mut claims = serde_json::json!({"sub":"u1","sid":"s1","exp":now.timestamp()+7200,
+                "iat":iat,"iss":ISSUER,"aud":AUDIENCE,"type":"access"});
+            if let Some(nbf) = nbf {
+                claims["nbf"] = nbf.into();
+            }
+            jsonwebtoken::encode(
+                &header,
+                &claims,
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        let t = now.timestamp();
+        assert!(keys.verify(&sign(t, None), now).is_ok());
+        assert!(
+            keys.verify(&sign(t + FUTURE_LEEWAY_SECONDS, None), now)
+                .is_ok(),
+            "within the leeway"
+        );
+        assert!(keys.verify(&sign(t, Some(t)), now).is_ok());
+        assert_eq!(
+            keys.verify(&sign(t + FUTURE_LEEWAY_SECONDS + 1, None), now),
+            Err(TokenError::NotYetValid),
+            "iat in the future"
+        );
+        assert_eq!(
+            keys.verify(&sign(t + 3600, None), now),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            keys.verify(&sign(t, Some(t + 3600)), now),
+            Err(TokenError::NotYetValid),
+            "nbf in the future"
+        );
+        // Valid again once the clock has caught up.
+        assert!(keys
+            .verify(&sign(t + 3600, None), now + chrono::Duration::seconds(3600))
+            .is_ok());
     }
 }

@@ -15,6 +15,7 @@ use crate::auth::AuthUser;
 use crate::domain::{DisplayName, Email, OtpPurpose, Password};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, ValidationErrorBody};
 use crate::extract::{body_bytes, content_type, is_json, parse_json, ApiJson};
+use crate::limits::ClientIp;
 use crate::startup::AppState;
 
 pub fn router(state: AppState) -> Router<AppState> {
@@ -36,16 +37,20 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/auth/logout", post(logout))
 }
 
-/// Per-client-IP budget on the unauthenticated auth routes (SECURITY.md 21).
+/// Per-client-IP budget on the unauthenticated auth routes (SECURITY.md 21). The client
+/// IP is left in the request extensions for the handlers ([`ClientIp`]).
 async fn rate_limit_per_ip(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let ip = crate::limits::client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies);
     match state.limits.check_auth(ip) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => {
+            request.extensions_mut().insert(ClientIp(ip));
+            next.run(request).await
+        }
         Err(e) => {
             tracing::info!(%ip, "auth rate limit reached");
             axum::response::IntoResponse::into_response(e)
@@ -199,6 +204,7 @@ fn message(detail: &str) -> Json<MessageResponse> {
     ))]
 pub async fn register(
     State(state): State<AppState>,
+    client: ClientIp,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> ApiResult<(StatusCode, Json<MessageResponse>)> {
     let parsed = (
@@ -219,7 +225,7 @@ pub async fn register(
             ]))
         }
     };
-    service::register(&state, email, password, display_name).await?;
+    service::register(&state, client, email, password, display_name).await?;
     Ok((
         StatusCode::ACCEPTED,
         message("If this address can be registered, a verification code is on its way."),
@@ -237,10 +243,11 @@ pub async fn register(
     ))]
 pub async fn send_verification_code(
     State(state): State<AppState>,
+    client: ClientIp,
     ApiJson(req): ApiJson<SendCodeRequest>,
 ) -> ApiResult<(StatusCode, Json<MessageResponse>)> {
     let email = Email::parse(&req.email, "email").map_err(ApiError::validation)?;
-    service::request_code(&state, email, req.purpose.unwrap_or_default());
+    service::request_code(&state, client, email, req.purpose.unwrap_or_default());
     Ok((
         StatusCode::ACCEPTED,
         message("If an account exists for this address, a code is on its way."),

@@ -19,6 +19,8 @@ use crate::auth::AuthUser;
 use crate::battery::{
     BatteryLevel, BatteryStatus, Channel, EnergyImpact, Interaction, InteractionKind, SleepQuality,
 };
+use crate::domain::text::{parse_text, Lines};
+use crate::domain::timestamp::check_occurred_at;
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
 use crate::extract::{parse_json, ApiJson};
 use crate::startup::AppState;
@@ -34,8 +36,7 @@ pub const DEFAULT_DURATION_MINUTES: i32 = 60;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_WINDOW_HOURS: i64 = 24;
-/// `occurred_at` may lead the server clock by this much (client clock skew).
-pub const FUTURE_TOLERANCE_SECONDS: i64 = 60;
+pub use crate::domain::timestamp::FUTURE_TOLERANCE_SECONDS;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -250,11 +251,10 @@ fn check_chars(
     field: &str,
     value: Option<String>,
     max: usize,
+    lines: Lines,
 ) -> Option<String> {
-    let value = value?;
-    let trimmed = value.trim();
-    let count = trimmed.chars().count();
-    if count == 0 || count > max {
+    let text = errors.check(parse_text(&value?, field, max, lines))?;
+    if text.is_empty() {
         errors.push(FieldError::body(
             field,
             format!("must be 1–{max} characters"),
@@ -262,7 +262,7 @@ fn check_chars(
         ));
         return None;
     }
-    Some(trimmed.to_owned())
+    Some(text)
 }
 
 fn absent_for(errors: &mut FieldErrors, kind: InteractionKind, field: &str, present: bool) {
@@ -348,8 +348,14 @@ fn parse_record(req: RecordRequest, now: DateTime<Utc>) -> ApiResult<NewBatteryE
             "missing",
         ));
     }
-    let name = check_chars(&mut errors, "name", req.name, MAX_NAME_CHARS);
-    let notes = check_chars(&mut errors, "notes", req.notes, MAX_NOTES_CHARS);
+    let name = check_chars(&mut errors, "name", req.name, MAX_NAME_CHARS, Lines::One);
+    let notes = check_chars(
+        &mut errors,
+        "notes",
+        req.notes,
+        MAX_NOTES_CHARS,
+        Lines::Many,
+    );
     let duration_minutes = match req.duration_minutes {
         None => DEFAULT_DURATION_MINUTES,
         Some(v) if (1..=MAX_DURATION_MINUTES).contains(&v) => v as i32,
@@ -376,13 +382,7 @@ fn parse_record(req: RecordRequest, now: DateTime<Utc>) -> ApiResult<NewBatteryE
     };
     // Stores keep milliseconds; so does the response, so a replay answers identically.
     let occurred_at = req.occurred_at.unwrap_or(now).trunc_subsecs(3);
-    if occurred_at > now + Duration::seconds(FUTURE_TOLERANCE_SECONDS) {
-        errors.push(FieldError::body(
-            "occurred_at",
-            "must not be in the future",
-            "value_error.future",
-        ));
-    }
+    errors.check(check_occurred_at(occurred_at, now, "occurred_at"));
     errors.finish()?;
     let interaction = match (kind, impact, quality, target) {
         (InteractionKind::Depletion, Some(i), _, _) => Interaction::Depletion(i),

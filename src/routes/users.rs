@@ -59,10 +59,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::confirm::confirm_password;
 use crate::auth::AuthUser;
+use crate::domain::preferences::check_preferences;
+use crate::domain::text::{parse_text, Lines};
 use crate::domain::{DisplayName, Email};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
 use crate::extract::{parse_json, ApiJson};
+use crate::limits::ClientIp;
 use crate::startup::AppState;
 use crate::store::ProfilePatch;
 
@@ -71,7 +75,7 @@ pub const MAX_PREFERENCES_BYTES: usize = 16 * 1024;
 pub const MAX_AVATAR_URL_CHARS: usize = 2048;
 pub const MAX_BIO_CHARS: usize = 500;
 pub const MAX_TIMEZONE_CHARS: usize = 64;
-pub const MAX_PREFERENCE_KEY_CHARS: usize = 64;
+pub use crate::domain::preferences::MAX_PREFERENCE_KEY_CHARS;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -164,33 +168,15 @@ fn check_text(
     field: &str,
     value: Option<Option<String>>,
     max_chars: usize,
-    allow_newlines: bool,
+    lines: Lines,
 ) -> Option<Option<String>> {
     let value = value?;
     let Some(raw) = value else {
         return Some(None);
     };
-    let trimmed = raw.trim();
-    if trimmed.chars().count() > max_chars {
-        errors.push(FieldError::body(
-            field,
-            format!("at most {max_chars} characters"),
-            "value_error.too_long",
-        ));
-        return None;
-    }
-    if trimmed
-        .chars()
-        .any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t')))
-    {
-        errors.push(FieldError::body(
-            field,
-            "must not contain control characters",
-            "value_error",
-        ));
-        return None;
-    }
-    Some((!trimmed.is_empty()).then(|| trimmed.to_owned()))
+    errors
+        .check(parse_text(&raw, field, max_chars, lines))
+        .map(|text| (!text.is_empty()).then_some(text))
 }
 
 fn valid_timezone(tz: &str) -> bool {
@@ -242,20 +228,20 @@ pub async fn update_me(
             Some(None) => Some(None),
             None => None,
         },
-        bio: check_text(&mut errors, "bio", req.bio, MAX_BIO_CHARS, true),
+        bio: check_text(&mut errors, "bio", req.bio, MAX_BIO_CHARS, Lines::Many),
         avatar_url: check_text(
             &mut errors,
             "avatar_url",
             req.avatar_url,
             MAX_AVATAR_URL_CHARS,
-            false,
+            Lines::One,
         ),
         timezone: check_text(
             &mut errors,
             "timezone",
             req.timezone,
             MAX_TIMEZONE_CHARS,
-            false,
+            Lines::One,
         ),
         onboarding_completed: req.onboarding_completed,
         ..ProfilePatch::default()
@@ -295,20 +281,13 @@ pub async fn update_me(
     };
     let user = current_user(&state, &auth).await?;
     if let Some(preferences) = req.preferences {
+        // Keys and values at any depth; a patch with problems is merged here only to
+        // report its size too, and never stored.
+        check_preferences(&preferences)
+            .into_iter()
+            .for_each(|e| errors.push(e));
         let mut merged = user.preferences.clone();
         for (key, value) in preferences {
-            let key_ok = !key.is_empty()
-                && key.chars().count() <= MAX_PREFERENCE_KEY_CHARS
-                && !key.contains('.')
-                && !key.starts_with('$');
-            if !key_ok {
-                errors.push(FieldError {
-                    loc: vec!["body".into(), "preferences".into(), key.clone().into()],
-                    msg: format!("preference keys are 1–{MAX_PREFERENCE_KEY_CHARS} characters, without '.' or a leading '$'"),
-                    kind: "value_error.key".into(),
-                });
-                continue;
-            }
             if value.is_null() {
                 merged.remove(&key);
                 patch.preferences_unset.push(key);
@@ -350,23 +329,16 @@ pub async fn update_me(
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Wrong password", body = ErrorBody),
         (status = 422, description = "Invalid input", body = ValidationErrorBody),
+        (status = 429, description = "Too many password checks for this account or client", body = ErrorBody),
     ))]
 pub async fn delete_me(
     State(state): State<AppState>,
     auth: AuthUser,
+    client: ClientIp,
     ApiJson(req): ApiJson<DeleteAccountRequest>,
 ) -> ApiResult<StatusCode> {
     let user = current_user(&state, &auth).await?;
-    if !state
-        .hasher
-        .verify(&req.password, &user.hashed_password)
-        .await?
-    {
-        return Err(ApiError::Forbidden {
-            code: "invalid_password",
-            detail: "Incorrect password".into(),
-        });
-    }
+    confirm_password(&state, &user, client, &req.password).await?;
     state.store.delete_user(&user.id).await?;
     tracing::info!(user_id = %user.id, "account deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -216,6 +216,18 @@ impl TestApp {
         .await
     }
 
+    /// `send_code` as another client behind the proxy: needs an app that trusts the test
+    /// client as a proxy (`--trusted-proxies 127.0.0.1/32`).
+    pub async fn send_code_as(&self, client_ip: &str, email: &str, purpose: &str) -> Response {
+        self.client
+            .post(self.url("/auth/send-verification-code"))
+            .header("x-forwarded-for", client_ip)
+            .json(&json!({"email": email, "purpose": purpose}))
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn verify_otp(&self, email: &str, code: &str) -> Response {
         self.post_json("/auth/verify-otp", &json!({"email": email, "code": code}))
             .await

@@ -198,3 +198,38 @@ async fn refresh_tokens_are_opaque_stored_hashed_and_only_accepted_by_refresh() 
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn tokens_issued_or_valid_in_the_future_are_rejected() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let claims = claims_of(&user.access_token);
+    let kid = introgy::auth::tokens::kid_for(SECRET.as_bytes());
+    let iat = claims["iat"].as_i64().unwrap();
+    let with = |changes: Value| {
+        let mut changed = claims.clone();
+        for (claim, value) in changes.as_object().unwrap() {
+            changed[claim] = value.clone();
+        }
+        sign(&hs512(&kid), &changed, SECRET)
+    };
+    // Controls: a few seconds of skew and an `nbf` that has passed are fine.
+    for ok in [json!({"iat": iat + 5}), json!({"nbf": iat})] {
+        assert_eq!(
+            app.verify_token(&with(ok.clone())).await.status(),
+            StatusCode::OK,
+            "{ok}"
+        );
+    }
+    for future in [
+        json!({"iat": iat + 3600}),
+        json!({"iat": iat + 3600, "exp": iat + 7200}),
+        json!({"nbf": iat + 3600}),
+    ] {
+        assert_eq!(
+            app.verify_token(&with(future.clone())).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{future} was accepted"
+        );
+    }
+}

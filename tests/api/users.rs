@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{json_of, spawn_app, TestApp, PASSWORD};
 
-async fn put_me(app: &TestApp, token: &str, body: &Value) -> reqwest::Response {
+pub async fn put_me(app: &TestApp, token: &str, body: &Value) -> reqwest::Response {
     app.client
         .put(app.url("/users/me"))
         .bearer_auth(token)
