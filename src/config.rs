@@ -207,6 +207,17 @@ pub struct ConfigArgs {
     /// How long a store operation may wait for the database, in seconds.
     #[arg(long, env = "STORE_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub store_timeout_seconds: u64,
+
+    /// Seconds a connection has to deliver a complete request head, counted from when
+    /// it opens or finishes its previous response: it bounds slow headers and idle
+    /// keep-alive connections alike.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_read_timeout_seconds: u64,
+
+    /// Most connections served at once; further clients wait in the listen backlog.
+    /// Lowered at start to stay below the open-file limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
 }
 
 /// Where data lives.
@@ -288,6 +299,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub request_timeout: Duration,
     pub store_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
     data_dir: Option<PathBuf>,
 }
 
@@ -443,6 +456,8 @@ impl Config {
             log_format: args.log_format,
             request_timeout: Duration::from_secs(args.request_timeout_seconds),
             store_timeout: Duration::from_secs(args.store_timeout_seconds),
+            header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds),
+            max_connections: args.max_connections as usize,
             data_dir: args.data_dir,
         })
     }

@@ -3,11 +3,12 @@
 
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Form, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::users::UserProfile;
 use crate::auth::service::{self, IssuedTokens, LogoutScope};
@@ -17,23 +18,28 @@ use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, ValidationErrorBo
 use crate::extract::{body_bytes, content_type, is_json, parse_json, ApiJson};
 use crate::startup::AppState;
 
-pub fn router(state: AppState) -> Router<AppState> {
-    let public = Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/send-verification-code", post(send_verification_code))
-        .route("/auth/send-otp", post(send_verification_code))
-        .route("/auth/verify-otp", post(verify_otp))
-        .route("/auth/login", post(login))
-        .route("/auth/reset-password", post(reset_password))
-        .route("/auth/refresh-token", post(refresh_token))
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    let public = OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(send_verification_code))
+        .routes(routes!(send_otp))
+        .routes(routes!(verify_otp))
+        .routes(routes!(login))
+        .routes(routes!(reset_password))
+        .routes(routes!(refresh_token))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             rate_limit_per_ip,
         ));
-    Router::new()
-        .merge(public)
-        .route("/auth/verify-token", get(verify_token))
-        .route("/auth/logout", post(logout))
+    OpenApiRouter::new()
+        .merge(super::docs::rate_limited(
+            public,
+            "Too many requests from this client address (`AUTH_RATE_LIMIT_PER_MINUTE`, \
+             shared by the unauthenticated auth routes); or, on login, too many failed \
+             attempts for this address",
+        ))
+        .routes(routes!(verify_token))
+        .routes(routes!(logout))
 }
 
 /// Per-client-IP budget on the unauthenticated auth routes (SECURITY.md 21).
@@ -245,6 +251,20 @@ pub async fn send_verification_code(
         StatusCode::ACCEPTED,
         message("If an account exists for this address, a code is on its way."),
     ))
+}
+
+/// The old service's name for `/auth/send-verification-code`; identical behaviour.
+#[utoipa::path(post, path = "/auth/send-otp", tag = "auth", request_body = SendCodeRequest,
+    operation_id = "send_otp",
+    responses(
+        (status = 202, description = "Accepted", body = MessageResponse),
+        (status = 422, description = "Invalid input", body = ValidationErrorBody),
+    ))]
+pub async fn send_otp(
+    state: State<AppState>,
+    body: ApiJson<SendCodeRequest>,
+) -> ApiResult<(StatusCode, Json<MessageResponse>)> {
+    send_verification_code(state, body).await
 }
 
 /// Verify the email address with the mailed code; logs in.

@@ -1,5 +1,6 @@
-//! HTTP routes, one module per resource, assembled into one router that serves every
-//! route at the root and again under `/api`.
+//! HTTP routes, one module per resource. One list of routes (utoipa-axum's
+//! `OpenApiRouter` + `routes!`) yields both the router and the OpenAPI document, so the
+//! two cannot drift; every route is served at the root and again under `/api`.
 
 pub mod auth;
 pub mod docs;
@@ -7,30 +8,38 @@ pub mod meta;
 pub mod social_battery;
 pub mod users;
 
-use axum::routing::get;
 use axum::Router;
 use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-/// Every resource route (without docs), relative to a mount point.
-fn api(state: &AppState) -> Router<AppState> {
-    Router::new()
-        .route("/", get(meta::root))
-        .route("/health", get(meta::health))
+/// Every resource route with its documentation, relative to a mount point.
+fn api(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+        .routes(routes!(meta::root))
+        .routes(routes!(meta::health))
         .merge(auth::router(state.clone()))
         .merge(users::router())
         .merge(social_battery::router())
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}
+
+/// The API's routes and the OpenAPI document that describes exactly them.
+pub fn api_with_document(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = api(state).split_for_parts();
+    docs::declare_common_responses(&mut doc);
+    let router = router.method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    (router, doc)
 }
 
 /// The whole application router (state still to be provided).
 pub fn router(state: &AppState) -> Router<AppState> {
-    let doc = docs::ApiDoc::openapi();
+    let (api, doc) = api_with_document(state);
     Router::new()
-        .merge(api(state))
-        .nest("/api", api(state))
+        .merge(api.clone())
+        .nest("/api", api)
         .merge(docs::router("", doc.clone()))
         .merge(docs::router("/api", doc))
         .fallback(|| async { ApiError::NotFound("Route".into()) })

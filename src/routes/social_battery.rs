@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::AuthUser;
 use crate::battery::{
@@ -37,11 +38,11 @@ pub const IDEMPOTENCY_WINDOW_HOURS: i64 = 24;
 /// `occurred_at` may lead the server clock by this much (client clock skew).
 pub const FUTURE_TOLERANCE_SECONDS: i64 = 60;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/social-battery/{user_id}", get(get_battery))
-        .route("/social-battery/{user_id}/record", post(record))
-        .route("/social-battery/{user_id}/activity", get(activity))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_battery))
+        .routes(routes!(record))
+        .routes(routes!(activity))
 }
 
 /// The channel of a social interaction.

@@ -55,9 +55,10 @@ impl From<User> for UserProfile {
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Deserializer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::AuthUser;
 use crate::domain::{DisplayName, Email};
@@ -73,10 +74,10 @@ pub const MAX_BIO_CHARS: usize = 500;
 pub const MAX_TIMEZONE_CHARS: usize = 64;
 pub const MAX_PREFERENCE_KEY_CHARS: usize = 64;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/users/me", get(get_me).put(update_me).delete(delete_me))
-        .route("/users/lookup", get(lookup))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_me, update_me, delete_me))
+        .routes(routes!(lookup))
 }
 
 /// `null` → `Some(None)` (clear), absent → `None` (leave alone).
