@@ -429,7 +429,7 @@ pub fn raise_open_file_limit() -> u64 {
                 );
             }
         }
-        limit.rlim_cur as u64
+        limit.rlim_cur
     }
     #[cfg(not(unix))]
     {
@@ -464,9 +464,9 @@ impl MakeRequestId for RandomRequestId {
     }
 }
 
-/// A client's `X-Request-Id` is kept only when it is 1–64 characters of `A-Z a-z 0-9
-/// - _ . :`; anything else is dropped here and replaced by a random id, so nothing
-/// unbounded or unprintable reaches the logs or the response.
+/// A client's `X-Request-Id` is kept only when it is 1–64 characters among letters,
+/// digits and `-_.:`; anything else is dropped here and replaced by a random id, so
+/// nothing unbounded or unprintable reaches the logs or the response.
 fn drop_unusable_request_id(mut request: Request) -> Request {
     let usable = |value: &HeaderValue| {
         let bytes = value.as_bytes();

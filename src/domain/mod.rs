@@ -6,7 +6,7 @@ mod email;
 mod otp;
 mod password;
 
-pub use display_name::DisplayName;
-pub use email::{mask_email, Email};
+pub use display_name::{DisplayName, MAX_DISPLAY_NAME_CHARS};
+pub use email::{mask_email, Email, MAX_EMAIL_LEN};
 pub use otp::{OtpCode, OtpPurpose};
-pub use password::{Password, MAX_PASSWORD_BYTES};
+pub use password::{Password, COMMON_PASSWORDS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};

@@ -11,11 +11,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::users::UserProfile;
+use super::{docs, schema};
 use crate::auth::service::{self, IssuedTokens, LogoutScope};
 use crate::auth::AuthUser;
 use crate::domain::{DisplayName, Email, OtpPurpose, Password};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, ValidationErrorBody};
-use crate::extract::{body_bytes, content_type, is_json, parse_json, ApiJson};
+use crate::extract::{body_bytes, content_type, form_error, is_json, parse_json, ApiJson};
 use crate::startup::AppState;
 
 pub fn router(state: AppState) -> OpenApiRouter<AppState> {
@@ -59,23 +60,33 @@ async fn rate_limit_per_ip(
     }
 }
 
+/// Other spellings serde accepts, declared in the document (see `docs::finish`).
+pub const ALIASES: docs::Aliases = &[
+    ("RegisterRequest", &[("displayName", "display_name")]),
+    ("VerifyOtpRequest", &[("otp", "code")]),
+    (
+        "ResetPasswordRequest",
+        &[("otp", "code"), ("newPassword", "new_password")],
+    ),
+    ("RefreshRequest", &[("refreshToken", "refresh_token")]),
+];
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// At most 254 characters; matched case-insensitively.
-    #[schema(example = "ada@example.com")]
+    #[schema(schema_with = schema::email)]
     pub email: String,
-    /// 8 characters to 72 bytes; very common passwords are refused.
-    #[schema(example = "correct horse battery")]
+    #[schema(schema_with = schema::new_password)]
     pub password: String,
-    /// 1–100 characters.
     #[serde(default, alias = "displayName")]
+    #[schema(schema_with = schema::display_name)]
     pub display_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendCodeRequest {
+    #[schema(schema_with = schema::email)]
     pub email: String,
     /// `verify_email` (default) or `reset_password`.
     #[serde(default)]
@@ -85,10 +96,10 @@ pub struct SendCodeRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyOtpRequest {
+    #[schema(schema_with = schema::email)]
     pub email: String,
-    /// The six digits from the mail.
     #[serde(alias = "otp")]
-    #[schema(example = "012345")]
+    #[schema(schema_with = schema::code)]
     pub code: String,
 }
 
@@ -120,10 +131,13 @@ pub struct LoginForm {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetPasswordRequest {
+    #[schema(schema_with = schema::email)]
     pub email: String,
     #[serde(alias = "otp")]
+    #[schema(schema_with = schema::code)]
     pub code: String,
     #[serde(alias = "newPassword")]
+    #[schema(schema_with = schema::new_password)]
     pub new_password: String,
 }
 
@@ -302,20 +316,9 @@ pub async fn login(State(state): State<AppState>, req: Request) -> ApiResult<Jso
             .starts_with("application/x-www-form-urlencoded")
     });
     let (email, password) = if form {
-        let Form(form) =
-            Form::<LoginForm>::from_request(req, &state)
-                .await
-                .map_err(|rejection| {
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::PayloadTooLarge
-                    } else {
-                        ApiError::Validation(vec![FieldError {
-                            loc: vec!["body".into()],
-                            msg: rejection.body_text(),
-                            kind: "value_error".into(),
-                        }])
-                    }
-                })?;
+        let Form(form) = Form::<LoginForm>::from_request(req, &state)
+            .await
+            .map_err(form_error)?;
         (form.username, form.password)
     } else if is_json(&req) {
         let body: LoginJson = parse_json(&body_bytes(req).await?)?;
@@ -324,7 +327,7 @@ pub async fn login(State(state): State<AppState>, req: Request) -> ApiResult<Jso
             (None, None) => {
                 return Err(ApiError::validation(FieldError::body(
                     "email",
-                    "Field required (email or username)",
+                    "field required (email or username)",
                     "missing",
                 )))
             }
@@ -415,13 +418,15 @@ pub async fn logout(
     let has_type = content_type(&req).is_some();
     let json = is_json(&req);
     let bytes = body_bytes(req).await?;
-    let body: LogoutRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-        LogoutRequest::default()
-    } else if json || !has_type {
-        parse_json(&bytes)?
-    } else {
-        return Err(ApiError::UnsupportedMediaType);
-    };
+    // No body, or JSON `null` (as FastAPI's optional bodies allow): the defaults.
+    let body: LogoutRequest =
+        if bytes.iter().all(u8::is_ascii_whitespace) || (json && bytes.trim_ascii() == b"null") {
+            LogoutRequest::default()
+        } else if json || !has_type {
+            parse_json(&bytes)?
+        } else {
+            return Err(ApiError::UnsupportedMediaType);
+        };
     service::logout(&state, &auth, body.scope.unwrap_or_default()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

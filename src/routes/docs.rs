@@ -191,6 +191,89 @@ where
     router
 }
 
+/// Field names serde also accepts for a request schema (camelCase spellings old
+/// clients send, PRODUCT.md §5): `(schema, [(alias, field)])`.
+pub type Aliases = &'static [(&'static str, &'static [(&'static str, &'static str)])];
+
+/// The served document: the generated one, plus what utoipa's derive cannot say.
+///
+/// - Aliases become properties of their own (`deprecated`, pointing at the field), and
+///   the object says that a field and its alias are not sent together (serde refuses
+///   that as a duplicate); a required field is satisfied by either spelling.
+/// - A new password is not one of the common passwords (refused in any case; the
+///   schema lists them in lower case).
+/// - JSON login takes `email` or `username` (either one, as a string).
+/// - A 422 `loc` holds field names and list indexes.
+pub fn finish(doc: &utoipa::openapi::OpenApi, aliases: &[Aliases]) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let mut doc = serde_json::to_value(doc).expect("the OpenAPI document serialises");
+    let schemas = &mut doc["components"]["schemas"];
+    for (name, field) in super::schema::NEW_PASSWORD_FIELDS {
+        if let Some(password) = schemas.pointer_mut(&format!("/{name}/properties/{field}")) {
+            password["not"] = json!({"enum": crate::domain::COMMON_PASSWORDS});
+        }
+    }
+    for (name, pairs) in aliases.iter().flat_map(|a| a.iter()) {
+        let schema = &mut schemas[*name];
+        let objects: Vec<&mut Value> = match schema.get_mut("oneOf") {
+            Some(Value::Array(variants)) => variants.iter_mut().collect(),
+            _ => vec![schema],
+        };
+        for object in objects {
+            declare_aliases(object, pairs);
+        }
+    }
+    if let Some(login) = schemas.get_mut("LoginJson") {
+        login["anyOf"] = json!([
+            {"required": ["email"], "properties": {"email": {"type": "string"}}},
+            {"required": ["username"], "properties": {"username": {"type": "string"}}},
+        ]);
+    }
+    if let Some(loc) = schemas.pointer_mut("/FieldError/properties/loc") {
+        loc["items"] = json!({"anyOf": [{"type": "string"}, {"type": "integer"}]});
+    }
+    doc
+}
+
+fn declare_aliases(object: &mut serde_json::Value, pairs: &[(&str, &str)]) {
+    use serde_json::{json, Value};
+    let mut either = Vec::new();
+    let mut not_both = Vec::new();
+    for (alias, field) in pairs {
+        let Some(field_schema) = object["properties"].get(*field).cloned() else {
+            continue;
+        };
+        let mut alias_schema = field_schema;
+        alias_schema["deprecated"] = Value::Bool(true);
+        alias_schema["description"] = Value::String(format!(
+            "Another spelling of `{field}`, for older clients; send one or the other."
+        ));
+        object["properties"][*alias] = alias_schema;
+        if let Some(required) = object.get_mut("required").and_then(Value::as_array_mut) {
+            if let Some(at) = required.iter().position(|r| r == field) {
+                required.remove(at);
+                either.push(json!({"anyOf": [{"required": [field]}, {"required": [alias]}]}));
+            }
+        }
+        not_both.push(json!({"required": [field, alias]}));
+    }
+    if object
+        .get("required")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        object.as_object_mut().map(|o| o.remove("required"));
+    }
+    if !either.is_empty() {
+        object["allOf"] = Value::Array(either);
+    }
+    // One `not` over all pairs (rather than one per pair) keeps the schema small for
+    // generators that reason about complements.
+    if !not_both.is_empty() {
+        object["not"] = json!({"anyOf": not_both});
+    }
+}
+
 const REDOC_JS: &str = include_str!("../../assets/redoc/redoc.standalone.js");
 
 /// The sidebar's "API docs by Redocly" logo is an `<img>` loaded from Redocly's CDN;
@@ -279,7 +362,7 @@ fn swagger_asset(tail: &str, config: Arc<utoipa_swagger_ui::Config<'static>>) ->
 }
 
 /// Docs routes for the root (`prefix` = "") or the `/api` mount (`prefix` = "/api").
-pub fn router(prefix: &str, doc: utoipa::openapi::OpenApi) -> Router<AppState> {
+pub fn router(prefix: &str, document: axum::body::Bytes) -> Router<AppState> {
     let config = Arc::new(
         utoipa_swagger_ui::Config::new([format!("{prefix}/openapi.json")])
             // Without this Swagger UI sends the document's URL to validator.swagger.io
@@ -288,8 +371,6 @@ pub fn router(prefix: &str, doc: utoipa::openapi::OpenApi) -> Router<AppState> {
             .persist_authorization(true)
             .try_it_out_enabled(true),
     );
-    let document =
-        axum::body::Bytes::from(serde_json::to_vec(&doc).expect("the OpenAPI document serialises"));
     let swagger = Html(swagger_html(prefix));
     let redoc = Html(redoc_html(prefix));
     Router::new()

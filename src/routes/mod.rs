@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod docs;
 pub mod meta;
+pub mod schema;
 pub mod social_battery;
 pub mod users;
 
@@ -37,10 +38,12 @@ pub fn api_with_document(state: &AppState) -> (Router<AppState>, utoipa::openapi
 /// The whole application router (state still to be provided).
 pub fn router(state: &AppState) -> Router<AppState> {
     let (api, doc) = api_with_document(state);
+    let aliases = [auth::ALIASES, users::ALIASES, social_battery::ALIASES];
+    let document = axum::body::Bytes::from(docs::finish(&doc, &aliases).to_string());
     Router::new()
         .merge(api.clone())
         .nest("/api", api)
-        .merge(docs::router("", doc.clone()))
-        .merge(docs::router("/api", doc))
+        .merge(docs::router("", document.clone()))
+        .merge(docs::router("/api", document))
         .fallback(|| async { ApiError::NotFound("Route".into()) })
 }

@@ -53,17 +53,18 @@ impl From<User> for UserProfile {
 // Routes
 // ---------------------------------------------------------------------------------------
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Deserializer};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::schema;
 use crate::auth::AuthUser;
 use crate::domain::{DisplayName, Email};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
-use crate::extract::{parse_json, ApiJson};
+use crate::extract::{parse_json, ApiJson, ApiQuery};
 use crate::startup::AppState;
 use crate::store::ProfilePatch;
 
@@ -77,7 +78,10 @@ pub const MAX_PREFERENCE_KEY_CHARS: usize = 64;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_me, update_me, delete_me))
-        .routes(routes!(lookup))
+        .merge(super::docs::rate_limited(
+            OpenApiRouter::new().routes(routes!(lookup)),
+            "More than 30 lookups in a minute by this caller",
+        ))
 }
 
 /// `null` → `Some(None)` (clear), absent → `None` (leave alone).
@@ -87,37 +91,62 @@ fn nullable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// Other spellings serde accepts, declared in the document (see `docs::finish`).
+pub const ALIASES: super::docs::Aliases = &[(
+    "UpdateProfileRequest",
+    &[
+        ("displayName", "display_name"),
+        ("avatarUrl", "avatar_url"),
+        ("introvertLevel", "introvert_level"),
+        ("onboardingCompleted", "onboarding_completed"),
+    ],
+)];
+
 /// A partial profile update: only the fields present change; `null` clears a field.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfileRequest {
-    /// 1–100 characters.
     #[serde(default, alias = "displayName", deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = schema::display_name)]
     pub display_name: Option<Option<String>>,
-    /// An http(s) URL, at most 2048 characters.
     #[serde(default, alias = "avatarUrl", deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = avatar_url_schema)]
     pub avatar_url: Option<Option<String>>,
-    /// At most 500 characters.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = bio_schema)]
     pub bio: Option<Option<String>>,
-    /// An IANA zone name such as `Europe/Berlin`, at most 64 characters.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = timezone_schema)]
     pub timezone: Option<Option<String>>,
-    /// 1–10.
-    #[serde(default, alias = "introvertLevel", deserialize_with = "nullable")]
-    #[schema(value_type = Option<i64>)]
+    #[serde(
+        default,
+        alias = "introvertLevel",
+        deserialize_with = "crate::extract::integer::nullable"
+    )]
+    #[schema(schema_with = schema::introvert_level)]
     pub introvert_level: Option<Option<i64>>,
+    /// `true` sets `onboarding_completed_at` (once); `false` clears it.
     #[serde(default, alias = "onboardingCompleted")]
     pub onboarding_completed: Option<bool>,
-    /// Merged shallowly into the stored object; a key set to `null` is removed.
-    /// The merged object is at most 16 KiB.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = preferences_schema)]
     pub preferences: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn avatar_url_schema() -> utoipa::openapi::schema::Object {
+    schema::avatar_url(MAX_AVATAR_URL_CHARS)
+}
+
+fn bio_schema() -> utoipa::openapi::schema::Object {
+    schema::bio(MAX_BIO_CHARS)
+}
+
+fn timezone_schema() -> utoipa::openapi::schema::Object {
+    schema::timezone(MAX_TIMEZONE_CHARS)
+}
+
+fn preferences_schema() -> utoipa::openapi::schema::Object {
+    schema::preferences(MAX_PREFERENCE_KEY_CHARS, MAX_PREFERENCES_BYTES)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -136,9 +165,11 @@ pub struct PublicUser {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LookupQuery {
-    /// Exact address (matched case-insensitively).
-    pub email: Option<String>,
+    /// The exact address (matched case-insensitively), at most 254 characters.
+    #[param(format = Email, max_length = 254, example = "ada@example.com")]
+    pub email: String,
 }
 
 async fn current_user(state: &AppState, auth: &AuthUser) -> ApiResult<crate::store::User> {
@@ -380,17 +411,16 @@ pub async fn delete_me(
         (status = 200, description = "Found", body = PublicUser),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
-        (status = 422, description = "Invalid email", body = ValidationErrorBody),
-        (status = 429, description = "Too many lookups", body = ErrorBody),
+        (status = 422, description = "Missing or invalid email", body = ValidationErrorBody),
     ))]
 pub async fn lookup(
     State(state): State<AppState>,
     auth: AuthUser,
-    query: Result<Query<LookupQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<ApiQuery<LookupQuery>, ApiError>,
 ) -> ApiResult<Json<PublicUser>> {
     state.limits.check_lookup(&auth.user_id)?;
-    let email = query.ok().and_then(|Query(q)| q.email).unwrap_or_default();
-    let email = Email::parse(&email, "email").map_err(|mut e| {
+    let ApiQuery(query) = query?;
+    let email = Email::parse(&query.email, "email").map_err(|mut e| {
         e.loc[0] = "query".into();
         ApiError::validation(e)
     })?;

@@ -90,7 +90,7 @@ async fn unknown_fields_and_wrong_types_are_422_with_the_field_named() {
             "/auth/send-verification-code",
             json!({"email": "a@example.com", "purpose": 1}),
             "purpose",
-            "value_error",
+            "type_error",
         ),
         (
             "/auth/reset-password",
