@@ -224,10 +224,11 @@ pub fn finish(doc: &utoipa::openapi::OpenApi, aliases: &[Aliases]) -> serde_json
         }
     }
     if let Some(login) = schemas.get_mut("LoginJson") {
-        login["anyOf"] = json!([
+        // Inside `allOf`, so that client generators keep one model with every field.
+        login["allOf"] = json!([{"anyOf": [
             {"required": ["email"], "properties": {"email": {"type": "string"}}},
             {"required": ["username"], "properties": {"username": {"type": "string"}}},
-        ]);
+        ]}]);
     }
     if let Some(loc) = schemas.pointer_mut("/FieldError/properties/loc") {
         loc["items"] = json!({"anyOf": [{"type": "string"}, {"type": "integer"}]});

@@ -12,8 +12,9 @@ use axum::Json;
 use base64::Engine;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder};
-use utoipa::openapi::{RefOr, Schema};
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+use utoipa::openapi::{Ref, RefOr, Schema};
+use utoipa::PartialSchema;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -137,12 +138,12 @@ impl utoipa::PartialSchema for RecordRequest {
     fn schema() -> RefOr<Schema> {
         use schema::{enum_names, null_only, one_of, optional_date_time, optional_integer};
         let kinds = enum_names::<InteractionKind>();
-        let channel = one_of(
-            &enum_names::<Channel>(),
-            true,
-            "The channel of a social interaction.",
-        );
-        let qualities = enum_names::<SleepQuality>();
+        // Enums by reference, so generated clients get one named type for each.
+        let channel: RefOr<Schema> = OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .item(Ref::from_schema_name(Channel::name()))
+            .description(Some("The channel of a social interaction."))
+            .into();
         let variant = |types: &[&str], description: &str| {
             let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
             ObjectBuilder::new()
@@ -205,7 +206,7 @@ impl utoipa::PartialSchema for RecordRequest {
             .property("name", name(true))
             .property(
                 "sleep_quality",
-                one_of(&qualities, false, "`good` +50, `medium` +10, `bad` −5."),
+                RefOr::<Schema>::Ref(Ref::from_schema_name(SleepQuality::name())),
             )
             .required("sleep_quality")
             .property(
@@ -236,7 +237,16 @@ impl utoipa::PartialSchema for RecordRequest {
     }
 }
 
-impl ToSchema for RecordRequest {}
+impl ToSchema for RecordRequest {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        for (name, schema) in [
+            (Channel::name(), Channel::schema()),
+            (SleepQuality::name(), SleepQuality::schema()),
+        ] {
+            schemas.push((name.into_owned(), schema));
+        }
+    }
+}
 
 /// The battery right now.
 #[derive(Debug, Serialize, ToSchema)]

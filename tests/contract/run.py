@@ -195,6 +195,7 @@ def generated_client(server):
             "--url", server.base + "/openapi.json",
             "--output-path", out,
             "--meta", "none",
+            "--config", os.path.join(HERE, "openapi-python-client.yaml"),
             "--fail-on-warning",
         ],
         cwd=server.dir,
