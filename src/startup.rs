@@ -663,3 +663,46 @@ async fn security_headers(request: Request, next: Next, production: bool) -> Res
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_in_the_envelope_with_the_security_headers() {
+        async fn boom() -> &'static str {
+            panic!("a bug")
+        }
+        let app = with_outer_layers(Router::new().route("/boom", get(boom)), false);
+        let request = Request::builder()
+            .uri("/boom/")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 500);
+        for name in [
+            "x-content-type-options",
+            "content-security-policy",
+            "x-frame-options",
+            "x-request-id",
+            "cache-control",
+        ] {
+            assert!(response.headers().contains_key(name), "{name}");
+        }
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "internal_error");
+        assert!(!body.to_string().contains("a bug"));
+    }
+
+    #[test]
+    fn the_connection_cap_stays_below_the_open_file_limit() {
+        assert_eq!(connection_cap(4096, 1_048_576), 4096);
+        assert_eq!(connection_cap(4096, 1024), 1024 - 256);
+        assert_eq!(connection_cap(10, 1024), 10);
+        assert_eq!(connection_cap(4096, 100), 1);
+    }
+}
