@@ -301,3 +301,26 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod display_name_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    static PATTERN: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(&display_name().pattern.unwrap()).unwrap());
+
+    proptest! {
+        #[test]
+        fn the_display_name_pattern_says_what_display_name_parse_accepts(
+            raw in "[a-z é\\t\\n\\u{0}\\u{1f}\\u{85}\\u{9f}\\u{a0}\\u{2028}\\u{3000}\\u{feff}]{0,6}",
+            repeat in 0usize..30,
+        ) {
+            // Around the 100-character limit too.
+            let raw = raw.repeat(repeat.max(1));
+            let schema = PATTERN.is_match(&raw);
+            let parser = crate::domain::DisplayName::parse(&raw, "display_name").is_ok();
+            prop_assert_eq!(schema, parser, "{:?}", raw);
+        }
+    }
+}

@@ -814,6 +814,20 @@ pub async fn activity(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn name_and_notes_patterns_say_what_record_accepts(
+            raw in "[a-z é日\t\n\u{0}\u{85}\u{a0}\u{2028}\u{3000}\u{feff}]{0,8}",
+        ) {
+            let mut errors = FieldErrors::default();
+            let kept = check_chars(&mut errors, "name", Some(raw.clone()), 5);
+            let handler = errors.finish().is_ok() && kept.is_some();
+            let pattern = schema::text(5, false, false, "").pattern.unwrap();
+            let schema = regex::Regex::new(&pattern).unwrap().is_match(&raw);
+            proptest::prop_assert_eq!(schema, handler, "{:?}", raw);
+        }
+    }
+
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
         assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));

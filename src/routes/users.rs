@@ -435,3 +435,101 @@ pub async fn lookup(
         avatar_url: user.avatar_url,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What `update_me` accepts for one text field (`None`: a 422).
+    fn handler_accepts(field: &str, raw: &str) -> bool {
+        let max = match field {
+            "bio" => MAX_BIO_CHARS,
+            "avatar_url" => MAX_AVATAR_URL_CHARS,
+            _ => MAX_TIMEZONE_CHARS,
+        };
+        let mut errors = FieldErrors::default();
+        let checked = check_text(
+            &mut errors,
+            field,
+            Some(Some(raw.into())),
+            max,
+            field == "bio",
+        );
+        match (errors.finish(), checked) {
+            (Ok(()), Some(Some(value))) => match field {
+                "avatar_url" => {
+                    (value.starts_with("https://") || value.starts_with("http://"))
+                        && !value.contains(char::is_whitespace)
+                }
+                "timezone" => valid_timezone(&value),
+                _ => true,
+            },
+            (Ok(()), _) => true,
+            (Err(_), _) => false,
+        }
+    }
+
+    /// The schemas' patterns, compiled once (the length bounds make them large).
+    static PATTERNS: std::sync::LazyLock<[regex::Regex; 3]> = std::sync::LazyLock::new(|| {
+        [bio_schema(), avatar_url_schema(), timezone_schema()]
+            .map(|object| regex::Regex::new(&object.pattern.unwrap()).unwrap())
+    });
+
+    fn schema_accepts(field: &str, raw: &str) -> bool {
+        let at = match field {
+            "bio" => 0,
+            "avatar_url" => 1,
+            _ => 2,
+        };
+        PATTERNS[at].is_match(raw)
+    }
+
+    proptest! {
+        #[test]
+        fn profile_text_patterns_say_what_update_me_accepts(
+            field in prop::sample::select(vec!["bio", "avatar_url", "timezone"]),
+            prefix in prop::sample::select(vec!["", " ", "http://", "https://", "\u{a0}https://", "HTTP://"]),
+            body in "[a-zA-Z0-9/_+.:é日 \t\n\r\u{0}\u{1f}\u{7f}\u{85}\u{9f}\u{a0}\u{2028}\u{3000}\u{feff}-]{0,12}",
+        ) {
+            let raw = format!("{prefix}{body}");
+            prop_assert_eq!(schema_accepts(field, &raw), handler_accepts(field, &raw), "{} {:?}", field, raw);
+        }
+    }
+
+    #[test]
+    fn profile_text_patterns_hold_at_the_length_limits() {
+        let cases = [
+            (
+                "avatar_url",
+                format!("https://{}", "a".repeat(MAX_AVATAR_URL_CHARS - 8)),
+            ),
+            (
+                "avatar_url",
+                format!("https://{}", "a".repeat(MAX_AVATAR_URL_CHARS - 7)),
+            ),
+            (
+                "avatar_url",
+                format!(" http://{} ", "a".repeat(MAX_AVATAR_URL_CHARS - 7)),
+            ),
+            (
+                "avatar_url",
+                format!("http://{}", "a".repeat(MAX_AVATAR_URL_CHARS - 6)),
+            ),
+            ("bio", "b".repeat(MAX_BIO_CHARS)),
+            ("bio", format!("\n{}\n", "b".repeat(MAX_BIO_CHARS))),
+            ("bio", "b".repeat(MAX_BIO_CHARS + 1)),
+            ("timezone", "A".repeat(MAX_TIMEZONE_CHARS)),
+            ("timezone", "A".repeat(MAX_TIMEZONE_CHARS + 1)),
+            ("timezone", "Europe/Berlin/".into()),
+        ];
+        for (field, raw) in cases {
+            assert_eq!(
+                schema_accepts(field, &raw),
+                handler_accepts(field, &raw),
+                "{field} of {} characters",
+                raw.chars().count()
+            );
+        }
+    }
+}
