@@ -218,6 +218,15 @@ pub struct ConfigArgs {
     /// Lowered at start to stay below the open-file limit.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+    /// Serve Prometheus metrics at /metrics on this address of its own, e.g.
+    /// 127.0.0.1:9187 [default: no metrics listener].
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Bearer token for /metrics; with it, /metrics is also served on the main port
+    /// (at least 32 characters) [default: /metrics only on METRICS_ADDR].
+    #[arg(long, env = "METRICS_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub metrics_token: Option<SecretString>,
 }
 
 /// Where data lives.
@@ -301,8 +310,15 @@ pub struct Config {
     pub store_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// Where the metrics listener binds (`None`: no listener).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Bearer token for `/metrics` (`None`: not served on the main port).
+    pub metrics_token: Option<SecretString>,
     data_dir: Option<PathBuf>,
 }
+
+/// Shortest accepted `METRICS_TOKEN`.
+pub const MIN_METRICS_TOKEN_BYTES: usize = 32;
 
 /// A setting that cannot be used, with the message an operator needs.
 #[derive(Debug, thiserror::Error)]
@@ -420,6 +436,16 @@ impl Config {
             )));
         }
 
+        let metrics_token = non_empty_secret(args.metrics_token);
+        if metrics_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().trim().len() < MIN_METRICS_TOKEN_BYTES)
+        {
+            return Err(ConfigError(format!(
+                "METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_BYTES} characters (e.g. `openssl rand -hex 32`)"
+            )));
+        }
+
         let host = non_empty(args.host)
             .unwrap_or_else(|| if production { "0.0.0.0" } else { "127.0.0.1" }.to_owned());
         let hash_concurrency = args
@@ -458,6 +484,8 @@ impl Config {
             store_timeout: Duration::from_secs(args.store_timeout_seconds),
             header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds),
             max_connections: args.max_connections as usize,
+            metrics_addr: args.metrics_addr,
+            metrics_token,
             data_dir: args.data_dir,
         })
     }
@@ -579,6 +607,14 @@ fn parse_transport(
             }))
         }
     }
+}
+
+/// Reads one settings file (`--env-file`): `KEY=VALUE` lines, `#` comments, values
+/// optionally quoted (single quotes keep `$` and spaces literally, as systemd's
+/// `EnvironmentFile=` does). Variables already in the environment are left alone.
+pub fn load_env_file(path: &Path) -> Result<(), ConfigError> {
+    dotenvy::from_path(path)
+        .map_err(|e| ConfigError(format!("cannot read --env-file {}: {e}", path.display())))
 }
 
 /// Reads `.env`, `Mongo.env` and `Email.env` from the working directory, if present.

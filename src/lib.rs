@@ -13,6 +13,8 @@
 //! - [`store`]: the [`store::Store`] trait and its backends.
 //! - [`email`]: templates and mail transports.
 //! - [`background`]: work that runs after a response, counted for shutdown and tests.
+//! - [`metrics`]: Prometheus series, `/metrics`, and the stores' recent write outcomes.
+//! - [`telemetry`]: logs (text or JSON lines, colour only on a terminal).
 //! - [`routes`]: HTTP handlers, one module per resource, and the OpenAPI document.
 //! - [`cli`]: the `introgy` command line.
 //! - [`clock`]: the service's "now" (movable in tests).
@@ -28,7 +30,13 @@ pub mod email;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod metrics;
 pub mod routes;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+
+/// The package version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this binary was built from (`unknown` without git; see `build.rs`).
+pub const COMMIT: &str = env!("INTROGY_BUILD_COMMIT");

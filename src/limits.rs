@@ -55,9 +55,10 @@ impl Limits {
 
     /// 429 with `Retry-After` once a client IP has used up its auth budget.
     pub fn check_auth(&self, ip: IpAddr) -> ApiResult<()> {
-        self.auth
-            .check_key(&ip)
-            .map_err(|not_until| too_many(not_until.wait_time_from(self.clock.now())))
+        self.auth.check_key(&ip).map_err(|not_until| {
+            crate::metrics::metrics().rate_limited("auth_ip");
+            too_many(not_until.wait_time_from(self.clock.now()))
+        })
     }
 
     /// 429 while an address has too many recent failed logins.
@@ -73,6 +74,7 @@ impl Limits {
         }
         let oldest = failures.iter().min().copied().unwrap_or(now);
         let wait = (oldest + window - now).to_std().unwrap_or_default();
+        crate::metrics::metrics().rate_limited("failed_logins");
         Err(too_many(wait))
     }
 
@@ -86,6 +88,7 @@ impl Limits {
         self.lookup
             .check_key(&user_id.to_owned())
             .map_err(|not_until| {
+                crate::metrics::metrics().rate_limited("lookup");
                 let wait = not_until.wait_time_from(self.clock.now());
                 ApiError::TooManyRequests {
                     retry_after_secs: wait.as_secs() + 1,

@@ -98,6 +98,8 @@ pub struct Application {
     state: AppState,
     port: u16,
     max_connections: usize,
+    /// The Prometheus listener (`METRICS_ADDR`), if configured.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Application {
@@ -151,6 +153,14 @@ impl Application {
             .await
             .with_context(|| format!("Failed to listen on {address}"))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = match state.config.metrics_addr {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("Failed to listen on {address} (METRICS_ADDR)"))?,
+            ),
+            None => None,
+        };
         let app = build_app(state.clone());
         Ok(Self {
             listener,
@@ -158,6 +168,7 @@ impl Application {
             state,
             port,
             max_connections,
+            metrics_listener,
         })
     }
 
@@ -187,6 +198,10 @@ impl Application {
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         spawn_background_tasks(&state);
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");
+            tokio::spawn(crate::metrics::serve(listener, state.clone()))
+        });
         tracing::info!(
             address = %format!("{}:{}", state.config.host, self.port),
             environment = state.config.environment.as_str(),
@@ -205,6 +220,9 @@ impl Application {
             shutdown,
         )
         .await;
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         let pending = state.background.wait_idle(BACKGROUND_DRAIN_LIMIT).await;
         if pending > 0 {
             tracing::warn!(
@@ -495,8 +513,8 @@ pub fn build_app(state: AppState) -> Router {
     with_outer_layers(build_router(state), production)
 }
 
-/// Routes and the middleware that needs routing (matched path, CORS, timeouts, body
-/// limit), with the state applied.
+/// Routes and the middleware that needs routing (matched path: tracing, metrics; CORS,
+/// timeouts, the body limit), with the state applied.
 pub fn build_router(state: AppState) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(
@@ -561,8 +579,19 @@ pub fn build_router(state: AppState) -> Router {
             request_timeout,
         ))
         .layer(cors)
+        // A handler's panic becomes a 500 here, inside tracing and metrics; the outer
+        // catcher (`with_outer_layers`) is the net for the layers outside routing.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(trace)
+        // Outermost within routing (it needs the matched route), so every answer the
+        // router gives is counted with its final status and full latency.
+        .layer(middleware::from_fn(crate::metrics::track_http))
         .with_state(state)
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send>) -> Response<Body> {
+    tracing::error!("a request handler panicked");
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
 }
 
 /// Wraps `inner` in the layers that every response passes through, whatever produced it
@@ -572,10 +601,7 @@ pub fn with_outer_layers(inner: Router, production: bool) -> Router {
     Router::new()
         .fallback_service(NormalizePath::trim_trailing_slash(inner))
         .layer(middleware::from_fn(head_limits))
-        .layer(CatchPanicLayer::custom(|_panic| {
-            tracing::error!("a request handler panicked");
-            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-        }))
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(move |req, next| {
             security_headers(req, next, production)
         }))

@@ -77,11 +77,14 @@ impl PasswordHasher {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
+        let waiting = crate::metrics::metrics().hash_waiting();
         let _permit = self
             .permits
             .acquire()
             .await
             .context("Failed to acquire a hashing permit")?;
+        drop(waiting);
+        let _running = crate::metrics::metrics().hash_running();
         let (done, result) = oneshot::channel();
         self.pool
             .send(Box::new(move || {

@@ -261,12 +261,25 @@ pub async fn login(state: &AppState, email: &str, password: &str) -> ApiResult<I
     // Failed logins are throttled per address, known or not (SECURITY.md 21).
     let throttle_key = email.trim().to_lowercase();
     let now = state.clock.now();
-    state.limits.check_login(&throttle_key, now)?;
+    if let Err(e) = state.limits.check_login(&throttle_key, now) {
+        crate::metrics::metrics().login("throttled");
+        return Err(e);
+    }
     let result = check_credentials(state, email, password).await;
     if matches!(result, Err(ApiError::Unauthorized { .. })) {
         state.limits.record_failed_login(&throttle_key, now);
     }
-    start_session(state, result?).await
+    let result = match result {
+        Ok(user) => start_session(state, user).await,
+        Err(e) => Err(e),
+    };
+    crate::metrics::metrics().login(match &result {
+        Ok(_) => "success",
+        Err(ApiError::Unauthorized { .. }) => "invalid_credentials",
+        Err(ApiError::Forbidden { .. }) => "unverified",
+        Err(_) => "error",
+    });
+    result
 }
 
 /// The user whose password this is, or the uniform 401 (403 if not verified).

@@ -1,5 +1,6 @@
 //! The `introgy` command line: `serve` (default), `check`, `smoke`, `migrate` and
-//! `mail preview`.
+//! `mail preview`; `--version` names the build; `--env-file FILE` (any command) reads
+//! the settings file instead of the working directory's `.env`, `Mongo.env`, `Email.env`.
 
 pub mod mail;
 pub mod migrate;
@@ -12,14 +13,23 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigArgs};
 use crate::startup::Application;
 
+/// `introgy --version`: the package version and the commit it was built from.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("INTROGY_BUILD_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "introgy",
-    version,
+    version = LONG_VERSION,
     about = "Introgy backend: accounts, profiles and the social battery over HTTP/JSON",
     long_about = "Introgy backend: accounts, profiles and the social battery over HTTP/JSON.\n\n\
 Settings come from flags or environment variables; .env, Mongo.env and Email.env in the \
-working directory are read too (real environment variables win).",
+working directory are read too, or instead the file given with --env-file (real \
+environment variables win over files, flags over both).",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -27,6 +37,10 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Read settings from this file (KEY=VALUE lines, as systemd's EnvironmentFile=),
+    /// instead of .env, Mongo.env and Email.env in the working directory.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub env_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,8 +66,23 @@ pub enum Command {
     },
 }
 
-/// Parses the command line and runs the chosen command.
-pub fn run(env_files: &[&str]) -> ExitCode {
+/// Reads the settings files, then parses the command line and runs the chosen command.
+pub fn run() -> ExitCode {
+    // Parse once to learn whether --env-file was given, load the file(s), then parse
+    // again so values from the files are seen (clap reads the environment while parsing).
+    let env_file = Cli::parse().env_file;
+    let loaded = match &env_file {
+        Some(path) => crate::config::load_env_file(path).map(|()| vec![path.display().to_string()]),
+        None => crate::config::load_env_files()
+            .map(|names| names.into_iter().map(str::to_owned).collect()),
+    };
+    let env_files = match loaded {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("introgy: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cli = Cli::parse();
     let (command, args) = match cli.command {
         None => ("serve", cli.config),
@@ -81,7 +110,7 @@ pub fn run(env_files: &[&str]) -> ExitCode {
     };
     crate::telemetry::init(log_format);
     if !env_files.is_empty() {
-        tracing::info!(files = ?env_files, "read environment files");
+        tracing::info!(files = %env_files.join(", "), "read settings files");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,6 +9,7 @@
 //! not sent late. One-time codes in queued mail are sealed (ChaCha20-Poly1305, key derived
 //! from the signing secret) and erased from the outbox once the mail is done.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,10 @@ const POLL: Duration = Duration::from_secs(1);
 const BATCH: u32 = 16;
 /// Longest pause between two tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// The worker counts as stuck (`/health/ready`) after this long without progress: longer
+/// than its worst bounded step (a claim and a finish at the longest STORE_TIMEOUT_SECONDS,
+/// 2 x 120 s, around one delivery at the longest MAIL_TIMEOUT_SECONDS, 300 s).
+pub const STALL_AFTER: Duration = Duration::from_secs(600);
 
 /// What is stored for a mail: its kind and data, codes sealed.
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,6 +64,9 @@ struct Inner {
     clock: Clock,
     cipher: ChaCha20Poly1305,
     wake: Notify,
+    /// When the worker last made progress (a pass over due mail, or one delivery), in
+    /// milliseconds of the service clock.
+    progress_ms: AtomicI64,
 }
 
 #[derive(Clone)]
@@ -83,9 +91,10 @@ impl Outbox {
             inner: Arc::new(Inner {
                 store,
                 mailer,
-                clock,
                 cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
                 wake: Notify::new(),
+                progress_ms: AtomicI64::new(clock.now().timestamp_millis()),
+                clock,
             }),
         }
     }
@@ -183,9 +192,25 @@ impl Outbox {
         self.inner.wake.notify_one();
     }
 
+    fn progressed(&self) {
+        self.inner
+            .progress_ms
+            .store(self.inner.clock.now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// How long the worker has made no progress, when that is longer than
+    /// [`STALL_AFTER`] (a wedged or dead worker); `None` while it is moving.
+    pub fn stalled(&self) -> Option<Duration> {
+        let idle_ms = self.inner.clock.now().timestamp_millis()
+            - self.inner.progress_ms.load(Ordering::Relaxed);
+        let idle = Duration::from_millis(u64::try_from(idle_ms).unwrap_or(0));
+        (idle > STALL_AFTER).then_some(idle)
+    }
+
     /// Delivers due mail until the process ends.
     pub async fn run(self) {
         loop {
+            self.progressed();
             match self.deliver_due().await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {}
@@ -205,10 +230,20 @@ impl Outbox {
         let batch = self.inner.store.claim_mail(now, now + lease, BATCH).await?;
         for mail in &batch {
             let result = self.deliver(mail, now).await;
+            crate::metrics::metrics().mail_attempt(
+                self.inner.mailer.transport().name(),
+                match result {
+                    MailResult::Sent => "sent",
+                    MailResult::Retry { .. } => "retry",
+                    MailResult::Dead { .. } => "dead",
+                    MailResult::Expired => "expired",
+                },
+            );
             self.inner
                 .store
                 .finish_mail(&mail.id, &result, self.inner.clock.now())
                 .await?;
+            self.progressed();
         }
         Ok(batch.len())
     }

@@ -22,27 +22,33 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .routes(routes!(meta::root))
         .routes(routes!(meta::health))
+        .routes(routes!(meta::live))
+        .routes(routes!(meta::ready))
         .merge(auth::router(state.clone()))
         .merge(users::router())
         .merge(social_battery::router())
 }
 
-/// The API's routes and the OpenAPI document that describes exactly them.
-pub fn api_with_document(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let (router, mut doc) = api(state).split_for_parts();
-    docs::declare_common_responses(&mut doc);
-    let router = router.method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
-    (router, doc)
+/// Routes served at the root only, not under `/api`.
+fn root_only() -> OpenApiRouter<AppState> {
+    // An operations endpoint, answered only with METRICS_TOKEN.
+    OpenApiRouter::new().routes(routes!(crate::metrics::scrape_with_token))
 }
 
-/// The whole application router (state still to be provided).
+/// The whole application router (state still to be provided), and the OpenAPI document
+/// that describes exactly its routes.
 pub fn router(state: &AppState) -> Router<AppState> {
-    let (api, doc) = api_with_document(state);
+    let (api, mut doc) = api(state).split_for_parts();
+    let (root_only, root_only_doc) = root_only().split_for_parts();
+    doc.merge(root_only_doc);
+    docs::declare_common_responses(&mut doc);
     let aliases = [auth::ALIASES, users::ALIASES, social_battery::ALIASES];
     let document = axum::body::Bytes::from(docs::finish(&doc, &aliases).to_string());
+    let api = api.method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     Router::new()
         .merge(api.clone())
         .nest("/api", api)
+        .merge(root_only.method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed }))
         .merge(docs::router("", document.clone()))
         .merge(docs::router("/api", document))
         .fallback(|| async { ApiError::NotFound("Route".into()) })

@@ -257,6 +257,12 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip proving the database answers.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// What this store's choke point recorded about recent operations (whether writes
+    /// are failing), for `/health`; `None` for a store that records nothing.
+    fn observer(&self) -> Option<&crate::metrics::StoreObserver> {
+        None
+    }
+
     // ---- users ----
     /// Inserts a user; [`StoreError::Conflict`] when the email is taken.
     async fn insert_user(&self, user: &NewUser) -> StoreResult<User>;

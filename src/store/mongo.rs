@@ -58,6 +58,7 @@ const MAX_RETRIES: usize = 200;
 pub struct MongoStore {
     db: Database,
     timeout: Duration,
+    observer: std::sync::Arc<crate::metrics::StoreObserver>,
 }
 
 fn coll(db: &Database, name: &str) -> Collection<Document> {
@@ -398,6 +399,7 @@ impl MongoStore {
         let store = Self {
             db: client.database(&db_name),
             timeout,
+            observer: std::sync::Arc::new(crate::metrics::StoreObserver::new("mongodb")),
         };
         match tokio::time::timeout(timeout, store.ensure_indexes()).await {
             Ok(Ok(())) => tracing::info!(database = %db_name, "MongoDB indexes are in place"),
@@ -424,13 +426,19 @@ impl MongoStore {
         &self,
         fut: impl std::future::IntoFuture<Output = Result<T, mongodb::error::Error>>,
     ) -> StoreResult<T> {
-        match tokio::time::timeout(self.timeout + Duration::from_secs(1), fut).await {
+        // The driver action's type names the command and whether it writes (metrics.rs).
+        let (operation, write) = crate::metrics::mongo_operation(std::any::type_name_of_val(&fut));
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.timeout + Duration::from_secs(1), fut).await {
             Ok(result) => result.map_err(map_err),
             Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
                 "MongoDB did not answer within {:?}",
                 self.timeout
             ))),
-        }
+        };
+        self.observer
+            .record(operation, write, started.elapsed(), result.as_ref().err());
+        result
     }
 
     async fn ensure_indexes_until_done(&self) {
@@ -635,6 +643,10 @@ impl MongoStore {
 impl Store for MongoStore {
     fn backend(&self) -> &'static str {
         "mongodb"
+    }
+
+    fn observer(&self) -> Option<&crate::metrics::StoreObserver> {
+        Some(&self.observer)
     }
 
     async fn ping(&self) -> StoreResult<()> {

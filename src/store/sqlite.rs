@@ -46,6 +46,7 @@ struct Inner {
 pub struct SqliteStore {
     inner: Arc<Inner>,
     timeout: Duration,
+    observer: Arc<crate::metrics::StoreObserver>,
 }
 
 fn lock(mutex: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
@@ -316,6 +317,7 @@ impl SqliteStore {
         Ok(Self {
             inner: Arc::new(inner),
             timeout,
+            observer: Arc::new(crate::metrics::StoreObserver::new("sqlite")),
         })
     }
 
@@ -324,9 +326,12 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     {
+        // The closure's type names the store method and read/write (see metrics.rs).
+        let (operation, write) = crate::metrics::sqlite_operation(std::any::type_name::<F>());
+        let started = std::time::Instant::now();
         let inner = Arc::clone(&self.inner);
         let task = tokio::task::spawn_blocking(move || f(&inner));
-        match tokio::time::timeout(self.timeout, task).await {
+        let result = match tokio::time::timeout(self.timeout, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(StoreError::Other(
                 anyhow::Error::new(join).context("SQLite task panicked"),
@@ -335,7 +340,10 @@ impl SqliteStore {
                 "SQLite did not answer within {:?}",
                 self.timeout
             ))),
-        }
+        };
+        self.observer
+            .record(operation, write, started.elapsed(), result.as_ref().err());
+        result
     }
 
     /// Runs `f` on one of the read connections.
@@ -374,6 +382,10 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn observer(&self) -> Option<&crate::metrics::StoreObserver> {
+        Some(&self.observer)
     }
 
     async fn ping(&self) -> StoreResult<()> {

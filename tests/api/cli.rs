@@ -257,48 +257,73 @@ fn sigterm_stops_the_server_gracefully() {
     );
 }
 
-#[tokio::test]
-async fn smoke_drives_a_live_deployment_end_to_end() {
-    let app = crate::helpers::spawn_app().await;
-    let user = app.signup().await;
-    let address = app.address.clone();
-    let (email, password) = (user.email.clone(), user.password.clone());
+/// Runs `introgy smoke` with `args` and extra environment, off the async workers.
+async fn smoke(args: Vec<String>, env: Vec<(String, String)>) -> (bool, String) {
     let output = tokio::task::spawn_blocking(move || {
         introgy()
-            .args([
-                "smoke",
-                &format!("{address}/api"),
-                "--email",
-                &email,
-                "--password",
-                &password,
-            ])
+            .arg("smoke")
+            .args(args)
+            .envs(env)
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), format!("{stdout}\n{stderr}"))
+}
+
+/// The settings that name the app's store, as the server's env file would.
+fn store_env(app: &crate::helpers::TestApp) -> Vec<(String, String)> {
+    let url = match std::env::var("INTROGY_TEST_MONGO_URL") {
+        Ok(url) if !url.is_empty() => format!(
+            "{}/{}",
+            url.trim_end_matches('/'),
+            crate::helpers::mongo_db_name_for(app.dir.path())
+        ),
+        _ => format!("sqlite:{}", app.db_path.display()),
+    };
+    vec![("DATABASE_URL".to_owned(), url)]
+}
+
+#[tokio::test]
+async fn smoke_drives_a_live_deployment_end_to_end_and_creates_no_account() {
+    let app = crate::helpers::spawn_app().await;
+    let user = app.signup().await;
+    let users_before = app.count("users").await;
+    let (ok, output) = smoke(
+        vec![
+            format!("{}/api", app.address),
+            "--email".into(),
+            user.email.clone(),
+            "--password".into(),
+            user.password.clone(),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(ok, "{output}");
     for step in [
         "health",
         "docs (Swagger UI)",
-        "register",
-        "login (unverified)",
+        "register (test account)",
+        "login",
         "read battery",
         "history shows it",
         "logout",
     ] {
         assert!(
-            stdout.contains(&format!("ok    {step}")),
-            "{step} missing:\n{stdout}"
+            output.contains(&format!("ok    {step}")),
+            "{step} missing:\n{output}"
         );
     }
-    assert!(!stdout.contains(&user.password), "the password was printed");
+    assert!(!output.contains(&user.password), "the password was printed");
+    assert_eq!(
+        app.count("users").await,
+        users_before,
+        "smoke left an account"
+    );
     // The session smoke opened is closed again; the user's own token still works.
     assert_eq!(
         app.verify_token(&user.access_token).await.status(),
@@ -306,8 +331,41 @@ async fn smoke_drives_a_live_deployment_end_to_end() {
     );
 }
 
+#[tokio::test]
+async fn smoke_with_the_store_settings_deletes_the_account_it_registers() {
+    let app = crate::helpers::spawn_app().await;
+    app.signup().await;
+    let users_before = app.count("users").await;
+    // `host:port` without a scheme is accepted.
+    let base = app.address.trim_start_matches("http://").to_owned();
+    let (ok, output) = smoke(vec![base], store_env(&app)).await;
+    assert!(ok, "{output}");
+    for step in ["register", "login (unverified)", "delete the smoke account"] {
+        assert!(
+            output.contains(&format!("ok    {step}")),
+            "{step} missing:\n{output}"
+        );
+    }
+    assert_eq!(
+        app.count("users").await,
+        users_before,
+        "smoke left an account"
+    );
+}
+
+#[tokio::test]
+async fn smoke_without_credentials_or_store_registers_nothing() {
+    let app = crate::helpers::spawn_app().await;
+    let users_before = app.count("users").await;
+    let (ok, output) = smoke(vec![app.address.clone()], vec![]).await;
+    assert!(ok, "{output}");
+    assert!(output.contains("skip  register"), "{output}");
+    assert!(output.contains("ok    login (unknown address)"), "{output}");
+    assert_eq!(app.count("users").await, users_before);
+}
+
 #[test]
-fn smoke_fails_against_a_dead_address() {
+fn smoke_stops_with_one_line_when_the_deployment_is_unreachable() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -316,7 +374,7 @@ fn smoke_fails_against_a_dead_address() {
     let output = introgy()
         .args([
             "smoke",
-            &format!("http://127.0.0.1:{port}"),
+            &format!("127.0.0.1:{port}"),
             "--timeout-seconds",
             "2",
         ])
@@ -324,5 +382,13 @@ fn smoke_fails_against_a_dead_address() {
         .unwrap();
     assert!(!output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("FAIL  health"), "{stdout}");
+    let failures: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(failures.len(), 1, "{stdout}");
+    assert!(
+        failures[0].starts_with("FAIL  health") && failures[0].contains("cannot reach"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("relative URL"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unreachable"), "{stderr}");
 }

@@ -9,6 +9,7 @@ mod envelope;
 mod helpers;
 mod input;
 mod login;
+mod operations;
 mod rate_limits;
 mod register;
 mod reset;
