@@ -22,6 +22,7 @@ import schemathesis
 BASE = os.environ["INTROGY_CONTRACT_BASE"]
 LOG = os.environ["INTROGY_CONTRACT_LOG"]
 PASSWORD = os.environ["INTROGY_CONTRACT_PASSWORD"]
+METRICS_TOKEN = os.environ["INTROGY_CONTRACT_METRICS_TOKEN"]
 
 
 def post(path, body):
@@ -62,6 +63,9 @@ class FreshVerifiedUser:
 
     def set(self, case, data, context):
         case.headers = case.headers or {}
+        # /metrics takes the operator's METRICS_TOKEN, not a user's token.
+        if case.operation.path == "/metrics":
+            data = METRICS_TOKEN
         case.headers["Authorization"] = f"Bearer {data}"
 
 

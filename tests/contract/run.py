@@ -32,6 +32,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 VENV_BIN = os.path.dirname(sys.executable)
 PASSWORD = "contract test password 1"
+METRICS_TOKEN = "contract-test-metrics-token-0123456789abcdef"
 
 
 def free_port():
@@ -76,6 +77,8 @@ class Server:
                 # The fuzzer sends thousands of auth requests from one address; the
                 # limit itself is tested in tests/api/rate_limits.rs.
                 "--auth-rate-limit-per-minute", "1000000",
+                # Every documented route is served, /metrics (bearer METRICS_TOKEN) too.
+                "--metrics-token", METRICS_TOKEN,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -168,6 +171,7 @@ def fuzz(server, max_time):
         INTROGY_CONTRACT_LOG=server.log_path,
         INTROGY_CONTRACT_PASSWORD=PASSWORD,
         INTROGY_CONTRACT_TOKEN=token,
+        INTROGY_CONTRACT_METRICS_TOKEN=METRICS_TOKEN,
     )
     result = subprocess.run(
         [
