@@ -6,7 +6,7 @@
 //!
 //! Every response leaves through the same outer layers (SECURITY.md 31): request id,
 //! security headers, panic catcher, request-head limits, path normalisation. Routing,
-//! CORS, tracing, the request timeout and the body limit sit inside them.
+//! metrics, tracing, CORS, the request timeout and the body limit sit inside them.
 
 use std::path::Path;
 use std::sync::Arc;

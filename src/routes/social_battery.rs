@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,7 +25,7 @@ use crate::battery::{
     BatteryLevel, BatteryStatus, EnergyImpact, Interaction, InteractionKind, SleepQuality,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
-use crate::extract::{parse_json, ApiJson, ApiPath};
+use crate::extract::{parse_json, ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
 use crate::store::{BatteryEvent, HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome};
 
@@ -720,11 +720,10 @@ pub async fn activity(
     State(state): State<AppState>,
     auth: AuthUser,
     ApiPath(user_id): ApiPath<String>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    query: Result<ApiQuery<HashMap<String, String>>, ApiError>,
 ) -> ApiResult<Json<ActivityPage>> {
     own_battery(&auth, &user_id)?;
-    let Query(query) =
-        query.map_err(|e| ApiError::validation(query_error("query", e.body_text())))?;
+    let ApiQuery(query) = query?;
     let mut errors = FieldErrors::default();
     let limit = match query.get("limit") {
         None => DEFAULT_PAGE_SIZE,
