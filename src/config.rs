@@ -284,6 +284,16 @@ pub struct ConfigArgs {
     #[arg(long, env = "STORE_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub store_timeout_seconds: u64,
 
+    /// Seconds a connection has to deliver a complete request head, counted from when
+    /// it opens or finishes its previous response: it bounds slow headers and idle
+    /// keep-alive connections alike.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_read_timeout_seconds: u64,
+
+    /// Most connections served at once; further clients wait in the listen backlog.
+    /// Lowered at start to stay below the open-file limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
     /// Serve Prometheus metrics at /metrics on this address of its own, e.g.
     /// 127.0.0.1:9187 [default: no metrics listener].
     #[arg(long, env = "METRICS_ADDR")]
@@ -374,6 +384,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub request_timeout: Duration,
     pub store_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
     /// Where the metrics listener binds (`None`: no listener).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Bearer token for `/metrics` (`None`: not served on the main port).
@@ -547,6 +559,8 @@ impl Config {
             log_format: args.log_format,
             request_timeout: Duration::from_secs(args.request_timeout_seconds),
             store_timeout: Duration::from_secs(args.store_timeout_seconds),
+            header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds),
+            max_connections: args.max_connections as usize,
             metrics_addr: args.metrics_addr,
             metrics_token,
             data_dir: args.data_dir,

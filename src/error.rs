@@ -77,6 +77,10 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    #[error("request target too long")]
+    UriTooLong,
+    #[error("request headers too large")]
+    HeadersTooLarge,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("too many requests")]
@@ -116,6 +120,8 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -141,6 +147,21 @@ impl ApiError {
             Self::UnsupportedMediaType => (
                 "unsupported_media_type",
                 "Expected Content-Type: application/json".to_owned(),
+            ),
+            Self::UriTooLong => (
+                "uri_too_long",
+                format!(
+                    "The request target exceeds {} bytes",
+                    crate::startup::MAX_URI_BYTES
+                ),
+            ),
+            Self::HeadersTooLarge => (
+                "headers_too_large",
+                format!(
+                    "The request headers exceed {} bytes or {} fields",
+                    crate::startup::MAX_HEADER_BYTES,
+                    crate::startup::MAX_HEADER_COUNT
+                ),
             ),
             Self::MethodNotAllowed => ("method_not_allowed", "Method not allowed".to_owned()),
             Self::TooManyRequests { .. } => (
@@ -289,6 +310,8 @@ mod tests {
                 "unsupported_media_type",
             ),
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
+            (ApiError::UriTooLong, 414, "uri_too_long"),
+            (ApiError::HeadersTooLarge, 431, "headers_too_large"),
             (
                 ApiError::TooManyRequests {
                     retry_after_secs: 3,

@@ -2,9 +2,11 @@
 //!
 //! Map of the crate:
 //! - [`config`]: typed settings from flags, environment and env files.
-//! - [`startup`]: [`startup::Application`] (state, router, middleware, listener, shutdown).
+//! - [`startup`]: [`startup::Application`] (state, router, middleware, listener with
+//!   connection limits, shutdown).
 //! - [`error`]: [`error::ApiError`], the one JSON error envelope.
-//! - [`extract`]: body extractors whose rejections are `ApiError`s.
+//! - [`extract`]: body, query and path extractors whose rejections are `ApiError`s, and
+//!   validation messages for people.
 //! - [`limits`]: in-process rate limits.
 //! - [`domain`]: parsed values (email, password, display name, one-time code).
 //! - [`auth`]: passwords, access tokens, one-time codes, sessions, the account flows and

@@ -1,20 +1,32 @@
 //! Building the application (state, router, middleware, listener) apart from running it,
-//! so tests can start the real thing on port 0 and learn the port.
+//! so tests can start the real thing on port 0 and learn the port; and serving it over
+//! HTTP/1.1 with bounded connections (SECURITY.md 33): a request-head timeout that also
+//! closes idle keep-alive connections, a cap on concurrent connections below the
+//! open-file limit, and graceful shutdown.
+//!
+//! Every response leaves through the same outer layers (SECURITY.md 31): request id,
+//! security headers, panic catcher, request-head limits, path normalisation. Routing,
+//! metrics, tracing, CORS, the request timeout and the body limit sit inside them.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, Response};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::normalize_path::NormalizePath;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -39,6 +51,24 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 /// being queued); queued mail itself is durable and waits in the outbox.
 const BACKGROUND_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
+/// Longest request target (path and query) answered by the application; longer ones
+/// get a JSON 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Largest total of header names and values answered by the application; more gets a
+/// JSON 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most request headers answered by the application; more gets a JSON 431.
+pub const MAX_HEADER_COUNT: usize = 100;
+/// hyper's own limits sit above ours, so that only requests far beyond them (or not
+/// HTTP at all) get hyper's bodiless 400/414/431 (see docs/decisions.md, "HTTP").
+const HYPER_MAX_HEAD_BYTES: usize = 64 * 1024;
+const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADER_COUNT;
+/// Descriptors kept free for everything that is not a client connection (store files,
+/// MongoDB and SMTP connections, logs).
+const RESERVED_DESCRIPTORS: u64 = 256;
+/// Longest accepted `X-Request-Id` from a client; others are replaced with our own.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Everything a handler may need; cheap to clone.
@@ -62,9 +92,10 @@ pub struct AppState {
 /// A bound, ready-to-serve application.
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    app: Router,
     state: AppState,
     port: u16,
+    max_connections: usize,
     /// The Prometheus listener (`METRICS_ADDR`), if configured.
     metrics_listener: Option<TcpListener>,
 }
@@ -113,6 +144,8 @@ impl Application {
             started_at: Instant::now(),
             config: Arc::new(config),
         };
+        let descriptors = raise_open_file_limit();
+        let max_connections = connection_cap(state.config.max_connections, descriptors);
         let address = format!("{}:{}", state.config.host, state.config.port);
         let listener = TcpListener::bind(&address)
             .await
@@ -126,12 +159,13 @@ impl Application {
             ),
             None => None,
         };
-        let router = build_router(state.clone());
+        let app = build_app(state.clone());
         Ok(Self {
             listener,
-            router,
+            app,
             state,
             port,
+            max_connections,
             metrics_listener,
         })
     }
@@ -142,6 +176,12 @@ impl Application {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// How many connections are served at once (the setting, lowered to fit the
+    /// open-file limit).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 
     /// Serves until SIGINT or SIGTERM, then finishes in-flight requests and queued mail.
@@ -165,16 +205,19 @@ impl Application {
             environment = state.config.environment.as_str(),
             store = state.store.backend(),
             mail_transport = state.mailer.transport().name(),
+            max_connections = self.max_connections,
             "introgy listening"
         );
-        axum::serve(
+        serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            self.app,
+            ServeLimits {
+                max_connections: self.max_connections,
+                header_read_timeout: state.config.header_read_timeout,
+            },
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server failed")?;
+        .await;
         if let Some(server) = metrics_server {
             server.abort();
         }
@@ -256,6 +299,144 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     }
 }
 
+/// Connection limits of [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Serves `app` over HTTP/1.1 until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish and closes idle connections.
+///
+/// A connection holds one of `max_connections` permits from accept to close; without a
+/// permit nothing is accepted, so clients beyond the cap wait in the kernel's listen
+/// backlog instead of exhausting descriptors. hyper closes a connection whose request
+/// head is not complete `header_read_timeout` after it opened or went idle.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(HYPER_MAX_HEAD_BYTES)
+        .max_headers(HYPER_MAX_HEADERS);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let service =
+            app.clone()
+                .map_request(move |mut request: Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request.map(Body::new)
+                });
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // Timeouts, resets and malformed requests: the client's problem.
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// After a failed `accept`: per-connection errors (the peer went away) are ignored;
+/// anything else (out of descriptors, out of memory) is logged and accepting pauses
+/// briefly instead of spinning.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::error!(error = %error, "accept failed; pausing for 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Raises the soft open-file limit to the hard one (SECURITY.md 33) and returns the
+/// limit in force.
+pub fn raise_open_file_limit() -> u64 {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            } else {
+                tracing::warn!(
+                    soft = limit.rlim_cur,
+                    hard = limit.rlim_max,
+                    "could not raise the open-file limit"
+                );
+            }
+        }
+        limit.rlim_cur
+    }
+    #[cfg(not(unix))]
+    {
+        u64::MAX
+    }
+}
+
+/// The connection cap actually used: the setting, but always `RESERVED_DESCRIPTORS`
+/// below the open-file limit, so `accept` never fails for lack of descriptors.
+fn connection_cap(configured: usize, descriptors: u64) -> usize {
+    let fits = descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(1);
+    let cap = configured.min(usize::try_from(fits).unwrap_or(usize::MAX));
+    if cap < configured {
+        tracing::warn!(
+            configured,
+            cap,
+            descriptors,
+            "MAX_CONNECTIONS lowered to fit the open-file limit"
+        );
+    }
+    cap
+}
+
 #[derive(Clone, Default)]
 struct RandomRequestId;
 
@@ -267,7 +448,39 @@ impl MakeRequestId for RandomRequestId {
     }
 }
 
-/// Assembles routes and middleware.
+/// A client's `X-Request-Id` is kept only when it is 1–64 characters among letters,
+/// digits and `-_.:`; anything else is dropped here and replaced by a random id, so
+/// nothing unbounded or unprintable reaches the logs or the response.
+fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = |value: &HeaderValue| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    };
+    let headers = request.headers_mut();
+    let values = headers.get_all(&REQUEST_ID);
+    let keep = {
+        let mut values = values.iter();
+        matches!((values.next(), values.next()), (Some(only), None) if usable(only))
+    };
+    if !keep {
+        headers.remove(&REQUEST_ID);
+    }
+    request
+}
+
+/// The whole HTTP application: routes with their inner middleware, wrapped in the
+/// layers every response passes through.
+pub fn build_app(state: AppState) -> Router {
+    let production = state.config.is_production();
+    with_outer_layers(build_router(state), production)
+}
+
+/// Routes and the middleware that needs routing (matched path: tracing, metrics; CORS,
+/// timeouts, the body limit), with the state applied.
 pub fn build_router(state: AppState) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(
@@ -325,27 +538,63 @@ pub fn build_router(state: AppState) -> Router {
         )
         .on_failure(());
 
-    let production = state.config.is_production();
     crate::routes::router(&state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_timeout,
         ))
+        .layer(cors)
+        // A handler's panic becomes a 500 here, inside tracing and metrics; the outer
+        // catcher (`with_outer_layers`) is the net for the layers outside routing.
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(trace)
+        // Outermost within routing (it needs the matched route), so every answer the
+        // router gives is counted with its final status and full latency.
+        .layer(middleware::from_fn(crate::metrics::track_http))
+        .with_state(state)
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send>) -> Response<Body> {
+    tracing::error!("a request handler panicked");
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+/// Wraps `inner` in the layers that every response passes through, whatever produced it
+/// (a handler, the fallback, CORS, a panic, a head limit). The outer router has no
+/// routes: everything goes to `inner` through its fallback.
+pub fn with_outer_layers(inner: Router, production: bool) -> Router {
+    Router::new()
+        .fallback_service(NormalizePath::trim_trailing_slash(inner))
+        .layer(middleware::from_fn(head_limits))
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(move |req, next| {
             security_headers(req, next, production)
         }))
-        .layer(cors)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
-        .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), RandomRequestId))
-        .layer(CatchPanicLayer::custom(|_panic| {
-            tracing::error!("a request handler panicked");
-            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-        }))
-        // Outermost, so every answer is counted with its final status and full latency.
-        .layer(middleware::from_fn(crate::metrics::track_http))
-        .with_state(state)
+        .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id))
+}
+
+/// 414 and 431 in the JSON envelope for request heads within hyper's limits but beyond
+/// ours.
+async fn head_limits(request: Request, next: Next) -> Response<Body> {
+    let uri_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if uri_len > MAX_URI_BYTES {
+        return ApiError::UriTooLong.into_response();
+    }
+    let headers = request.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADER_COUNT || header_bytes > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge.into_response();
+    }
+    next.run(request).await
 }
 
 async fn request_timeout(
@@ -359,8 +608,24 @@ async fn request_timeout(
     }
 }
 
+/// The policy of the docs pages: scripts, styles, images and requests from this origin
+/// only (inline styles, which both UIs inject, and `data:` images, which Swagger UI's
+/// CSS uses, excepted; ReDoc runs its search in a `blob:` worker).
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; \
+base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
+fn is_docs_page(path: &str) -> bool {
+    let path = path.strip_prefix("/api").unwrap_or(path);
+    path == "/docs"
+        || path.starts_with("/docs/")
+        || path == "/redoc"
+        || path.starts_with("/redoc-assets/")
+}
+
 async fn security_headers(request: Request, next: Next, production: bool) -> Response<Body> {
-    let path = request.uri().path().to_owned();
+    let docs = is_docs_page(request.uri().path().trim_end_matches('/'));
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(
@@ -372,18 +637,15 @@ async fn security_headers(request: Request, next: Next, production: bool) -> Res
         HeaderValue::from_static("no-referrer"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    let is_docs = ["/docs", "/redoc", "/api/docs", "/api/redoc"]
-        .iter()
-        .any(|prefix| path.starts_with(prefix));
-    if !is_docs {
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(if docs { DOCS_CSP } else { API_CSP }),
+    );
+    if !docs {
         // API answers are personal: never stored by browsers or proxies.
         headers
             .entry(header::CACHE_CONTROL)
             .or_insert(HeaderValue::from_static("no-store"));
-        headers.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-        );
     }
     if production {
         headers.insert(
@@ -392,4 +654,47 @@ async fn security_headers(request: Request, next: Next, production: bool) -> Res
         );
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_in_the_envelope_with_the_security_headers() {
+        async fn boom() -> &'static str {
+            panic!("a bug")
+        }
+        let app = with_outer_layers(Router::new().route("/boom", get(boom)), false);
+        let request = Request::builder()
+            .uri("/boom/")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 500);
+        for name in [
+            "x-content-type-options",
+            "content-security-policy",
+            "x-frame-options",
+            "x-request-id",
+            "cache-control",
+        ] {
+            assert!(response.headers().contains_key(name), "{name}");
+        }
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "internal_error");
+        assert!(!body.to_string().contains("a bug"));
+    }
+
+    #[test]
+    fn the_connection_cap_stays_below_the_open_file_limit() {
+        assert_eq!(connection_cap(4096, 1_048_576), 4096);
+        assert_eq!(connection_cap(4096, 1024), 1024 - 256);
+        assert_eq!(connection_cap(10, 1024), 10);
+        assert_eq!(connection_cap(4096, 100), 1);
+    }
 }

@@ -43,6 +43,12 @@ fn refusal(c: char) -> Option<&'static str> {
     }
 }
 
+/// Whether `c` is refused for a reason a schema pattern can list: every refusal but the
+/// unassigned code points (too many ranges; `routes::schema` builds the pattern from this).
+pub fn refused_with_pattern(c: char) -> bool {
+    refusal(c).is_some() && c.general_category() != GeneralCategory::Unassigned
+}
+
 fn is_visible(c: char) -> bool {
     !BLANK_LETTERS.contains(&c)
         && matches!(

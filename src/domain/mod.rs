@@ -3,7 +3,7 @@
 //! rule lives here once: addresses, passwords, display names, free text, preferences,
 //! client-supplied instants.
 
-mod display_name;
+pub mod display_name;
 mod email;
 mod otp;
 mod password;
@@ -11,7 +11,7 @@ pub mod preferences;
 pub mod text;
 pub mod timestamp;
 
-pub use display_name::DisplayName;
-pub use email::{mask_email, Email};
+pub use display_name::{DisplayName, MAX_DISPLAY_NAME_CHARS};
+pub use email::{mask_email, Email, MAX_EMAIL_LEN};
 pub use otp::{OtpCode, OtpPurpose};
-pub use password::{Password, MAX_PASSWORD_BYTES};
+pub use password::{Password, COMMON_PASSWORDS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};

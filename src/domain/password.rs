@@ -12,7 +12,7 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 72;
 
 /// The most common passwords of eight characters or more (from public breach corpora).
-const COMMON_PASSWORDS: &[&str] = &[
+pub const COMMON_PASSWORDS: &[&str] = &[
     "password",
     "password1",
     "password12",

@@ -3,38 +3,45 @@
 
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Form, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::users::UserProfile;
+use super::{docs, schema};
 use crate::auth::service::{self, IssuedTokens, LogoutScope};
 use crate::auth::AuthUser;
 use crate::domain::{DisplayName, Email, OtpPurpose, Password};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, ValidationErrorBody};
-use crate::extract::{body_bytes, content_type, is_json, parse_json, ApiJson};
+use crate::extract::{body_bytes, content_type, form_error, is_json, parse_json, ApiJson};
 use crate::limits::ClientIp;
 use crate::startup::AppState;
 
-pub fn router(state: AppState) -> Router<AppState> {
-    let public = Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/send-verification-code", post(send_verification_code))
-        .route("/auth/send-otp", post(send_verification_code))
-        .route("/auth/verify-otp", post(verify_otp))
-        .route("/auth/login", post(login))
-        .route("/auth/reset-password", post(reset_password))
-        .route("/auth/refresh-token", post(refresh_token))
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    let public = OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(send_verification_code))
+        .routes(routes!(send_otp))
+        .routes(routes!(verify_otp))
+        .routes(routes!(login))
+        .routes(routes!(reset_password))
+        .routes(routes!(refresh_token))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             rate_limit_per_ip,
         ));
-    Router::new()
-        .merge(public)
-        .route("/auth/verify-token", get(verify_token))
-        .route("/auth/logout", post(logout))
+    OpenApiRouter::new()
+        .merge(super::docs::rate_limited(
+            public,
+            "Too many requests from this client address (`AUTH_RATE_LIMIT_PER_MINUTE`, \
+             shared by the unauthenticated auth routes); or, on login, too many failed \
+             attempts for this address",
+        ))
+        .routes(routes!(verify_token))
+        .routes(routes!(logout))
 }
 
 /// Per-client-IP budget on the unauthenticated auth routes (SECURITY.md 21). The client
@@ -58,23 +65,33 @@ async fn rate_limit_per_ip(
     }
 }
 
+/// Other spellings serde accepts, declared in the document (see `docs::finish`).
+pub const ALIASES: docs::Aliases = &[
+    ("RegisterRequest", &[("displayName", "display_name")]),
+    ("VerifyOtpRequest", &[("otp", "code")]),
+    (
+        "ResetPasswordRequest",
+        &[("otp", "code"), ("newPassword", "new_password")],
+    ),
+    ("RefreshRequest", &[("refreshToken", "refresh_token")]),
+];
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// At most 254 characters; matched case-insensitively.
-    #[schema(example = "ada@example.com")]
+    #[schema(schema_with = schema::email)]
     pub email: String,
-    /// 8 characters to 72 bytes; very common passwords are refused.
-    #[schema(example = "correct horse battery")]
+    #[schema(schema_with = schema::new_password)]
     pub password: String,
-    /// 1–100 characters.
     #[serde(default, alias = "displayName")]
+    #[schema(schema_with = schema::display_name)]
     pub display_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendCodeRequest {
+    #[schema(schema_with = schema::email)]
     pub email: String,
     /// `verify_email` (default) or `reset_password`.
     #[serde(default)]
@@ -84,10 +101,10 @@ pub struct SendCodeRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyOtpRequest {
+    #[schema(schema_with = schema::email)]
     pub email: String,
-    /// The six digits from the mail.
     #[serde(alias = "otp")]
-    #[schema(example = "012345")]
+    #[schema(schema_with = schema::code)]
     pub code: String,
 }
 
@@ -119,10 +136,13 @@ pub struct LoginForm {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetPasswordRequest {
+    #[schema(schema_with = schema::email)]
     pub email: String,
     #[serde(alias = "otp")]
+    #[schema(schema_with = schema::code)]
     pub code: String,
     #[serde(alias = "newPassword")]
+    #[schema(schema_with = schema::new_password)]
     pub new_password: String,
 }
 
@@ -254,6 +274,21 @@ pub async fn send_verification_code(
     ))
 }
 
+/// The old service's name for `/auth/send-verification-code`; identical behaviour.
+#[utoipa::path(post, path = "/auth/send-otp", tag = "auth", request_body = SendCodeRequest,
+    operation_id = "send_otp",
+    responses(
+        (status = 202, description = "Accepted", body = MessageResponse),
+        (status = 422, description = "Invalid input", body = ValidationErrorBody),
+    ))]
+pub async fn send_otp(
+    state: State<AppState>,
+    client: ClientIp,
+    body: ApiJson<SendCodeRequest>,
+) -> ApiResult<(StatusCode, Json<MessageResponse>)> {
+    send_verification_code(state, client, body).await
+}
+
 /// Verify the email address with the mailed code; logs in.
 #[utoipa::path(post, path = "/auth/verify-otp", tag = "auth", request_body = VerifyOtpRequest,
     responses(
@@ -289,20 +324,9 @@ pub async fn login(State(state): State<AppState>, req: Request) -> ApiResult<Jso
             .starts_with("application/x-www-form-urlencoded")
     });
     let (email, password) = if form {
-        let Form(form) =
-            Form::<LoginForm>::from_request(req, &state)
-                .await
-                .map_err(|rejection| {
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::PayloadTooLarge
-                    } else {
-                        ApiError::Validation(vec![FieldError {
-                            loc: vec!["body".into()],
-                            msg: rejection.body_text(),
-                            kind: "value_error".into(),
-                        }])
-                    }
-                })?;
+        let Form(form) = Form::<LoginForm>::from_request(req, &state)
+            .await
+            .map_err(form_error)?;
         (form.username, form.password)
     } else if is_json(&req) {
         let body: LoginJson = parse_json(&body_bytes(req).await?)?;
@@ -311,7 +335,7 @@ pub async fn login(State(state): State<AppState>, req: Request) -> ApiResult<Jso
             (None, None) => {
                 return Err(ApiError::validation(FieldError::body(
                     "email",
-                    "Field required (email or username)",
+                    "field required (email or username)",
                     "missing",
                 )))
             }
@@ -402,13 +426,15 @@ pub async fn logout(
     let has_type = content_type(&req).is_some();
     let json = is_json(&req);
     let bytes = body_bytes(req).await?;
-    let body: LogoutRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-        LogoutRequest::default()
-    } else if json || !has_type {
-        parse_json(&bytes)?
-    } else {
-        return Err(ApiError::UnsupportedMediaType);
-    };
+    // No body, or JSON `null` (as FastAPI's optional bodies allow): the defaults.
+    let body: LogoutRequest =
+        if bytes.iter().all(u8::is_ascii_whitespace) || (json && bytes.trim_ascii() == b"null") {
+            LogoutRequest::default()
+        } else if json || !has_type {
+            parse_json(&bytes)?
+        } else {
+            return Err(ApiError::UnsupportedMediaType);
+        };
     service::logout(&state, &auth, body.scope.unwrap_or_default()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

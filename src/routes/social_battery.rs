@@ -5,16 +5,21 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+use utoipa::openapi::{Ref, RefOr, Schema};
+use utoipa::PartialSchema;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::schema;
 use crate::auth::AuthUser;
 use crate::battery::{
     BatteryLevel, BatteryStatus, Channel, EnergyImpact, Interaction, InteractionKind, SleepQuality,
@@ -22,7 +27,7 @@ use crate::battery::{
 use crate::domain::text::{parse_text, Lines};
 use crate::domain::timestamp::check_occurred_at;
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
-use crate::extract::{parse_json, ApiJson};
+use crate::extract::{parse_json, ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
 use crate::store::{BatteryEvent, HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome};
 
@@ -38,31 +43,54 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub const IDEMPOTENCY_WINDOW_HOURS: i64 = 24;
 pub use crate::domain::timestamp::FUTURE_TOLERANCE_SECONDS;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/social-battery/{user_id}", get(get_battery))
-        .route("/social-battery/{user_id}/record", post(record))
-        .route("/social-battery/{user_id}/activity", get(activity))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_battery))
+        .routes(routes!(record))
+        .routes(routes!(activity))
 }
+
+/// Other spellings serde accepts, declared in the document (see `docs::finish`).
+pub const ALIASES: super::docs::Aliases = &[(
+    "RecordRequest",
+    &[
+        ("energyImpact", "energy_impact"),
+        ("sleepQuality", "sleep_quality"),
+        ("durationMinutes", "duration_minutes"),
+        ("occurredAt", "occurred_at"),
+        ("peopleCount", "people_count"),
+        ("interactionType", "interaction_type"),
+    ],
+)];
 
 /// An interaction to record. Which fields apply depends on `type`:
 /// `depletion`/`recharge` need `name` and `energy_impact` (1–100); `sleep` needs
-/// `sleep_quality`; `set` needs `level` (0–100).
-#[derive(Debug, Deserialize, ToSchema)]
+/// `sleep_quality`; `set` needs `level` (0–100). Its schema is written out below
+/// (one variant per type), since serde reads it as one flat object.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordRequest {
     #[serde(rename = "type")]
     pub kind: InteractionKind,
     /// 1–200 characters; required for `depletion` and `recharge`.
     pub name: Option<String>,
-    #[serde(alias = "energyImpact")]
+    #[serde(
+        default,
+        alias = "energyImpact",
+        deserialize_with = "crate::extract::integer::option"
+    )]
     pub energy_impact: Option<i64>,
     #[serde(alias = "sleepQuality")]
     pub sleep_quality: Option<SleepQuality>,
     /// The new level, for `set`.
+    #[serde(default, deserialize_with = "crate::extract::integer::option")]
     pub level: Option<i64>,
     /// ≥ 1 (at most a week), default 60.
-    #[serde(alias = "durationMinutes")]
+    #[serde(
+        default,
+        alias = "durationMinutes",
+        deserialize_with = "crate::extract::integer::option"
+    )]
     pub duration_minutes: Option<i64>,
     /// RFC 3339; default now; not in the future.
     #[serde(alias = "occurredAt")]
@@ -70,10 +98,128 @@ pub struct RecordRequest {
     /// At most 2000 characters.
     pub notes: Option<String>,
     /// 0–10000.
-    #[serde(alias = "peopleCount")]
+    #[serde(
+        default,
+        alias = "peopleCount",
+        deserialize_with = "crate::extract::integer::option"
+    )]
     pub people_count: Option<i64>,
     #[serde(alias = "interactionType")]
     pub interaction_type: Option<Channel>,
+}
+
+impl utoipa::PartialSchema for RecordRequest {
+    fn schema() -> RefOr<Schema> {
+        use schema::{enum_names, null_only, one_of, optional_date_time, optional_integer};
+        let kinds = enum_names::<InteractionKind>();
+        // Enums by reference, so generated clients get one named type for each.
+        let channel: RefOr<Schema> = OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .item(Ref::from_schema_name(Channel::name()))
+            .description(Some("The channel of a social interaction."))
+            .into();
+        let variant = |types: &[&str], description: &str| {
+            let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
+            ObjectBuilder::new()
+                .description(Some(description))
+                .property("type", one_of(&types, false, "The kind of interaction."))
+                .required("type")
+                .property(
+                    "duration_minutes",
+                    optional_integer(
+                        1,
+                        MAX_DURATION_MINUTES,
+                        &format!("Minutes, default {DEFAULT_DURATION_MINUTES}."),
+                    ),
+                )
+                .property(
+                    "occurred_at",
+                    optional_date_time(&format!(
+                        "When it happened (RFC 3339); default now; not more than \
+                         {FUTURE_TOLERANCE_SECONDS} s in the future."
+                    )),
+                )
+                .property(
+                    "notes",
+                    schema::text(
+                        MAX_NOTES_CHARS,
+                        Lines::Many,
+                        true,
+                        &format!("1–{MAX_NOTES_CHARS} characters after trimming."),
+                    ),
+                )
+                .property(
+                    "people_count",
+                    optional_integer(0, MAX_PEOPLE_COUNT, "How many people took part."),
+                )
+                .property("interaction_type", channel.clone())
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        let name = |nullable| {
+            schema::text(
+                MAX_NAME_CHARS,
+                Lines::One,
+                nullable,
+                &format!("1–{MAX_NAME_CHARS} characters after trimming."),
+            )
+        };
+        let impact = variant(
+            &["depletion", "recharge"],
+            "A social interaction (drains) or alone time (recharges).",
+        )
+        .property("name", name(false))
+        .required("name")
+        .property(
+            "energy_impact",
+            schema::required_integer(1, 100, "How much energy it took or gave."),
+        )
+        .required("energy_impact")
+        .property("sleep_quality", null_only("Only for `sleep`."))
+        .property("level", null_only("Only for `set`."));
+        let sleep = variant(&["sleep"], "A night's sleep.")
+            .property("name", name(true))
+            .property(
+                "sleep_quality",
+                RefOr::<Schema>::Ref(Ref::from_schema_name(SleepQuality::name())),
+            )
+            .required("sleep_quality")
+            .property(
+                "energy_impact",
+                null_only("Only for `depletion` and `recharge`."),
+            )
+            .property("level", null_only("Only for `set`."));
+        let set = variant(&["set"], "The user moves the slider.")
+            .property("name", name(true))
+            .property("level", schema::required_integer(0, 100, "The new level."))
+            .required("level")
+            .property(
+                "energy_impact",
+                null_only("Only for `depletion` and `recharge`."),
+            )
+            .property("sleep_quality", null_only("Only for `sleep`."));
+        debug_assert_eq!(kinds.len(), 4, "a variant per interaction type");
+        RefOr::T(Schema::OneOf(
+            OneOfBuilder::new()
+                .item(impact.build())
+                .item(sleep.build())
+                .item(set.build())
+                .description(Some(
+                    "An interaction to record; which fields apply depends on `type`.",
+                ))
+                .build(),
+        ))
+    }
+}
+
+impl ToSchema for RecordRequest {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        for (name, schema) in [
+            (Channel::name(), Channel::schema()),
+            (SleepQuality::name(), SleepQuality::schema()),
+        ] {
+            schemas.push((name.into_owned(), schema));
+        }
+    }
 }
 
 /// The battery right now.
@@ -190,21 +336,35 @@ pub struct ActivityPage {
     pub summary: SummaryResponse,
 }
 
-/// Query of `GET .../activity`.
+/// Query of `GET .../activity` (parsed by hand in the handler, to report every bad
+/// parameter at once; this type is its documentation).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ActivityQuery {
-    /// 1–200, default 50.
+    #[param(schema_with = limit_schema)]
     pub limit: Option<u32>,
     /// From a previous page's `next_cursor`.
     pub cursor: Option<String>,
     /// Only interactions that occurred at or after this instant (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
     pub from: Option<String>,
-    /// Only interactions that occurred at or before this instant (RFC 3339).
+    /// Only interactions that occurred at or before this instant (RFC 3339); not
+    /// before `from`.
+    #[param(value_type = Option<DateTime<Utc>>)]
     pub to: Option<String>,
-    /// `depletion`, `recharge`, `sleep` or `set`.
+    /// Only interactions of this type.
     #[serde(rename = "type")]
+    #[param(value_type = Option<InteractionKind>)]
     pub kind: Option<String>,
+}
+
+fn limit_schema() -> utoipa::openapi::schema::Object {
+    schema::integer_param(
+        1,
+        MAX_PAGE_SIZE.into(),
+        DEFAULT_PAGE_SIZE.into(),
+        "Items per page.",
+    )
 }
 
 /// `me` or the caller's own id; anything else is somebody else's and answers 404.
@@ -228,7 +388,7 @@ fn own_battery(auth: &AuthUser, user_id: &str) -> ApiResult<()> {
 pub async fn get_battery(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> ApiResult<Json<BatteryResponse>> {
     own_battery(&auth, &user_id)?;
     let user = state
@@ -443,7 +603,8 @@ fn idempotency_key(
 #[utoipa::path(post, path = "/social-battery/{user_id}/record", tag = "social-battery",
     params(
         ("user_id" = String, Path, description = "`me` or your own user id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1–255 visible ASCII characters)"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "Makes retries safe: the same key and body within 24 h answer the first response again (1–255 visible ASCII characters)"),
     ),
     request_body = RecordRequest,
     security(("bearer" = []), ("oauth2" = [])),
@@ -456,7 +617,7 @@ fn idempotency_key(
 pub async fn record(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Response> {
@@ -531,12 +692,11 @@ fn query_error(field: &str, msg: impl Into<String>) -> FieldError {
 pub async fn activity(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(user_id): Path<String>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    ApiPath(user_id): ApiPath<String>,
+    query: Result<ApiQuery<HashMap<String, String>>, ApiError>,
 ) -> ApiResult<Json<ActivityPage>> {
     own_battery(&auth, &user_id)?;
-    let Query(query) =
-        query.map_err(|e| ApiError::validation(query_error("query", e.body_text())))?;
+    let ApiQuery(query) = query?;
     let mut errors = FieldErrors::default();
     let limit = match query.get("limit") {
         None => DEFAULT_PAGE_SIZE,
@@ -625,6 +785,20 @@ pub async fn activity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn name_and_notes_patterns_say_what_record_accepts(
+            raw in "[a-z é日\t\n\u{0}\u{85}\u{a0}\u{2028}\u{3000}\u{feff}]{0,8}",
+        ) {
+            let mut errors = FieldErrors::default();
+            let kept = check_chars(&mut errors, "name", Some(raw.clone()), 5, Lines::One);
+            let handler = errors.finish().is_ok() && kept.is_some();
+            let pattern = schema::text(5, Lines::One, false, "").pattern.unwrap();
+            let schema = regex::Regex::new(&pattern).unwrap().is_match(&raw);
+            proptest::prop_assert_eq!(schema, handler, "{:?}", raw);
+        }
+    }
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {

@@ -53,19 +53,21 @@ impl From<User> for UserProfile {
 // Routes
 // ---------------------------------------------------------------------------------------
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Deserializer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::schema;
 use crate::auth::confirm::confirm_password;
 use crate::auth::AuthUser;
 use crate::domain::preferences::check_preferences;
 use crate::domain::text::{parse_text, Lines};
 use crate::domain::{DisplayName, Email};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
-use crate::extract::{parse_json, ApiJson};
+use crate::extract::{parse_json, ApiJson, ApiQuery};
 use crate::limits::ClientIp;
 use crate::startup::AppState;
 use crate::store::ProfilePatch;
@@ -77,10 +79,18 @@ pub const MAX_BIO_CHARS: usize = 500;
 pub const MAX_TIMEZONE_CHARS: usize = 64;
 pub use crate::domain::preferences::MAX_PREFERENCE_KEY_CHARS;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/users/me", get(get_me).put(update_me).delete(delete_me))
-        .route("/users/lookup", get(lookup))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_me, update_me))
+        .merge(super::docs::rate_limited(
+            OpenApiRouter::new().routes(routes!(delete_me)),
+            "Too many password checks: this account's failed-password budget (shared with \
+             login) or this client's auth budget is spent",
+        ))
+        .merge(super::docs::rate_limited(
+            OpenApiRouter::new().routes(routes!(lookup)),
+            "More than 30 lookups in a minute by this caller",
+        ))
 }
 
 /// `null` → `Some(None)` (clear), absent → `None` (leave alone).
@@ -90,37 +100,62 @@ fn nullable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// Other spellings serde accepts, declared in the document (see `docs::finish`).
+pub const ALIASES: super::docs::Aliases = &[(
+    "UpdateProfileRequest",
+    &[
+        ("displayName", "display_name"),
+        ("avatarUrl", "avatar_url"),
+        ("introvertLevel", "introvert_level"),
+        ("onboardingCompleted", "onboarding_completed"),
+    ],
+)];
+
 /// A partial profile update: only the fields present change; `null` clears a field.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfileRequest {
-    /// 1–100 characters.
     #[serde(default, alias = "displayName", deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = schema::display_name)]
     pub display_name: Option<Option<String>>,
-    /// An http(s) URL, at most 2048 characters.
     #[serde(default, alias = "avatarUrl", deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = avatar_url_schema)]
     pub avatar_url: Option<Option<String>>,
-    /// At most 500 characters.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = bio_schema)]
     pub bio: Option<Option<String>>,
-    /// An IANA zone name such as `Europe/Berlin`, at most 64 characters.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = timezone_schema)]
     pub timezone: Option<Option<String>>,
-    /// 1–10.
-    #[serde(default, alias = "introvertLevel", deserialize_with = "nullable")]
-    #[schema(value_type = Option<i64>)]
+    #[serde(
+        default,
+        alias = "introvertLevel",
+        deserialize_with = "crate::extract::integer::nullable"
+    )]
+    #[schema(schema_with = schema::introvert_level)]
     pub introvert_level: Option<Option<i64>>,
+    /// `true` sets `onboarding_completed_at` (once); `false` clears it.
     #[serde(default, alias = "onboardingCompleted")]
     pub onboarding_completed: Option<bool>,
-    /// Merged shallowly into the stored object; a key set to `null` is removed.
-    /// The merged object is at most 16 KiB.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = preferences_schema)]
     pub preferences: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn avatar_url_schema() -> utoipa::openapi::schema::Object {
+    schema::avatar_url(MAX_AVATAR_URL_CHARS)
+}
+
+fn bio_schema() -> utoipa::openapi::schema::Object {
+    schema::bio(MAX_BIO_CHARS)
+}
+
+fn timezone_schema() -> utoipa::openapi::schema::Object {
+    schema::timezone(MAX_TIMEZONE_CHARS)
+}
+
+fn preferences_schema() -> utoipa::openapi::schema::Object {
+    schema::preferences(MAX_PREFERENCE_KEY_CHARS, MAX_PREFERENCES_BYTES)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -139,9 +174,11 @@ pub struct PublicUser {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LookupQuery {
-    /// Exact address (matched case-insensitively).
-    pub email: Option<String>,
+    /// The exact address (matched case-insensitively), at most 254 characters.
+    #[param(format = Email, max_length = 254, example = "ada@example.com")]
+    pub email: String,
 }
 
 async fn current_user(state: &AppState, auth: &AuthUser) -> ApiResult<crate::store::User> {
@@ -329,7 +366,6 @@ pub async fn update_me(
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Wrong password", body = ErrorBody),
         (status = 422, description = "Invalid input", body = ValidationErrorBody),
-        (status = 429, description = "Too many password checks for this account or client", body = ErrorBody),
     ))]
 pub async fn delete_me(
     State(state): State<AppState>,
@@ -351,17 +387,16 @@ pub async fn delete_me(
         (status = 200, description = "Found", body = PublicUser),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
-        (status = 422, description = "Invalid email", body = ValidationErrorBody),
-        (status = 429, description = "Too many lookups", body = ErrorBody),
+        (status = 422, description = "Missing or invalid email", body = ValidationErrorBody),
     ))]
 pub async fn lookup(
     State(state): State<AppState>,
     auth: AuthUser,
-    query: Result<Query<LookupQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<ApiQuery<LookupQuery>, ApiError>,
 ) -> ApiResult<Json<PublicUser>> {
     state.limits.check_lookup(&auth.user_id)?;
-    let email = query.ok().and_then(|Query(q)| q.email).unwrap_or_default();
-    let email = Email::parse(&email, "email").map_err(|mut e| {
+    let ApiQuery(query) = query?;
+    let email = Email::parse(&query.email, "email").map_err(|mut e| {
         e.loc[0] = "query".into();
         ApiError::validation(e)
     })?;
@@ -375,4 +410,106 @@ pub async fn lookup(
         display_name: user.display_name,
         avatar_url: user.avatar_url,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What `update_me` accepts for one text field (`None`: a 422).
+    fn handler_accepts(field: &str, raw: &str) -> bool {
+        let max = match field {
+            "bio" => MAX_BIO_CHARS,
+            "avatar_url" => MAX_AVATAR_URL_CHARS,
+            _ => MAX_TIMEZONE_CHARS,
+        };
+        let mut errors = FieldErrors::default();
+        let checked = check_text(
+            &mut errors,
+            field,
+            Some(Some(raw.into())),
+            max,
+            if field == "bio" {
+                Lines::Many
+            } else {
+                Lines::One
+            },
+        );
+        match (errors.finish(), checked) {
+            (Ok(()), Some(Some(value))) => match field {
+                "avatar_url" => {
+                    (value.starts_with("https://") || value.starts_with("http://"))
+                        && !value.contains(char::is_whitespace)
+                }
+                "timezone" => valid_timezone(&value),
+                _ => true,
+            },
+            (Ok(()), _) => true,
+            (Err(_), _) => false,
+        }
+    }
+
+    /// The schemas' patterns, compiled once (the length bounds make them large).
+    static PATTERNS: std::sync::LazyLock<[regex::Regex; 3]> = std::sync::LazyLock::new(|| {
+        [bio_schema(), avatar_url_schema(), timezone_schema()]
+            .map(|object| regex::Regex::new(&object.pattern.unwrap()).unwrap())
+    });
+
+    fn schema_accepts(field: &str, raw: &str) -> bool {
+        let at = match field {
+            "bio" => 0,
+            "avatar_url" => 1,
+            _ => 2,
+        };
+        PATTERNS[at].is_match(raw)
+    }
+
+    proptest! {
+        #[test]
+        fn profile_text_patterns_say_what_update_me_accepts(
+            field in prop::sample::select(vec!["bio", "avatar_url", "timezone"]),
+            prefix in prop::sample::select(vec!["", " ", "http://", "https://", "\u{a0}https://", "HTTP://"]),
+            body in "[a-zA-Z0-9/_+.:é日 \t\n\r\u{0}\u{1f}\u{7f}\u{85}\u{9f}\u{a0}\u{2028}\u{3000}\u{feff}-]{0,12}",
+        ) {
+            let raw = format!("{prefix}{body}");
+            prop_assert_eq!(schema_accepts(field, &raw), handler_accepts(field, &raw), "{} {:?}", field, raw);
+        }
+    }
+
+    #[test]
+    fn profile_text_patterns_hold_at_the_length_limits() {
+        let cases = [
+            (
+                "avatar_url",
+                format!("https://{}", "a".repeat(MAX_AVATAR_URL_CHARS - 8)),
+            ),
+            (
+                "avatar_url",
+                format!("https://{}", "a".repeat(MAX_AVATAR_URL_CHARS - 7)),
+            ),
+            (
+                "avatar_url",
+                format!(" http://{} ", "a".repeat(MAX_AVATAR_URL_CHARS - 7)),
+            ),
+            (
+                "avatar_url",
+                format!("http://{}", "a".repeat(MAX_AVATAR_URL_CHARS - 6)),
+            ),
+            ("bio", "b".repeat(MAX_BIO_CHARS)),
+            ("bio", format!("\n{}\n", "b".repeat(MAX_BIO_CHARS))),
+            ("bio", "b".repeat(MAX_BIO_CHARS + 1)),
+            ("timezone", "A".repeat(MAX_TIMEZONE_CHARS)),
+            ("timezone", "A".repeat(MAX_TIMEZONE_CHARS + 1)),
+            ("timezone", "Europe/Berlin/".into()),
+        ];
+        for (field, raw) in cases {
+            assert_eq!(
+                schema_accepts(field, &raw),
+                handler_accepts(field, &raw),
+                "{field} of {} characters",
+                raw.chars().count()
+            );
+        }
+    }
 }

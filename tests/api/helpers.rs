@@ -98,8 +98,7 @@ async fn spawn(
         argv.extend(["--jwt-secret-key", SECRET]);
     }
     argv.extend_from_slice(extra);
-    let config = Config::from_args(Args::try_parse_from(argv).expect("test args").config)
-        .expect("test config");
+    let config = config_from(&argv);
     let mail = Arc::new(MemoryTransport::default());
     let app = {
         // One app at a time creates its MongoDB collections and indexes: SecantusDB can
@@ -136,6 +135,11 @@ async fn spawn(
         db_path,
         dir,
     }
+}
+
+/// A configuration from command-line settings (`argv[0]` is the program name).
+pub fn config_from(argv: &[&str]) -> Config {
+    Config::from_args(Args::try_parse_from(argv).expect("test args").config).expect("test config")
 }
 
 /// The MongoDB database of the app on `dir`: named after the data directory, so a
@@ -392,6 +396,45 @@ pub fn extract_code(text: &str) -> String {
         .find(|w| w.len() == 6 && w.bytes().all(|b| b.is_ascii_digit()))
         .expect("a six-digit code in the mail")
         .to_owned()
+}
+
+/// Where two JSON values differ, as JSON pointers (at most `limit`).
+pub fn json_differences(expected: &Value, actual: &Value, at: &str, limit: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            let keys: std::collections::BTreeSet<&String> = e.keys().chain(a.keys()).collect();
+            for key in keys {
+                let here = format!("{at}/{}", key.replace('~', "~0").replace('/', "~1"));
+                match (e.get(key), a.get(key)) {
+                    (Some(e), Some(a)) => found.extend(json_differences(
+                        e,
+                        a,
+                        &here,
+                        limit - found.len().min(limit),
+                    )),
+                    (Some(_), None) => found.push(format!("{here} (only in the snapshot)")),
+                    (None, Some(_)) => found.push(format!("{here} (only in the served document)")),
+                    (None, None) => {}
+                }
+                if found.len() >= limit {
+                    break;
+                }
+            }
+        }
+        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => {
+            for (i, (e, a)) in e.iter().zip(a).enumerate() {
+                found.extend(json_differences(e, a, &format!("{at}/{i}"), limit));
+                if found.len() >= limit {
+                    break;
+                }
+            }
+        }
+        (e, a) if e != a => found.push(format!("{at}: {e} became {a}")),
+        _ => {}
+    }
+    found.truncate(limit);
+    found
 }
 
 /// Reads a JSON body, asserting the status first.

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, PASSWORD};
+use crate::helpers::{json_of, spawn_app, PASSWORD};
 
 const JSON_ROUTES: &[&str] = &[
     "/auth/register",
@@ -90,7 +90,7 @@ async fn unknown_fields_and_wrong_types_are_422_with_the_field_named() {
             "/auth/send-verification-code",
             json!({"email": "a@example.com", "purpose": 1}),
             "purpose",
-            "value_error",
+            "type_error",
         ),
         (
             "/auth/reset-password",
@@ -183,4 +183,245 @@ async fn invalid_utf8_is_a_clean_422() {
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn json_arrays_are_refused_where_objects_are_expected_on_every_route() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let routes = [
+        (
+            "POST",
+            "/auth/register",
+            r#"["a@b.co", "correct horse battery"]"#,
+        ),
+        ("POST", "/auth/send-verification-code", r#"["a@b.co"]"#),
+        ("POST", "/auth/send-otp", r#"["a@b.co", "verify_email"]"#),
+        ("POST", "/auth/verify-otp", r#"["a@b.co", "123456"]"#),
+        (
+            "POST",
+            "/auth/login",
+            r#"["a@b.co", null, "correct horse battery"]"#,
+        ),
+        (
+            "POST",
+            "/auth/reset-password",
+            r#"["a@b.co", "123456", "new pass word"]"#,
+        ),
+        ("POST", "/auth/refresh-token", r#"["token"]"#),
+        ("POST", "/auth/logout", r#"["global"]"#),
+        ("PUT", "/users/me", r#"["Ada"]"#),
+        ("DELETE", "/users/me", r#"["correct horse battery"]"#),
+        (
+            "POST",
+            "/social-battery/me/record",
+            r#"["set", null, null, null, 5]"#,
+        ),
+        ("POST", "/api/auth/register", r#"[]"#),
+    ];
+    for (method, path, body) in routes {
+        let response = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(&user.access_token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let json = json_of(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(json["detail"][0]["loc"], json!(["body"]), "{method} {path}");
+        assert_eq!(
+            json["detail"][0]["type"], "type_error.dict",
+            "{method} {path}"
+        );
+    }
+    // Nothing was done: the account still works with its password, the level is 70.
+    assert_eq!(
+        app.login(&user.email, &user.password).await.status(),
+        StatusCode::OK
+    );
+    let battery = json_of(
+        app.get_authed("/social-battery/me", &user.access_token)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(battery["level"], 70);
+}
+
+#[tokio::test]
+async fn validation_messages_are_for_people_and_loc_and_type_stay_machine_readable() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    // (method, path, body, loc, type, words the message uses)
+    let cases = [
+        (
+            "POST",
+            "/auth/register",
+            json!({"email": null, "password": PASSWORD}),
+            json!(["body", "email"]),
+            "type_error.str",
+            "must be a string, not null",
+        ),
+        (
+            "POST",
+            "/auth/register",
+            json!({"email": ["a"], "password": PASSWORD}),
+            json!(["body", "email"]),
+            "type_error.str",
+            "must be a string",
+        ),
+        (
+            "POST",
+            "/auth/register",
+            json!({"email": "a@example.com"}),
+            json!(["body", "password"]),
+            "missing",
+            "field required",
+        ),
+        (
+            "POST",
+            "/auth/register",
+            json!({"email": "a@example.com", "password": PASSWORD, "admin": true}),
+            json!(["body", "admin"]),
+            "extra_forbidden",
+            "unknown field; expected one of: email, password, displayName, display_name",
+        ),
+        (
+            "POST",
+            "/auth/send-verification-code",
+            json!({"email": "a@example.com", "purpose": "admin"}),
+            json!(["body", "purpose"]),
+            "value_error.enum",
+            "must be one of: verify_email, reset_password",
+        ),
+        (
+            "POST",
+            "/auth/logout",
+            json!({"scope": 3}),
+            json!(["body", "scope"]),
+            "type_error.str",
+            "must be a string",
+        ),
+        (
+            "PUT",
+            "/users/me",
+            json!({"introvert_level": "high"}),
+            json!(["body", "introvert_level"]),
+            "type_error.integer",
+            "must be an integer",
+        ),
+        (
+            "PUT",
+            "/users/me",
+            json!({"onboarding_completed": "yes"}),
+            json!(["body", "onboarding_completed"]),
+            "type_error.bool",
+            "must be true or false",
+        ),
+        (
+            "PUT",
+            "/users/me",
+            json!({"preferences": [1]}),
+            json!(["body", "preferences"]),
+            "type_error.dict",
+            "must be a JSON object",
+        ),
+        (
+            "PUT",
+            "/users/me",
+            json!({"display_name": "A", "displayName": "B"}),
+            json!(["body", "display_name"]),
+            "value_error.duplicate",
+            "given more than once (a field and its camelCase alias count as one)",
+        ),
+        (
+            "POST",
+            "/social-battery/me/record",
+            json!({"type": "nap"}),
+            json!(["body", "type"]),
+            "value_error.enum",
+            "must be one of: depletion, recharge, sleep, set",
+        ),
+        (
+            "POST",
+            "/social-battery/me/record",
+            json!({"type": "set", "level": 5, "occurred_at": "yesterday"}),
+            json!(["body", "occurred_at"]),
+            "value_error.datetime",
+            "must be an RFC 3339 date-time such as 2026-01-31T08:00:00Z",
+        ),
+        (
+            "POST",
+            "/social-battery/me/record",
+            json!({"type": "set", "level": 5.5}),
+            json!(["body", "level"]),
+            "value_error",
+            "must be an integer in range",
+        ),
+        (
+            "POST",
+            "/social-battery/me/record",
+            json!({"type": "sleep", "sleep_quality": 1}),
+            json!(["body", "sleep_quality"]),
+            "type_error.str",
+            "must be a string",
+        ),
+    ];
+    for (method, path, body, loc, kind, msg) in cases {
+        let response = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(&user.access_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let json = json_of(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        let entry = &json["detail"][0];
+        assert_eq!(entry["loc"], loc, "{method} {path} {body}: {json}");
+        assert_eq!(entry["type"], kind, "{method} {path} {body}: {json}");
+        assert_eq!(entry["msg"], msg, "{method} {path} {body}: {json}");
+    }
+    // Query strings and forms speak the same way.
+    let lookup = json_of(
+        app.get_authed("/users/lookup", &user.access_token).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(
+        lookup["detail"][0],
+        json!({"loc": ["query", "email"], "msg": "field required", "type": "missing"})
+    );
+    let form = app
+        .client
+        .post(app.url("/auth/login"))
+        .form(&[("username", "a@example.com")])
+        .send()
+        .await
+        .unwrap();
+    let form = json_of(form, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(
+        form["detail"][0],
+        json!({"loc": ["body", "password"], "msg": "field required", "type": "missing"})
+    );
+}
+
+#[tokio::test]
+async fn integers_may_be_written_with_a_zero_fraction() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let response = app
+        .client
+        .post(app.url("/social-battery/me/record"))
+        .bearer_auth(&user.access_token)
+        .json(&json!({"type": "depletion", "name": "Dinner", "energy_impact": 30.0, "people_count": 4.0}))
+        .send()
+        .await
+        .unwrap();
+    let record = json_of(response, StatusCode::CREATED).await;
+    assert_eq!(record["energy_impact"], 30);
+    assert_eq!(record["people_count"], 4);
+    assert_eq!(record["battery"]["level"], 40);
 }

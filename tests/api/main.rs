@@ -3,7 +3,9 @@
 mod battery;
 mod cli;
 mod codes;
+mod connections;
 mod docs_and_meta;
+mod envelope;
 mod helpers;
 mod input;
 mod login;
