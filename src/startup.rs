@@ -130,6 +130,11 @@ impl Application {
         let background = Background::default();
         let mailer = Mailer::new(&config.mail, transport)?;
         let clock = Clock::default();
+        let limits = Arc::new(Limits::new(
+            Arc::clone(&store),
+            clock.clone(),
+            config.auth_rate_limit_per_minute,
+        ));
         let outbox = Outbox::new(Arc::clone(&store), mailer.clone(), clock.clone(), &secret);
         let state = AppState {
             otp: Arc::new(OtpHasher::from_signing_secret(&secret)),
@@ -138,7 +143,7 @@ impl Application {
             store,
             mailer,
             background,
-            limits: Arc::new(Limits::new(config.auth_rate_limit_per_minute)),
+            limits,
             clock,
             outbox,
             started_at: Instant::now(),
@@ -252,7 +257,9 @@ fn spawn_background_tasks(state: &AppState) {
             tokio::time::interval_at(tokio::time::Instant::now() + PURGE_INTERVAL, PURGE_INTERVAL);
         loop {
             tick.tick().await;
-            limits.retain_recent(clock.now());
+            if let Err(e) = limits.forget_spent().await {
+                tracing::warn!(error = %e, "purge of spent budgets failed");
+            }
             match store.purge_expired(clock.now()).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "purged expired records"),

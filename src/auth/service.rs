@@ -145,7 +145,7 @@ fn spawn_code(
 /// client's share, since no mail goes out.
 async fn reserve_mail(state: &AppState, client: ClientIp, email: &Email) -> anyhow::Result<bool> {
     let now = state.clock.now();
-    let Some(slot) = state.limits.take_mail_slot(client, email, now) else {
+    let Some(slot) = state.limits.take_mail_slot(client, email).await? else {
         tracing::info!("this client's share of the address's mail budget is spent");
         return Ok(false);
     };
@@ -154,7 +154,7 @@ async fn reserve_mail(state: &AppState, client: ClientIp, email: &Email) -> anyh
         .reserve_mail_send(email.as_str(), now, SEND_LIMITS)
         .await;
     if !matches!(reserved, Ok(true)) {
-        state.limits.give_back_mail_slot(slot);
+        state.limits.give_back(slot).await;
     }
     Ok(reserved?)
 }
@@ -300,7 +300,7 @@ pub async fn login(state: &AppState, email: &str, password: &str) -> ApiResult<I
 async fn login_inner(state: &AppState, email: &str, password: &str) -> ApiResult<IssuedTokens> {
     // Failed logins are throttled per address, known or not (SECURITY.md 21), and the
     // slot is taken before anything is looked up or hashed (SECURITY.md 26).
-    let check = PasswordCheck::reserve(state, AccountKey::for_login_input(email))?;
+    let check = PasswordCheck::reserve(state, AccountKey::for_login_input(email)).await?;
     let email = Email::parse(email, "username").ok();
     let found = match &email {
         Some(email) => state.store.user_by_email(email.as_str()).await,
@@ -310,7 +310,7 @@ async fn login_inner(state: &AppState, email: &str, password: &str) -> ApiResult
         Ok(user) => user,
         Err(e) => {
             // Nothing was checked: a store outage must not spend the user's budget.
-            check.cancel(state);
+            check.cancel(state).await;
             return Err(e.into());
         }
     };

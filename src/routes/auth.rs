@@ -53,7 +53,7 @@ async fn rate_limit_per_ip(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let ip = crate::limits::client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies);
-    match state.limits.check_auth(ip) {
+    match state.limits.check_auth(ip).await {
         Ok(()) => {
             request.extensions_mut().insert(ClientIp(ip));
             next.run(request).await

@@ -394,7 +394,7 @@ pub async fn lookup(
     auth: AuthUser,
     query: Result<ApiQuery<LookupQuery>, ApiError>,
 ) -> ApiResult<Json<PublicUser>> {
-    state.limits.check_lookup(&auth.user_id)?;
+    state.limits.check_lookup(&auth.user_id).await?;
     let ApiQuery(query) = query?;
     let email = Email::parse(&query.email, "email").map_err(|mut e| {
         e.loc[0] = "query".into();

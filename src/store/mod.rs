@@ -8,6 +8,7 @@
 //! | sessions and refresh tokens | [`SessionStore`] | [`Session`], [`RefreshToken`] |
 //! | mail outbox and mail budget | [`MailStore`] | [`OutboxMail`], [`MailResult`], [`MailStatus`] |
 //! | social battery | [`BatteryStore`] | [`BatteryEvent`], [`NewBatteryEvent`], [`RecordOutcome`] |
+//! | rate limits and budgets | [`LimitStore`] | [`Budget`], [`LimitKey`], [`Rate`], [`Window`], [`Slot`] |
 //! | moving between stores | [`MigrationStore`] | [`StoreCounts`] |
 //! | housekeeping | [`Housekeeping`] | – |
 //!
@@ -23,6 +24,7 @@
 mod battery;
 mod codes;
 mod housekeeping;
+pub mod limits;
 mod mail;
 mod migration;
 pub mod mongo;
@@ -39,6 +41,7 @@ pub use battery::{
 };
 pub use codes::{CodeStore, OneTimeCode};
 pub use housekeeping::Housekeeping;
+pub use limits::{Budget, LimitKey, LimitStore, Rate, Refused, Slot, Window};
 pub use mail::{MailResult, MailStatus, MailStore, OutboxMail, OutboxStats, SendLimits};
 pub use migration::{MigrationStore, StoreCounts};
 pub use sessions::{RefreshToken, Session, SessionStore};
@@ -90,6 +93,7 @@ pub trait Store:
     + SessionStore
     + MailStore
     + BatteryStore
+    + LimitStore
     + MigrationStore
     + Housekeeping
     + Send
@@ -104,6 +108,7 @@ impl<T> Store for T where
         + SessionStore
         + MailStore
         + BatteryStore
+        + LimitStore
         + MigrationStore
         + Housekeeping
         + Send

@@ -23,6 +23,7 @@
 mod battery;
 mod codes;
 mod housekeeping;
+mod limits;
 mod mail;
 mod migration;
 mod sessions;
@@ -34,7 +35,7 @@ use anyhow::Context;
 use chrono::{DateTime, TimeZone, Utc};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde::de::DeserializeOwned;
 
@@ -49,6 +50,7 @@ const MAIL_SENDS: &str = "mail_sends";
 const EVENTS: &str = "battery_events";
 const IDEMPOTENCY: &str = "idempotency_keys";
 const OUTBOX: &str = "mail_outbox";
+const LIMITS: &str = "limits";
 
 /// How many times an optimistic write is retried under contention.
 const MAX_RETRIES: usize = 200;
@@ -59,6 +61,14 @@ pub struct MongoStore {
     db: Database,
     timeout: Duration,
     observer: std::sync::Arc<crate::metrics::StoreObserver>,
+}
+
+/// A document after an update of [`MongoStore::upsert_with_pipeline`].
+struct Updated<D> {
+    doc: D,
+    /// `false`: the document as read after the update, which later updates may have
+    /// changed too (SecantusDB's answer to a lost creation race).
+    own: bool,
 }
 
 /// A time as stored: a BSON date (milliseconds).
@@ -228,6 +238,53 @@ impl MongoStore {
         records.into_iter().collect()
     }
 
+    /// Applies a pipeline `update` to the document `id` of `collection` (created if
+    /// absent) and returns the document as it is after: one round trip, atomic.
+    ///
+    /// Two first updates of one `_id` can both try to create it. MongoDB retries the
+    /// loser itself (or reports a duplicate key, and it runs again here). SecantusDB
+    /// applies it but answers with no document: then the document is read, and the
+    /// answer says it is no longer this update's own ([`Updated::own`] is false) so the
+    /// caller can decide on the strict side.
+    async fn upsert_with_pipeline<D: DeserializeOwned>(
+        &self,
+        collection: &'static str,
+        id: &str,
+        update: Vec<Document>,
+    ) -> StoreResult<Updated<D>> {
+        for _ in 0..MAX_RETRIES {
+            let result = self
+                .run(
+                    self.raw(collection)
+                        .find_one_and_update(doc! { "_id": id }, update.clone())
+                        .upsert(true)
+                        .return_document(ReturnDocument::After),
+                )
+                .await;
+            let (raw, own) = match result {
+                Ok(Some(raw)) => (raw, true),
+                Ok(None) => {
+                    let raw = self
+                        .run(self.raw(collection).find_one(doc! { "_id": id }))
+                        .await?
+                        .ok_or_else(|| {
+                            StoreError::corrupt(collection, id, "an upsert left no document")
+                        })?;
+                    (raw, false)
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            return Ok(Updated {
+                doc: decode(collection, &raw)?,
+                own,
+            });
+        }
+        Err(StoreError::Unavailable(anyhow::anyhow!(
+            "{collection}: contention on one document"
+        )))
+    }
+
     /// Bounds a driver call by the store timeout and maps its error.
     async fn run<T>(
         &self,
@@ -310,6 +367,7 @@ impl MongoStore {
                 IDEMPOTENCY,
                 index(doc! { "created_at": 1 }, false, Some(86_400)),
             ),
+            (LIMITS, index(doc! { "expires_at": 1 }, false, Some(0))),
         ];
         for (collection, model) in plan {
             self.c(collection)

@@ -25,6 +25,7 @@ use super::{StoreError, StoreResult};
 mod battery;
 mod codes;
 mod housekeeping;
+mod limits;
 mod mail;
 mod migration;
 mod sessions;
@@ -51,6 +52,8 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
     timeout: Duration,
     observer: Arc<crate::metrics::StoreObserver>,
+    /// The budgets, in process: an SQLite deployment is one machine (see `limits.rs`).
+    limits: Arc<limits::InProcessLimits>,
 }
 
 fn lock(mutex: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
@@ -311,6 +314,7 @@ impl SqliteStore {
             inner: Arc::new(inner),
             timeout,
             observer: Arc::new(crate::metrics::StoreObserver::new("sqlite")),
+            limits: Arc::default(),
         })
     }
 
