@@ -118,6 +118,11 @@ impl Rate {
     pub fn interval_ms(&self) -> i64 {
         (self.period.as_millis() as i64 / i64::from(self.burst.max(1))).max(1)
     }
+
+    /// How far GCRA's theoretical arrival time may run ahead of now: a full burst.
+    pub fn tolerance_ms(&self) -> i64 {
+        self.interval_ms() * i64::from(self.burst.max(1))
+    }
 }
 
 /// A sliding-window budget: at most `limit` slots held in any `window`.

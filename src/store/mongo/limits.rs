@@ -69,7 +69,7 @@ fn key_id(budget: Budget, key: LimitKey) -> String {
 fn rate_update(budget: Budget, rate: Rate, now: DateTime<Utc>) -> Vec<Document> {
     let now = bdt(now);
     let interval = rate.interval_ms();
-    let tolerance = interval * i64::from(rate.burst.max(1));
+    let tolerance = rate.tolerance_ms();
     vec![
         doc! { "$set": {
             "budget": budget.as_str(),
@@ -140,8 +140,22 @@ impl LimitStore for MongoStore {
         Ok(match after {
             Updated { doc, own: true } if doc.ok => Ok(()),
             Updated { doc, own: true } => Err(Refused::after_ms(doc.wait_ms)),
-            // A verdict SecantusDB did not return counts as a refusal (the strict side).
-            Updated { own: false, .. } => Err(Refused::after_ms(rate.interval_ms())),
+            // SecantusDB sometimes answers a racing upsert with no document, so whether
+            // this request was admitted is read off the document as it is now: `tat`
+            // only grows, so if a whole interval is still free below the tolerance, the
+            // update (if it ran) was admitted; otherwise it counts as refused (the strict
+            // side).
+            Updated { doc, own: false } => {
+                let tat =
+                    utc(doc.tat).map_err(|e| StoreError::corrupt(LIMITS, doc.id.clone(), e))?;
+                let room = (now + chrono::TimeDelta::milliseconds(rate.tolerance_ms()) - tat)
+                    .num_milliseconds();
+                if room >= rate.interval_ms() {
+                    Ok(())
+                } else {
+                    Err(Refused::after_ms(rate.interval_ms() - room))
+                }
+            }
         })
     }
 
