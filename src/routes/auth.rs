@@ -394,19 +394,11 @@ pub async fn refresh_token(
         (status = 200, description = "The token is valid", body = VerifyTokenResponse),
         (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
     ))]
-pub async fn verify_token(
-    State(state): State<AppState>,
-    auth: AuthUser,
-) -> ApiResult<Json<VerifyTokenResponse>> {
-    let user = state
-        .store
-        .user_by_id(&auth.user_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", "Could not validate credentials"))?;
+pub async fn verify_token(auth: AuthUser) -> ApiResult<Json<VerifyTokenResponse>> {
     Ok(Json(VerifyTokenResponse {
         valid: true,
-        user: user.into(),
         expires_at: auth.expires_at,
+        user: auth.user.into(),
     }))
 }
 

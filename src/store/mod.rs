@@ -8,6 +8,7 @@
 //! | sessions and refresh tokens | [`SessionStore`] | [`Session`], [`RefreshToken`] |
 //! | mail outbox and mail budget | [`MailStore`] | [`OutboxMail`], [`MailResult`], [`MailStatus`] |
 //! | social battery | [`BatteryStore`] | [`BatteryEvent`], [`NewBatteryEvent`], [`RecordOutcome`] |
+//! | the authenticated read (sessions + users + battery) | [`CallerStore`] | [`Caller`] |
 //! | rate limits and budgets | [`LimitStore`] | [`Budget`], [`LimitKey`], [`Rate`], [`Window`], [`Slot`] |
 //! | moving between stores | [`MigrationStore`] | [`StoreCounts`] |
 //! | housekeeping | [`Housekeeping`] | – |
@@ -22,6 +23,7 @@
 //! `tests/store/` holds every such promise on both backends.
 
 mod battery;
+mod caller;
 mod codes;
 mod housekeeping;
 pub mod limits;
@@ -36,9 +38,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use battery::{
-    BatteryEvent, BatteryStore, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent,
-    RecordOutcome,
+    BatteryEvent, BatteryPosition, BatteryStore, BatterySummary, HistoryFilter, IdempotencyKey,
+    NewBatteryEvent, RecordOutcome,
 };
+pub use caller::{Caller, CallerStore};
 pub use codes::{CodeStore, OneTimeCode};
 pub use housekeeping::Housekeeping;
 pub use limits::{Budget, LimitKey, LimitStore, Rate, Refused, Slot, Window};
@@ -93,6 +96,7 @@ pub trait Store:
     + SessionStore
     + MailStore
     + BatteryStore
+    + CallerStore
     + LimitStore
     + MigrationStore
     + Housekeeping
@@ -108,6 +112,7 @@ impl<T> Store for T where
         + SessionStore
         + MailStore
         + BatteryStore
+        + CallerStore
         + LimitStore
         + MigrationStore
         + Housekeeping

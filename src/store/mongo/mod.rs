@@ -21,12 +21,14 @@
 //! [`StoreError::Corrupt`] naming its collection and `_id`.
 
 mod battery;
+mod caller;
 mod codes;
 mod housekeeping;
 mod limits;
 mod mail;
 mod migration;
 mod sessions;
+mod topology;
 mod users;
 
 use std::time::Duration;
@@ -35,11 +37,14 @@ use anyhow::Context;
 use chrono::{DateTime, TimeZone, Utc};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
 use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde::de::DeserializeOwned;
 
 use super::{StoreError, StoreResult};
+pub use topology::{MultiWrite, ServerFeatures, Topology};
 
 /// The old service's users collection.
 pub const USERS: &str = "IntrogyUsers";
@@ -61,6 +66,20 @@ pub struct MongoStore {
     db: Database,
     timeout: Duration,
     observer: std::sync::Arc<crate::metrics::StoreObserver>,
+    /// What the server can do (`topology.rs`), asked once.
+    features: std::sync::Arc<tokio::sync::OnceCell<ServerFeatures>>,
+    /// `false` with `MONGO_TRANSACTIONS=off`: flows run as ordered writes even where the
+    /// server has transactions.
+    allow_transactions: bool,
+}
+
+/// The write of a [`MongoStore::bulk_write`] that failed (and stopped the rest).
+#[derive(Debug)]
+struct FailedWrite {
+    index: usize,
+    /// A unique index refused it.
+    duplicate: bool,
+    message: String,
 }
 
 /// A document after an update of [`MongoStore::upsert_with_pipeline`].
@@ -168,12 +187,32 @@ impl MongoStore {
     /// not stop the service: requests answer 503 until it is back, and the indexes are
     /// created in the background as soon as it answers.
     pub async fn connect(url: &str, default_db: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Self::connect_with(url, default_db, timeout, true).await
+    }
+
+    /// [`connect`](Self::connect); `allow_transactions: false` runs every flow of
+    /// several writes as ordered writes even where the server has transactions
+    /// (`MONGO_TRANSACTIONS=off`).
+    pub async fn connect_with(
+        url: &str,
+        default_db: &str,
+        timeout: Duration,
+        allow_transactions: bool,
+    ) -> anyhow::Result<Self> {
         let mut options = ClientOptions::parse(url)
             .await
             .context("Failed to parse the MongoDB connection string")?;
         options.app_name = Some("introgy".into());
         options.server_selection_timeout = Some(timeout);
         options.connect_timeout = Some(timeout);
+        // Every command the driver sends is a round trip of the request it serves
+        // (metrics.rs counts them per route). The callback runs on the sending task.
+        options.command_event_handler = Some(EventHandler::callback(|event: CommandEvent| {
+            if matches!(event, CommandEvent::Started(_)) {
+                crate::metrics::count_round_trip();
+            }
+        }));
+        crate::metrics::metrics().count_round_trips_from_now();
         let db_name = options
             .default_database
             .clone()
@@ -184,9 +223,20 @@ impl MongoStore {
             db: client.database(&db_name),
             timeout,
             observer: std::sync::Arc::new(crate::metrics::StoreObserver::new("mongodb")),
+            features: std::sync::Arc::default(),
+            allow_transactions,
         };
-        match tokio::time::timeout(timeout, store.ensure_indexes()).await {
-            Ok(Ok(())) => tracing::info!(database = %db_name, "MongoDB indexes are in place"),
+        let ready = async {
+            store.ensure_indexes().await?;
+            let writes = store.multi_write().await?;
+            anyhow::Ok(writes)
+        };
+        match tokio::time::timeout(timeout, ready).await {
+            Ok(Ok(writes)) => tracing::info!(
+                database = %db_name,
+                multi_document_writes = %writes,
+                "MongoDB indexes are in place; flows of several writes run as {writes}"
+            ),
             Ok(Err(e)) => {
                 tracing::warn!(error = %format!("{e:#}"), "MongoDB not ready; creating indexes in the background");
                 let background = store.clone();
@@ -292,6 +342,52 @@ impl MongoStore {
     ) -> StoreResult<T> {
         // The driver action's type names the command and whether it writes (metrics.rs).
         let (operation, write) = crate::metrics::mongo_operation(std::any::type_name_of_val(&fut));
+        self.run_named(operation, write, fut).await
+    }
+
+    /// One ordered `bulkWrite` command across collections (MongoDB 8.0+; see
+    /// [`ServerFeatures::client_bulk_write`]): one round trip. A write that fails stops
+    /// the ones after it and is reported by its index.
+    async fn bulk_write(
+        &self,
+        writes: Vec<mongodb::options::WriteModel>,
+    ) -> StoreResult<Result<(), FailedWrite>> {
+        let client = self.db.client().clone();
+        self.run_named("bulk_write", true, async move {
+            let error = match client.bulk_write(writes).await {
+                Ok(_) => return Ok(Ok(())),
+                Err(error) => error,
+            };
+            let failed = match error.kind.as_ref() {
+                ErrorKind::BulkWrite(bulk) if bulk.write_concern_errors.is_empty() => bulk
+                    .write_errors
+                    .iter()
+                    .min_by_key(|(index, _)| **index)
+                    .map(|(index, e)| FailedWrite {
+                        index: *index,
+                        duplicate: e.code == 11000,
+                        message: e.message.clone(),
+                    }),
+                _ => None,
+            };
+            failed.map(Err).ok_or(error)
+        })
+        .await
+    }
+
+    /// A namespace of this store's database.
+    fn namespace(&self, collection: &str) -> mongodb::Namespace {
+        mongodb::Namespace::new(self.db.name(), collection)
+    }
+
+    /// [`run`](Self::run) for work that is not one driver action (a transaction, a
+    /// bulk write whose errors are read here), named for the metrics.
+    async fn run_named<T>(
+        &self,
+        operation: &'static str,
+        write: bool,
+        fut: impl std::future::IntoFuture<Output = Result<T, mongodb::error::Error>>,
+    ) -> StoreResult<T> {
         let started = std::time::Instant::now();
         let result = match tokio::time::timeout(self.timeout + Duration::from_secs(1), fut).await {
             Ok(result) => result.map_err(map_err),
@@ -310,7 +406,13 @@ impl MongoStore {
         loop {
             match self.ensure_indexes().await {
                 Ok(()) => {
-                    tracing::info!("MongoDB indexes are in place");
+                    match self.multi_write().await {
+                        Ok(writes) => tracing::info!(
+                            multi_document_writes = %writes,
+                            "MongoDB indexes are in place; flows of several writes run as {writes}"
+                        ),
+                        Err(e) => tracing::info!(error = %e, "MongoDB indexes are in place"),
+                    }
                     return;
                 }
                 Err(e) => {

@@ -23,6 +23,7 @@ use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior};
 use super::{StoreError, StoreResult};
 
 mod battery;
+mod caller;
 mod codes;
 mod housekeeping;
 mod limits;

@@ -9,7 +9,7 @@ use super::{millis, Fields, Key, SqliteStore};
 use crate::store::{RefreshToken, Session, SessionStore, StoreResult};
 
 /// The one `sessions` row → [`Session`] mapping.
-fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
+pub(super) fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     let f = Fields::new(row, "sessions", Key::Column(0));
     Ok(Session {
         id: f.get(0)?,
