@@ -468,3 +468,35 @@ async fn no_acknowledged_record_is_lost_when_an_instance_is_killed_under_load() 
         .collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
 }
+
+#[test]
+fn check_reports_whether_several_writes_run_as_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!(
+        "{}/introgy_test_check_{}",
+        mongo_url().trim_end_matches('/'),
+        introgy::auth::random_hex(6)
+    );
+    let check = |transactions: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_introgy"))
+            .args(["check", "--database-url", &database_url])
+            .args(["--mongo-transactions", transactions])
+            .current_dir(dir.path())
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    // SecantusDB says it is a replica set in `hello`.
+    let auto = check("auto");
+    assert!(
+        auto.contains("several writes: transactions (replica set "),
+        "{auto}"
+    );
+    let off = check("off");
+    assert!(
+        off.contains("several writes: ordered writes (MONGO_TRANSACTIONS=off)"),
+        "{off}"
+    );
+}

@@ -170,7 +170,16 @@ async fn check(config: Config) -> anyhow::Result<()> {
     println!("database:       {}", config.database.describe());
     match crate::store::connect(&config).await {
         Ok(store) => match store.ping().await {
-            Ok(()) => println!("store:          ok ({} answers)", store.backend()),
+            Ok(()) => {
+                println!("store:          ok ({} answers)", store.backend());
+                match store.several_writes().await {
+                    Ok(how) => println!("several writes: {how}"),
+                    Err(e) => {
+                        problems += 1;
+                        println!("several writes: FAILED: {e}");
+                    }
+                }
+            }
             Err(e) => {
                 problems += 1;
                 println!("store:          FAILED: {e}");

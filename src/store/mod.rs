@@ -124,7 +124,19 @@ impl<T> Store for T where
 
 /// Opens the store the configuration names.
 pub async fn connect(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Store>> {
-    open(&config.database, config.store_timeout).await
+    match &config.database {
+        crate::config::DatabaseConfig::Mongo { url, db } => {
+            let store = mongo::MongoStore::connect_with(
+                secrecy::ExposeSecret::expose_secret(url),
+                db,
+                config.store_timeout,
+                config.mongo_transactions,
+            )
+            .await?;
+            Ok(Arc::new(store))
+        }
+        sqlite => open(sqlite, config.store_timeout).await,
+    }
 }
 
 /// Opens the store at `database` (also used by `introgy migrate` for both ends).

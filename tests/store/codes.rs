@@ -12,6 +12,7 @@ store_tests!(
     a_new_code_replaces_the_old_one_and_its_guess_count,
     an_expired_code_takes_no_guesses,
     a_code_and_its_mail_are_stored_together,
+    a_code_whose_mail_is_refused_is_not_stored,
 );
 
 fn code(user_id: &str, purpose: OtpPurpose, hash: &str) -> OneTimeCode {
@@ -159,4 +160,67 @@ async fn a_code_and_its_mail_are_stored_together(s: &TestStore) {
         (claimed[0].id.as_str(), claimed[0].attempts),
         (mail.id.as_str(), 1)
     );
+}
+
+/// The code and its mail are one transaction (SQLite; MongoDB where the server has
+/// transactions, as SecantusDB does): a refused mail (its id is taken) leaves no code.
+async fn a_code_whose_mail_is_refused_is_not_stored(s: &TestStore) {
+    let user = s.user().await;
+    let taken = mail_to(&user.email);
+    s.store.enqueue_mail(&taken).await.unwrap();
+    let refused = s
+        .store
+        .put_code_and_mail(&code(&user.id, OtpPurpose::VerifyEmail, "h"), &taken)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(s.store.codes_of(&user.id).await.unwrap().is_empty());
+}
+
+/// `MONGO_TRANSACTIONS=off` (and a standalone server) run the ordered fallback: the code
+/// first, so a refused mail leaves a code that was never mailed (the user asks again),
+/// never a mail of a code that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs INTROGY_TEST_MONGO_URL; scripts/test runs it with --include-ignored"]
+async fn mongodb_without_transactions_stores_the_code_before_its_mail() {
+    let s = TestStore::mongodb_with_transactions(false).await;
+    let user = s.user().await;
+    let taken = mail_to(&user.email);
+    s.store.enqueue_mail(&taken).await.unwrap();
+    let refused = s
+        .store
+        .put_code_and_mail(&code(&user.id, OtpPurpose::VerifyEmail, "h"), &taken)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(
+        s.store.codes_of(&user.id).await.unwrap(),
+        [code(&user.id, OtpPurpose::VerifyEmail, "h")]
+    );
+    assert_eq!(
+        s.store.several_writes().await.unwrap(),
+        "ordered writes (MONGO_TRANSACTIONS=off)"
+    );
+    // Reset and delete run as ordered writes too, with the same result.
+    let (session, _) = s.login(&user.id, at(86_400)).await;
+    s.store
+        .reset_password(&user.id, "new hash", at(1))
+        .await
+        .unwrap();
+    assert!(s.store.session(&session.id).await.unwrap().is_none());
+    assert!(s.store.codes_of(&user.id).await.unwrap().is_empty());
+    let reset = s.store.user_by_id(&user.id).await.unwrap().unwrap();
+    assert_eq!(reset.hashed_password, "new hash");
+    assert!(s.store.delete_user(&user.id).await.unwrap());
+    assert!(s.store.user_by_id(&user.id).await.unwrap().is_none());
+}
+
+fn mail_to(email: &str) -> OutboxMail {
+    OutboxMail {
+        id: introgy::auth::new_object_id(),
+        recipient: email.to_owned(),
+        payload: r#"{"kind":"verification_code"}"#.into(),
+        attempts: 0,
+        created_at: t0(),
+        next_attempt_at: t0(),
+        expires_at: Some(at(600)),
+    }
 }

@@ -81,11 +81,16 @@ impl TestStore {
     }
 
     pub async fn mongodb() -> Self {
+        Self::mongodb_with_transactions(true).await
+    }
+
+    /// [`mongodb`](Self::mongodb); `false` is `MONGO_TRANSACTIONS=off`.
+    pub async fn mongodb_with_transactions(transactions: bool) -> Self {
         let url = mongo_url();
         let name = format!("introgy_store_{}", introgy::auth::random_hex(8));
         let store = {
             let _guard = MONGO_SETUP.lock().await;
-            MongoStore::connect(&url, &name, Duration::from_secs(10))
+            MongoStore::connect_with(&url, &name, Duration::from_secs(10), transactions)
                 .await
                 .expect("connect to MongoDB")
         };

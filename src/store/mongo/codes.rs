@@ -2,13 +2,15 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use mongodb::action::Action;
 use mongodb::bson::doc;
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
-use super::{bdt, read, utc, MongoStore, CODES};
+use super::mail::MailDoc;
+use super::{bdt, read, utc, MongoStore, CODES, OUTBOX};
 use crate::domain::OtpPurpose;
-use crate::store::{CodeStore, MailStore, OneTimeCode, OutboxMail, StoreResult};
+use crate::store::{CodeStore, OneTimeCode, OutboxMail, StoreResult};
 
 /// A document of `one_time_codes`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,10 +73,33 @@ impl CodeStore for MongoStore {
     }
 
     async fn put_code_and_mail(&self, code: &OneTimeCode, mail: &OutboxMail) -> StoreResult<()> {
-        // Code first: an interruption between the two writes loses a mail (the user asks
+        // One transaction where the server has them (topology.rs). Without, the code
+        // first: an interruption between the two writes loses a mail (the user asks
         // again), never mails a code that does not exist.
-        self.put_code(code).await?;
-        self.enqueue_mail(mail).await
+        let (code, mail) = (CodeDoc::of(code), MailDoc::of(mail));
+        self.several_writes(
+            "put_code_and_mail",
+            (self, &code, &mail),
+            |session, context| {
+                let (store, code, mail) = *context;
+                Box::pin(async move {
+                    let mut session = session;
+                    store
+                        .typed::<CodeDoc>(CODES)
+                        .replace_one(doc! { "_id": &code.id }, code)
+                        .upsert(true)
+                        .optional(session.as_deref_mut(), |write, s| write.session(s))
+                        .await?;
+                    store
+                        .typed::<MailDoc>(OUTBOX)
+                        .insert_one(mail)
+                        .optional(session, |write, s| write.session(s))
+                        .await?;
+                    Ok(())
+                })
+            },
+        )
+        .await
     }
 
     async fn take_code_attempt(

@@ -18,7 +18,7 @@ use crate::store::{
 
 /// A document of `mail_outbox`.
 #[derive(Debug, Serialize, Deserialize)]
-struct MailDoc {
+pub(super) struct MailDoc {
     #[serde(rename = "_id")]
     id: String,
     recipient: String,
@@ -37,7 +37,7 @@ struct MailDoc {
 
 impl MailDoc {
     /// The one [`OutboxMail`] → document mapping (a queued mail is pending).
-    fn of(mail: &OutboxMail) -> Self {
+    pub(super) fn of(mail: &OutboxMail) -> Self {
         Self {
             id: mail.id.clone(),
             recipient: mail.recipient.clone(),

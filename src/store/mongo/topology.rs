@@ -12,7 +12,11 @@
 //! that an interruption leaves the account safe. `MONGO_TRANSACTIONS=off` forces the
 //! ordered writes (tests run both ways on one server).
 
+use std::future::Future;
+use std::pin::Pin;
+
 use mongodb::bson::{doc, Document};
+use mongodb::ClientSession;
 
 use super::MongoStore;
 use crate::store::StoreResult;
@@ -93,6 +97,16 @@ impl std::fmt::Display for MultiWrite {
     }
 }
 
+/// A boxed future borrowing for `'b` (what the driver's transaction callback returns).
+pub(super) type BoxFuture<'b, T> = Pin<Box<dyn Future<Output = T> + Send + 'b>>;
+
+/// A flow of writes for [`MongoStore::several_writes`]: given the transaction's session
+/// (or none) and the flow's context, the writes in order.
+pub(super) type Writes<C, R> = for<'b> fn(
+    Option<&'b mut ClientSession>,
+    &'b mut C,
+) -> BoxFuture<'b, mongodb::error::Result<R>>;
+
 impl MongoStore {
     /// What the server can do; asked once (one `hello`), then remembered.
     pub async fn features(&self) -> StoreResult<ServerFeatures> {
@@ -120,6 +134,38 @@ impl MongoStore {
                 why: "a standalone server has no transactions",
             }
         })
+    }
+
+    /// Runs `writes` as one transaction where the deployment has them (retrying a
+    /// transient transaction error, within the store timeout), else as the ordered writes
+    /// they are. `name` names the flow in the metrics.
+    pub(super) async fn several_writes<C, R>(
+        &self,
+        name: &'static str,
+        mut context: C,
+        writes: Writes<C, R>,
+    ) -> StoreResult<R>
+    where
+        C: Send + Sync,
+        R: Send,
+    {
+        match self.multi_write().await? {
+            MultiWrite::Transactions(_) => {
+                let client = self.db.client().clone();
+                self.run_named(name, true, async move {
+                    let mut session = client.start_session().await?;
+                    session
+                        .start_transaction()
+                        .and_run(context, |session, context| writes(Some(session), context))
+                        .await
+                })
+                .await
+            }
+            MultiWrite::OrderedWrites { .. } => {
+                self.run_named(name, true, async move { writes(None, &mut context).await })
+                    .await
+            }
+        }
     }
 }
 

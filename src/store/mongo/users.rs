@@ -10,6 +10,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use mongodb::action::Action;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
@@ -218,18 +219,35 @@ impl UserStore for MongoStore {
         hash: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        // The password changes first: an interruption leaves old sessions to a later
-        // reset or their expiry, never the old password working.
-        self.run(self.c(USERS).update_one(
-            user_filter(user_id),
-            doc! { "$set": { "hashed_password": hash, "is_verified": true, "updated_at": bdt(now) } },
-        ))
-        .await?;
-        for collection in [SESSIONS, REFRESH_TOKENS, CODES] {
-            self.run(self.c(collection).delete_many(doc! { "user_id": user_id }))
-                .await?;
-        }
-        Ok(())
+        // One transaction where the server has them (topology.rs). Without, the password
+        // changes first: an interruption leaves old sessions to a later reset or their
+        // expiry, never the old password working.
+        let context = (self, user_id, hash, now);
+        self.several_writes("reset_password", context, |session, context| {
+            let (store, user_id, hash, now) = *context;
+            Box::pin(async move {
+                let mut session = session;
+                store
+                    .c(USERS)
+                    .update_one(
+                        user_filter(user_id),
+                        doc! { "$set": {
+                            "hashed_password": hash, "is_verified": true, "updated_at": bdt(now),
+                        } },
+                    )
+                    .optional(session.as_deref_mut(), |write, s| write.session(s))
+                    .await?;
+                for collection in [SESSIONS, REFRESH_TOKENS, CODES] {
+                    store
+                        .c(collection)
+                        .delete_many(doc! { "user_id": user_id })
+                        .optional(session.as_deref_mut(), |write, s| write.session(s))
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -274,15 +292,28 @@ impl UserStore for MongoStore {
     }
 
     async fn delete_user(&self, user_id: &str) -> StoreResult<bool> {
-        // The user goes first: an interruption leaves orphans that nothing can reach (no
-        // login, no token check passes without the user), removed by a retry.
-        let deleted = self
-            .run(self.c(USERS).delete_one(user_filter(user_id)))
-            .await?;
-        for collection in [SESSIONS, REFRESH_TOKENS, CODES, EVENTS, IDEMPOTENCY] {
-            self.run(self.c(collection).delete_many(doc! { "user_id": user_id }))
-                .await?;
-        }
-        Ok(deleted.deleted_count == 1)
+        // One transaction where the server has them (topology.rs). Without, the user goes
+        // first: an interruption leaves orphans that nothing can reach (no login, no
+        // token check passes without the user), removed by a retry.
+        self.several_writes("delete_user", (self, user_id), |session, context| {
+            let (store, user_id) = *context;
+            Box::pin(async move {
+                let mut session = session;
+                let deleted = store
+                    .c(USERS)
+                    .delete_one(user_filter(user_id))
+                    .optional(session.as_deref_mut(), |write, s| write.session(s))
+                    .await?;
+                for collection in [SESSIONS, REFRESH_TOKENS, CODES, EVENTS, IDEMPOTENCY] {
+                    store
+                        .c(collection)
+                        .delete_many(doc! { "user_id": user_id })
+                        .optional(session.as_deref_mut(), |write, s| write.session(s))
+                        .await?;
+                }
+                Ok(deleted.deleted_count == 1)
+            })
+        })
+        .await
     }
 }

@@ -25,6 +25,10 @@ impl Housekeeping for SqliteStore {
             .await
     }
 
+    async fn several_writes(&self) -> StoreResult<String> {
+        Ok("one SQLite transaction each".into())
+    }
+
     async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
