@@ -20,9 +20,13 @@ impl Housekeeping for MongoStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.run(self.db.run_command(doc! { "ping": 1 }))
-            .await
-            .map(drop)
+        // A write that failed because MongoDB could not be reached is not failing any more
+        // once MongoDB answers again (metrics.rs): /health recovers with the connection
+        // instead of waiting for that same write to be tried again.
+        let started = std::time::Instant::now();
+        self.run(self.db.run_command(doc! { "ping": 1 })).await?;
+        self.observer.reachable(started);
+        Ok(())
     }
 
     async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
