@@ -37,6 +37,9 @@ pub fn samples() -> Vec<MailKind> {
         },
         MailKind::SignupAttempt,
         MailKind::PasswordChanged,
+        MailKind::PasswordUpdated {
+            others_signed_out: true,
+        },
     ]
 }
 

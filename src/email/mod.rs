@@ -34,6 +34,10 @@ pub enum MailKind {
     /// Someone tried to register with an address that already has an account.
     SignupAttempt,
     PasswordChanged,
+    /// The signed-in user changed their password (`POST /auth/change-password`).
+    PasswordUpdated {
+        others_signed_out: bool,
+    },
 }
 
 impl MailKind {
@@ -43,6 +47,7 @@ impl MailKind {
             Self::ResetCode { .. } => "reset_code",
             Self::SignupAttempt => "signup_attempt",
             Self::PasswordChanged => "password_changed",
+            Self::PasswordUpdated { .. } => "password_updated",
         }
     }
 }

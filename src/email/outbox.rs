@@ -56,6 +56,9 @@ enum Payload {
     },
     SignupAttempt,
     PasswordChanged,
+    PasswordUpdated {
+        others_signed_out: bool,
+    },
 }
 
 struct Inner {
@@ -152,6 +155,9 @@ impl Outbox {
             },
             MailKind::SignupAttempt => Payload::SignupAttempt,
             MailKind::PasswordChanged => Payload::PasswordChanged,
+            MailKind::PasswordUpdated { others_signed_out } => Payload::PasswordUpdated {
+                others_signed_out: *others_signed_out,
+            },
         };
         let now = self.inner.clock.now();
         OutboxMail {
@@ -273,6 +279,9 @@ impl Outbox {
             }),
             Ok(Payload::SignupAttempt) => Some(MailKind::SignupAttempt),
             Ok(Payload::PasswordChanged) => Some(MailKind::PasswordChanged),
+            Ok(Payload::PasswordUpdated { others_signed_out }) => {
+                Some(MailKind::PasswordUpdated { others_signed_out })
+            }
             Err(_) => None,
         };
         let Some(kind) = kind else {

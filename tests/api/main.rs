@@ -1,5 +1,6 @@
 //! Black-box tests: the real application over HTTP, one file per resource or concern.
 
+mod account;
 mod battery;
 mod cli;
 mod codes;

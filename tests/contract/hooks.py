@@ -119,7 +119,7 @@ def map_case(context, case):
     if not _positive(case):
         return case
     path, method = case.operation.path, case.operation.method.upper()
-    if isinstance(case.body, dict) and path in ("/auth/register", "/auth/reset-password"):
+    if isinstance(case.body, dict) and path in ("/auth/register", "/auth/reset-password", "/auth/change-password"):
         for name in PASSWORD_FIELDS:
             if isinstance(case.body.get(name), str):
                 case.body[name] = _fit_utf8(case.body[name])

@@ -22,6 +22,7 @@ use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior};
 
 use super::{StoreError, StoreResult};
 
+mod account;
 mod battery;
 mod codes;
 mod housekeeping;
@@ -35,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_battery.sql"),
     include_str!("../migrations/0003_outbox.sql"),
+    include_str!("../migrations/0006_session_devices.sql"),
 ];
 
 const READERS: usize = 4;
