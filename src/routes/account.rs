@@ -1,8 +1,8 @@
 //! What a signed-in user does with their account besides the profile: the devices they
 //! are signed in on (`/auth/sessions`) and changing the password
-//! (`/auth/change-password`). Thin handlers over [`crate::auth::account`].
+//! (`/auth/change-password`), and taking their data with them (`/users/me/export`). Thin handlers over [`crate::auth::account`].
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -11,11 +11,14 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::social_battery::ActivityRecord;
+use super::users::UserProfile;
 use super::{docs, schema};
+use crate::auth::export::{self, ExportFormat};
 use crate::auth::{account, AuthUser};
 use crate::domain::Password;
 use crate::error::{ApiResult, ErrorBody, ValidationErrorBody};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::limits::ClientIp;
 use crate::startup::AppState;
 use crate::store::DeviceSession;
@@ -24,6 +27,10 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_sessions))
         .routes(routes!(delete_session))
+        .merge(docs::rate_limited(
+            OpenApiRouter::new().routes(routes!(export)),
+            "More than 5 exports in an hour by this user (a burst of 5, then one every 12 minutes)",
+        ))
         .merge(docs::rate_limited(
             OpenApiRouter::new().routes(routes!(change_password)),
             "Too many password checks: this account's failed-password budget (shared with \
@@ -121,7 +128,7 @@ pub async fn list_sessions(
 pub async fn delete_session(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     account::sign_out_device(&state, &auth, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -156,4 +163,67 @@ pub async fn change_password(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// `json` (default): profile, sessions and history; `csv`: the history.
+    pub format: Option<ExportFormat>,
+}
+
+/// What `?format=json` returns (streamed; the history is newest first).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportDocument {
+    pub profile: UserProfile,
+    pub sessions: Vec<SessionItem>,
+    pub history: Vec<ActivityRecord>,
+}
+
+/// Download everything the service keeps about you: the data-access right that goes with
+/// `DELETE /users/me`. JSON: `{profile, sessions, history}`; CSV: the history, a header
+/// line and one line per interaction (free text starting with `= + - @` is prefixed with
+/// `'`). Streamed: the size of the history does not matter. A body that ends without its
+/// end (no closing `]}`) was cut off by a server error and is incomplete.
+#[utoipa::path(get, path = "/users/me/export", tag = "users", params(ExportQuery),
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "The export, as an attachment",
+            content(
+                (ExportDocument = "application/json"),
+                (String = "text/csv"),
+            )),
+        (status = 401, description = "Missing, invalid, expired or revoked token (a deleted account has none)", body = ErrorBody),
+        (status = 422, description = "Unknown format", body = ValidationErrorBody),
+    ))]
+pub async fn export(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    query: Result<ApiQuery<ExportQuery>, crate::error::ApiError>,
+) -> ApiResult<axum::response::Response> {
+    let ApiQuery(query) = query?;
+    state.limits.check_export(&auth.user_id)?;
+    let format = query.format.unwrap_or_default();
+    let user = account::current_user(&state, &auth).await?;
+    let sessions = account::devices(&state, &auth)
+        .await?
+        .into_iter()
+        .map(|s| item(s, &auth.session_id))
+        .collect();
+    let body = export::body(state, user.id.clone(), format, user.into(), sessions)
+        .map_err(|e| crate::error::ApiError::Internal(e.into()))?;
+    let (content_type, file) = match format {
+        ExportFormat::Json => ("application/json", "introgy-export.json"),
+        ExportFormat::Csv => ("text/csv; charset=utf-8", "introgy-history.csv"),
+    };
+    tracing::info!(user_id = %auth.user_id, ?format, "export started");
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, content_type)
+        .header(
+            axum::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{file}\""),
+        )
+        .body(body)
+        .map_err(|e| crate::error::ApiError::Internal(e.into()))
 }

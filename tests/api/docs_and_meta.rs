@@ -281,6 +281,7 @@ async fn every_answer_that_middleware_gives_is_declared() {
         "get /users/lookup",
         "delete /users/me",
         "post /auth/change-password",
+        "get /users/me/export",
     ];
     let resolve = |response: &serde_json::Value| match response["$ref"].as_str() {
         Some(reference) => doc

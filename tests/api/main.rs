@@ -7,6 +7,7 @@ mod codes;
 mod connections;
 mod docs_and_meta;
 mod envelope;
+mod export;
 mod helpers;
 mod input;
 mod login;
