@@ -170,6 +170,7 @@ pub async fn change_password(
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     /// `json` (default): profile, sessions and history; `csv`: the history.
+    #[param(inline)]
     pub format: Option<ExportFormat>,
 }
 
