@@ -677,11 +677,14 @@ mod tests {
         let checked_from = Instant::now();
         observer.record("delete_one", true, Duration::ZERO, Some(&cut));
         observer.reachable(checked_from);
-        assert!(matches!(
-            observer.write_health(),
-            WriteHealth::Failing { ref operations, .. }
-                if operations == &["delete_one", "update_one"]
-        ), "a failure after the round trip started, or of another kind, stays");
+        assert!(
+            matches!(
+                observer.write_health(),
+                WriteHealth::Failing { ref operations, .. }
+                    if operations == &["delete_one", "update_one"]
+            ),
+            "a failure after the round trip started, or of another kind, stays"
+        );
         observer.reachable(Instant::now());
         assert!(matches!(
             observer.write_health(),

@@ -232,6 +232,7 @@ pub struct BatteryResponse {
     /// `level < 20`.
     pub is_low: bool,
     /// When the level last changed (sign-up time if never).
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -271,8 +272,10 @@ pub struct ActivityRecord {
     pub level_before: i32,
     pub level_after: i32,
     pub duration_minutes: i32,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub occurred_at: DateTime<Utc>,
     /// When the server accepted it; history is in this order.
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub recorded_at: DateTime<Utc>,
     pub notes: Option<String>,
     pub people_count: Option<i32>,
