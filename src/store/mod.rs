@@ -34,8 +34,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use battery::{
-    BatteryEvent, BatteryStore, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent,
-    RecordOutcome,
+    BatteryEvent, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter, IdempotencyKey,
+    NewBatteryEvent, RecordOutcome,
 };
 pub use codes::{CodeStore, OneTimeCode};
 pub use housekeeping::Housekeeping;

@@ -372,13 +372,22 @@ impl MongoStore {
             (CODES, index(doc! { "expires_at": 1 }, false, Some(0))),
             (MAIL_SENDS, index(doc! { "expires_at": 1 }, false, Some(0))),
             (EVENTS, index(doc! { "user_id": 1, "seq": -1 }, true, None)),
+            // The timeline: history pages, with and without a type, and time windows.
             (
                 EVENTS,
-                index(doc! { "user_id": 1, "kind": 1, "seq": -1 }, false, None),
+                index(
+                    doc! { "user_id": 1, "occurred_at": -1, "seq": -1 },
+                    false,
+                    None,
+                ),
             ),
             (
                 EVENTS,
-                index(doc! { "user_id": 1, "occurred_at": 1 }, false, None),
+                index(
+                    doc! { "user_id": 1, "kind": 1, "occurred_at": -1, "seq": -1 },
+                    false,
+                    None,
+                ),
             ),
             (IDEMPOTENCY, index(doc! { "user_id": 1 }, false, None)),
             (
