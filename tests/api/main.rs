@@ -1,6 +1,7 @@
 //! Black-box tests: the real application over HTTP, one file per resource or concern.
 
 mod battery;
+mod chaos_proxy;
 mod cli;
 mod codes;
 mod connections;
@@ -11,6 +12,7 @@ mod input;
 mod login;
 mod memory;
 mod operations;
+mod outage;
 mod rate_limits;
 mod register;
 mod reset;
