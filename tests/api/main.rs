@@ -6,6 +6,7 @@ mod cli;
 mod codes;
 mod connections;
 mod docs_and_meta;
+mod durability;
 mod envelope;
 mod helpers;
 mod input;
