@@ -743,7 +743,7 @@ fn decode_cursor(raw: &str) -> Result<HistoryCursor, &'static str> {
     let occurred_at = at
         .parse::<i64>()
         .ok()
-        .and_then(|ms| DateTime::from_timestamp_millis(ms))
+        .and_then(DateTime::from_timestamp_millis)
         .ok_or(FOREIGN)?;
     let seq = seq
         .parse::<i64>()
