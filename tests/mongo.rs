@@ -283,14 +283,12 @@ async fn a_mongodb_outage_answers_503_quickly_and_recovers_without_a_restart() {
     server.wait_ready().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let response = health().await.unwrap();
-        if response.status() == StatusCode::OK {
+        if health().await.unwrap().status() == StatusCode::OK {
             break;
         }
-        let body = response.text().await.unwrap_or_default();
         assert!(
             Instant::now() < deadline,
-            "/health did not recover within 60 s: {body}"
+            "/health did not recover within 60 s"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
