@@ -228,6 +228,11 @@ impl Application {
                 "shutting down with work still running; queued mail stays in the outbox"
             );
         }
+        // After the last request: SQLite moves its WAL into the database file, so the
+        // file alone is a complete copy once the process has stopped.
+        if let Err(e) = state.store.close().await {
+            tracing::warn!(error = %format!("{e:#}"), "the store did not close cleanly");
+        }
         tracing::info!("introgy stopped");
         Ok(())
     }

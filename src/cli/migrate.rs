@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
 
 use crate::config::DatabaseConfig;
-use crate::store::{Store, StoreCounts};
+use crate::store::{OpenMode, Store, StoreCounts};
 
 const USER_PAGE: u32 = 200;
 const EVENT_PAGE: u32 = 1_000;
@@ -57,10 +57,12 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let to = database(&args.to, &args.mongo_db)?;
     println!("migrating {} -> {}", from.describe(), to.describe());
     let timeout = Duration::from_secs(30);
-    let source = crate::store::open(&from, timeout)
+    // A source that is not there is an error, never "0 users" (and nothing is created
+    // at the source); the target is created if need be.
+    let source = crate::store::open(&from, timeout, OpenMode::Populated)
         .await
         .context("Failed to open the source")?;
-    let target = crate::store::open(&to, timeout)
+    let target = crate::store::open(&to, timeout, OpenMode::Create)
         .await
         .context("Failed to open the target")?;
     source

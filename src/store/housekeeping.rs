@@ -25,4 +25,9 @@ pub trait Housekeeping: Send + Sync {
     /// older than the budget's window, idempotency keys older than a day, and delivered
     /// or expired mail older than a week (dead mail stays); returns how many went.
     async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// Clean shutdown, after the last request: SQLite refuses further writes and
+    /// checkpoints its WAL into the database file, so the file alone is complete.
+    async fn close(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

@@ -34,8 +34,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use battery::{
-    BatteryEvent, BatteryStore, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent,
-    RecordOutcome,
+    BatteryEvent, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter, IdempotencyKey,
+    NewBatteryEvent, RecordOutcome,
 };
 pub use codes::{CodeStore, OneTimeCode};
 pub use housekeeping::Housekeeping;
@@ -112,24 +112,51 @@ impl<T> Store for T where
 {
 }
 
-/// Opens the store the configuration names.
+/// What opening a store may do to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create what is missing: the SQLite file (mode 0600) and its folder, the schema,
+    /// MongoDB's indexes. Development `serve`, `introgy init`, a migration's target.
+    Create,
+    /// The database must exist already: a missing or empty SQLite file is an error
+    /// ([`sqlite::MissingDatabase`]) and nothing is created, so a deleted database is
+    /// never silently replaced by an empty one. Production `serve`, `introgy smoke`.
+    /// Migrations and indexes are still brought up to date.
+    Existing,
+    /// As `Existing`, and on MongoDB the database must hold the users collection and
+    /// nothing is created there (no indexes): a migration's source, `introgy check`.
+    Populated,
+}
+
+/// Opens the store the configuration names: production needs an existing database,
+/// development creates one on first start.
 pub async fn connect(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Store>> {
-    open(&config.database, config.store_timeout).await
+    let mode = if config.is_production() {
+        OpenMode::Existing
+    } else {
+        OpenMode::Create
+    };
+    open(&config.database, config.store_timeout, mode).await
 }
 
 /// Opens the store at `database` (also used by `introgy migrate` for both ends).
 pub async fn open(
     database: &crate::config::DatabaseConfig,
     timeout: Duration,
+    mode: OpenMode,
 ) -> anyhow::Result<Arc<dyn Store>> {
     match database {
-        crate::config::DatabaseConfig::Sqlite { path } => {
-            Ok(Arc::new(sqlite::SqliteStore::open(path, timeout).await?))
-        }
+        crate::config::DatabaseConfig::Sqlite { path } => Ok(Arc::new(
+            sqlite::SqliteStore::open_with(path, timeout, mode).await?,
+        )),
         crate::config::DatabaseConfig::Mongo { url, db } => {
-            let store =
-                mongo::MongoStore::connect(secrecy::ExposeSecret::expose_secret(url), db, timeout)
-                    .await?;
+            let store = mongo::MongoStore::open(
+                secrecy::ExposeSecret::expose_secret(url),
+                db,
+                timeout,
+                mode,
+            )
+            .await?;
             Ok(Arc::new(store))
         }
     }

@@ -20,9 +20,16 @@ impl Housekeeping for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        // Touch the schema, so a broken or vanished file is noticed (`SELECT 1` would not).
+        // The file first: a deleted or replaced database still answers through the open
+        // descriptors. Then touch the schema, so a broken file is noticed (`SELECT 1`
+        // would not).
+        self.check_file().await?;
         self.read(|conn| conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(())))
             .await
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        SqliteStore::close(self).await
     }
 
     async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
