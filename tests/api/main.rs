@@ -14,6 +14,7 @@ mod operations;
 mod rate_limits;
 mod register;
 mod reset;
+mod same_work;
 mod sendgrid;
 mod sessions;
 mod smtp;

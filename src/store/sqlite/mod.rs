@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_battery.sql"),
     include_str!("../migrations/0003_outbox.sql"),
+    include_str!("../migrations/0005_signup_attempts.sql"),
 ];
 
 const READERS: usize = 4;
