@@ -163,6 +163,9 @@ impl MongoStore {
         let now = bdt(code.created_at);
         let entry = mongodb::bson::to_bson(&CodeEntryDoc::of(code))
             .map_err(|e| StoreError::Other(e.into()))?;
+        // Inside a pipeline a string starting with `$` is a field path: a bcrypt hash
+        // ("$2b$...") or a display name must go in as a literal.
+        let literal = doc! { "$literal": entry };
         let pipeline = vec![
             doc! { "$set": { "_live": { "$filter": {
                 "input": { "$ifNull": ["$codes", []] },
@@ -178,7 +181,7 @@ impl MongoStore {
                     { "$lt": [{ "$size": "$_live" }, i64::from(max_pending)] },
                     { "$eq": [{ "$size": { "$filter": {
                         "input": "$_live",
-                        "cond": { "$eq": ["$$this.code_hash", &code.code_hash] },
+                        "cond": { "$eq": ["$$this.code_hash", { "$literal": &code.code_hash }] },
                     } } }, 0] },
                 ] },
             ] } } },
@@ -188,8 +191,8 @@ impl MongoStore {
                 "attempts": { "$cond": ["$_alive", "$attempts", 0_i64] },
                 "codes": { "$cond": [
                     "$_alive",
-                    { "$cond": ["$_room", { "$concatArrays": ["$_live", [&entry]] }, "$_live"] },
-                    [&entry],
+                    { "$cond": ["$_room", { "$concatArrays": ["$_live", [&literal]] }, "$_live"] },
+                    [&literal],
                 ] },
             } },
             // (`$$this.field` rather than `$codes.field`: SecantusDB, the CI's server, does
