@@ -192,7 +192,8 @@ pub trait UserStore: Send + Sync {
     async fn sign_up(&self, attempt: &SignupAttempt) -> StoreResult<SignupOutcome>;
     /// Redeems the `verify_email` code with `code_hash`: atomically takes the challenge
     /// holding it (every code of it goes; one winner among parallel callers), puts its
-    /// attempt's password and display name in force if it has one, and marks the address
+    /// attempt's password and display name in force if it has one (only while the account
+    /// is unverified: otherwise the code is spent and `None` returned), and marks the address
     /// verified. `None` when no such code is outstanding.
     async fn complete_verification(
         &self,

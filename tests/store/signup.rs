@@ -25,6 +25,7 @@ store_tests!(
     parallel_codes_of_two_attempts_have_one_winner,
     parallel_first_attempts_of_one_address_create_one_account,
     an_attempt_prepared_for_another_account_changes_nothing,
+    an_attempts_code_never_changes_a_verified_accounts_password,
 );
 
 const LIMITS: SendLimits = SendLimits {
@@ -390,4 +391,24 @@ async fn an_attempt_prepared_for_another_account_changes_nothing(s: &TestStore) 
     assert_eq!(live_hashes(s, &id).await, ["code of pw-a"]);
     assert!(s.store.codes_of(&stale).await.unwrap().is_empty());
     assert_eq!(user(s, &id).await.hashed_password, hash_of("pw-a"));
+}
+
+/// On MongoDB an attempt can slip in while the owner's code is being redeemed (the steps
+/// are not one transaction), leaving a code for an account that is verified by then:
+/// that code must do nothing.
+async fn an_attempts_code_never_changes_a_verified_accounts_password(s: &TestStore) {
+    let email = new_email();
+    let id = first(s, &email, "pw-a").await;
+    again(s, &email, &id, "pw-b", 61).await;
+    s.store.mark_verified(&id, at(70)).await.unwrap();
+
+    let outcome = s
+        .store
+        .complete_verification(&id, "code of pw-b", at(80))
+        .await
+        .unwrap();
+
+    assert_eq!(outcome, None);
+    assert_eq!(user(s, &id).await.hashed_password, hash_of("pw-a"));
+    assert!(user(s, &id).await.is_verified);
 }

@@ -251,7 +251,12 @@ impl UserStore for MongoStore {
             return Ok(None);
         };
         let mut set = doc! { "is_verified": true, "updated_at": bdt(now) };
+        let mut filter = user_filter(user_id);
         if let Some(choice) = &code.signup {
+            // A registration attempt's password only ever replaces the one of an account
+            // nobody verified yet: an attempt that slipped in while the owner's code was
+            // being redeemed (these steps are not one transaction) is void.
+            filter.insert("is_verified", false);
             set.insert("hashed_password", &choice.password_hash);
             set.insert(
                 "display_name",
@@ -264,7 +269,7 @@ impl UserStore for MongoStore {
         let updated = self
             .run(
                 self.raw(USERS)
-                    .find_one_and_update(user_filter(user_id), doc! { "$set": set })
+                    .find_one_and_update(filter, doc! { "$set": set })
                     .return_document(ReturnDocument::After),
             )
             .await?;

@@ -210,9 +210,12 @@ impl UserStore for SqliteStore {
             if !consume(&tx, &user_id, purpose, &code_hash)? {
                 return Ok(None);
             }
-            match &code.signup {
+            // A registration attempt's password only ever replaces the one of an account
+            // nobody verified yet (the same rule as on MongoDB, where it matters).
+            let applied = match &code.signup {
                 Some(choice) => tx.execute(
-                    "UPDATE users SET hashed_password = ?2, display_name = ?3, is_verified = 1,                      updated_at = ?4 WHERE id = ?1",
+                    "UPDATE users SET hashed_password = ?2, display_name = ?3, is_verified = 1, \
+                     updated_at = ?4 WHERE id = ?1 AND is_verified = 0",
                     params![
                         user_id,
                         choice.password_hash,
@@ -223,8 +226,13 @@ impl UserStore for SqliteStore {
                 None => tx.execute(
                     "UPDATE users SET is_verified = 1, updated_at = ?2 WHERE id = ?1 AND is_verified = 0",
                     params![user_id, millis(now)],
-                )?,
+                )
+                .map(|_| 1)?,
             };
+            if applied == 0 {
+                tx.commit()?;
+                return Ok(None);
+            }
             let user = user_where(&tx, "id", &user_id)?;
             tx.commit()?;
             Ok(user)
