@@ -37,3 +37,13 @@ CREATE INDEX refresh_tokens_sealed ON refresh_tokens(rotated_at) WHERE child_sea
 
 -- Accounts never verified are purged after a week.
 CREATE INDEX users_unverified_by_age ON users(created_at) WHERE is_verified = 0;
+
+-- One row that a code check rewrites when it finds no challenge to count against (an
+-- unknown address, or an account without a live code), so that every check writes one
+-- page and commits it, like a counted one: a no-op UPDATE writes nothing to the WAL, and
+-- the difference tells who has an account (SECURITY.md 29).
+CREATE TABLE timing_ballast (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  INTEGER NOT NULL
+) STRICT;
+INSERT INTO timing_ballast (id, n) VALUES (1, 0);
