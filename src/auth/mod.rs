@@ -6,6 +6,7 @@ pub mod dev_secret;
 pub mod extractor;
 pub mod otp;
 pub mod password;
+pub mod seal;
 pub mod service;
 pub mod tokens;
 

@@ -149,9 +149,9 @@ pub async fn migrate(
                 .finish_battery_import(&user.id, user.battery_level, seq, user.battery_updated_at)
                 .await?;
             if with_codes {
-                for code in source.codes_of(&user.id).await? {
-                    target.put_code(&code).await?;
-                    report.codes += 1;
+                for challenge in source.codes_of(&user.id).await? {
+                    target.put_challenge(&challenge).await?;
+                    report.codes += challenge.codes.len() as u64;
                 }
             }
             report.users += 1;

@@ -3,8 +3,8 @@
 //!
 //! | aggregate | trait | records |
 //! |---|---|---|
-//! | accounts and profiles | [`UserStore`] | [`User`], [`NewUser`], [`ProfilePatch`] |
-//! | one-time codes | [`CodeStore`] | [`OneTimeCode`] |
+//! | accounts and profiles | [`UserStore`] | [`User`], [`NewUser`], [`ProfilePatch`], [`SignupAttempt`] |
+//! | one-time codes | [`CodeStore`] | [`CodeChallenge`], [`OneTimeCode`], [`SignupChoice`] |
 //! | sessions and refresh tokens | [`SessionStore`] | [`Session`], [`RefreshToken`] |
 //! | mail outbox and mail budget | [`MailStore`] | [`OutboxMail`], [`MailResult`], [`MailStatus`] |
 //! | social battery | [`BatteryStore`] | [`BatteryEvent`], [`NewBatteryEvent`], [`RecordOutcome`] |
@@ -37,12 +37,14 @@ pub use battery::{
     BatteryEvent, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter, IdempotencyKey,
     NewBatteryEvent, RecordOutcome,
 };
-pub use codes::{CodeStore, OneTimeCode};
+pub use codes::{Admission, CodeChallenge, CodeStore, OneTimeCode, SignupChoice};
 pub use housekeeping::Housekeeping;
 pub use mail::{MailResult, MailStatus, MailStore, OutboxMail, OutboxStats, SendLimits};
 pub use migration::{MigrationStore, StoreCounts};
-pub use sessions::{RefreshToken, Session, SessionStore};
-pub use users::{NewUser, ProfilePatch, ProfileValue, User, UserStore};
+pub use sessions::{RefreshToken, Rotation, Session, SessionStore, SEALED_CHILD_KEPT};
+pub use users::{
+    NewUser, ProfilePatch, ProfileValue, SignupAttempt, SignupOutcome, User, UserStore,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -20,6 +20,7 @@ mod process;
 mod rate_limits;
 mod register;
 mod reset;
+mod same_work;
 mod sendgrid;
 mod sessions;
 mod smtp;

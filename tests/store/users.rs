@@ -99,7 +99,7 @@ async fn everything_of(s: &TestStore, user_id: &str) -> (Session, RefreshToken) 
                 user_id: user_id.to_owned(),
                 purpose,
                 code_hash: "h".into(),
-                attempts: 0,
+                signup: None,
                 created_at: t0(),
                 expires_at: at(600),
             })

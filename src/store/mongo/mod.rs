@@ -360,6 +360,11 @@ impl MongoStore {
         };
         let plan: Vec<(&str, IndexModel)> = vec![
             (USERS, index(doc! { "email": 1 }, true, None)),
+            // The purge of accounts never verified.
+            (
+                USERS,
+                index(doc! { "is_verified": 1, "created_at": 1 }, false, None),
+            ),
             (SESSIONS, index(doc! { "user_id": 1 }, false, None)),
             (SESSIONS, index(doc! { "expires_at": 1 }, false, Some(0))),
             (REFRESH_TOKENS, index(doc! { "session_id": 1 }, false, None)),

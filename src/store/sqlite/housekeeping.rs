@@ -5,8 +5,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, TransactionBehavior};
 
 use super::{millis, SqliteStore};
-use crate::store::housekeeping::IDEMPOTENCY_KEPT;
+use crate::store::housekeeping::{IDEMPOTENCY_KEPT, UNVERIFIED_KEPT};
 use crate::store::mail::{FINISHED_MAIL_KEPT, SEND_WINDOW};
+use crate::store::sessions::SEALED_CHILD_KEPT;
 use crate::store::{Housekeeping, MailStatus, StoreResult};
 
 #[async_trait]
@@ -40,6 +41,22 @@ impl Housekeeping for SqliteStore {
             removed += tx.execute(
                 "DELETE FROM one_time_codes WHERE expires_at <= ?1",
                 [now_ms],
+            )?;
+            // A challenge without codes is over (its count goes with it).
+            removed += tx.execute(
+                "DELETE FROM code_challenges WHERE NOT EXISTS (SELECT 1 FROM one_time_codes c                  WHERE c.user_id = code_challenges.user_id AND c.purpose = code_challenges.purpose)",
+                [],
+            )?;
+            // Accounts never verified, a week on, with no live code left: everything of
+            // theirs goes by cascade.
+            removed += tx.execute(
+                "DELETE FROM users WHERE is_verified = 0 AND created_at <= ?1                  AND NOT EXISTS (SELECT 1 FROM code_challenges c WHERE c.user_id = users.id)",
+                [millis(now - UNVERIFIED_KEPT)],
+            )?;
+            // Sealed children are kept for the grace window only.
+            tx.execute(
+                "UPDATE refresh_tokens SET child_sealed = NULL                  WHERE child_sealed IS NOT NULL AND rotated_at <= ?1",
+                [millis(now - SEALED_CHILD_KEPT)],
             )?;
             // Refresh tokens go with their session by cascade.
             removed += tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now_ms])?;

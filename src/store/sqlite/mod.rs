@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_battery.sql"),
     include_str!("../migrations/0003_outbox.sql"),
     include_str!("../migrations/0004_history_order.sql"),
+    include_str!("../migrations/0005_signup_attempts.sql"),
 ];
 
 const READERS: usize = 4;
