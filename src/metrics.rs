@@ -363,6 +363,33 @@ fn clamp_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+tokio::task_local! {
+    /// The store operations of the current task, when [`store_operations_of`] watches it.
+    static OPERATIONS: std::cell::RefCell<Vec<StoreOperation>>;
+}
+
+/// One store operation as its choke point names it: the store method on SQLite, the
+/// driver command on MongoDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOperation {
+    pub name: &'static str,
+    pub write: bool,
+}
+
+/// Runs `work` and lists the store operations it performed itself, in order (not those of
+/// tasks it spawned, nor anyone else's). Tests compare the store work of two requests
+/// with it (SECURITY.md 29: a known and an unknown address do the same operations).
+pub async fn store_operations_of<F: std::future::Future>(
+    work: F,
+) -> (F::Output, Vec<StoreOperation>) {
+    OPERATIONS
+        .scope(std::cell::RefCell::new(Vec::new()), async {
+            let output = work.await;
+            (output, OPERATIONS.with(|ops| ops.take()))
+        })
+        .await
+}
+
 /// What one store keeps about its operations: it feeds the store series and remembers
 /// which write operations are failing (for `/health` and `/health/ready`). Each backend
 /// holds one and calls [`StoreObserver::record`] at its single choke point.
@@ -418,6 +445,13 @@ impl StoreObserver {
         elapsed: Duration,
         error: Option<&StoreError>,
     ) {
+        // Outside `store_operations_of` this finds no list and costs a thread-local check.
+        let _ = OPERATIONS.try_with(|ops| {
+            ops.borrow_mut().push(StoreOperation {
+                name: operation,
+                write,
+            })
+        });
         let m = metrics();
         m.store
             .get_or_create(&StoreLabels {
@@ -677,11 +711,14 @@ mod tests {
         let checked_from = Instant::now();
         observer.record("delete_one", true, Duration::ZERO, Some(&cut));
         observer.reachable(checked_from);
-        assert!(matches!(
-            observer.write_health(),
-            WriteHealth::Failing { ref operations, .. }
-                if operations == &["delete_one", "update_one"]
-        ), "a failure after the round trip started, or of another kind, stays");
+        assert!(
+            matches!(
+                observer.write_health(),
+                WriteHealth::Failing { ref operations, .. }
+                    if operations == &["delete_one", "update_one"]
+            ),
+            "a failure after the round trip started, or of another kind, stays"
+        );
         observer.reachable(Instant::now());
         assert!(matches!(
             observer.write_health(),

@@ -24,7 +24,7 @@ use crate::routes::account::SessionItem;
 use crate::routes::social_battery::ActivityRecord;
 use crate::routes::users::UserProfile;
 use crate::startup::AppState;
-use crate::store::{BatteryEvent, HistoryFilter};
+use crate::store::{BatteryEvent, HistoryCursor, HistoryFilter};
 
 /// History records read per store call.
 pub const EXPORT_PAGE: u32 = 500;
@@ -53,7 +53,10 @@ struct Head<'a> {
 }
 
 enum Stage {
-    Pages { before: Option<i64>, first: bool },
+    Pages {
+        after: Option<HistoryCursor>,
+        first: bool,
+    },
     Done,
 }
 
@@ -90,7 +93,7 @@ pub fn body(
         user_id,
         format,
         stage: Stage::Pages {
-            before: None,
+            after: None,
             first: true,
         },
     };
@@ -103,7 +106,7 @@ pub fn body(
 }
 
 async fn next_chunk(mut cursor: Cursor) -> Result<Option<(Bytes, Cursor)>, std::io::Error> {
-    let Stage::Pages { before, first } = cursor.stage else {
+    let Stage::Pages { after, first } = cursor.stage else {
         return Ok(None);
     };
     let page = cursor
@@ -112,7 +115,7 @@ async fn next_chunk(mut cursor: Cursor) -> Result<Option<(Bytes, Cursor)>, std::
         .battery_history(
             &cursor.user_id,
             &HistoryFilter::default(),
-            before,
+            after,
             EXPORT_PAGE,
         )
         .await
@@ -129,7 +132,7 @@ async fn next_chunk(mut cursor: Cursor) -> Result<Option<(Bytes, Cursor)>, std::
         return Ok(Some((Bytes::from_static(tail), cursor)));
     };
     cursor.stage = Stage::Pages {
-        before: Some(last.seq),
+        after: Some(last.position()),
         first: false,
     };
     let mut out = Vec::with_capacity(page.len() * 320);

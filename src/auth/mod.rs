@@ -9,6 +9,7 @@ pub mod export;
 pub mod extractor;
 pub mod otp;
 pub mod password;
+pub mod seal;
 pub mod service;
 pub mod tokens;
 

@@ -200,6 +200,7 @@ pub struct VerifyTokenResponse {
     pub valid: bool,
     pub user: UserProfile,
     /// When the presented access token expires.
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub expires_at: DateTime<Utc>,
 }
 

@@ -37,6 +37,7 @@ async fn seed(app: &TestApp, user: &TestUser, n: usize) {
             duration_minutes: 30,
             occurred_at: now,
             recorded_at: now,
+            received: std::time::Instant::now(),
             notes: None,
             people_count: None,
             interaction_type: None,

@@ -16,7 +16,7 @@ store_tests!(
 async fn devices_list_only_the_users_live_sessions_most_recently_used_first(s: &TestStore) {
     let (user, other) = (s.user().await, s.user().await);
     let (old, _) = s.login(&user.id, at(1_000)).await;
-    let (recent, _) = s.login(&user.id, at(1_000)).await;
+    let (recent, recent_token) = s.login(&user.id, at(1_000)).await;
     let (expired, _) = s.login(&user.id, at(50)).await;
     let (_, _) = s.login(&other.id, at(1_000)).await;
     assert!(s
@@ -35,8 +35,14 @@ async fn devices_list_only_the_users_live_sessions_most_recently_used_first(s: &
         session_id: recent.id.clone(),
         issued_at: at(60),
         rotated_at: None,
+        child_sealed: None,
     };
-    s.store.insert_refresh_token(&child).await.unwrap();
+    let rotated = s
+        .store
+        .rotate_refresh_token(&recent_token.token_hash, &child, "sealed")
+        .await
+        .unwrap();
+    assert_eq!(rotated, introgy::store::Rotation::Rotated);
 
     let devices = s
         .store

@@ -14,6 +14,7 @@ mod corrupt;
 mod housekeeping;
 mod mail;
 mod sessions;
+mod signup;
 mod users;
 
 use std::sync::Arc;
@@ -220,6 +221,7 @@ impl TestStore {
             session_id: session.id.clone(),
             issued_at: t0(),
             rotated_at: None,
+            child_sealed: None,
         };
         self.store
             .insert_session(&session, &token)
