@@ -47,6 +47,9 @@ use crate::startup::AppState;
 
 /// `/users/lookup` calls allowed per caller per minute (SECURITY.md 11).
 pub const LOOKUPS_PER_MINUTE: u32 = 30;
+/// `/users/me/export` calls allowed per user per hour (a burst of this many, then one
+/// more every 60 / this minutes).
+pub const EXPORTS_PER_HOUR: u32 = 5;
 /// Failed password checks allowed per account in [`FAILED_LOGIN_WINDOW_MINUTES`].
 pub const MAX_FAILED_LOGINS: usize = 10;
 pub const FAILED_LOGIN_WINDOW_MINUTES: i64 = 15;
@@ -399,6 +402,7 @@ pub struct LimitStats {
 pub struct Limits {
     auth: Governed<ClientKey>,
     lookup: Governed<Key>,
+    exports: Governed<Key>,
     password_checks: WindowBudget,
     mail_senders: WindowBudget,
     gates: Arc<Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<()>>>>>,
@@ -427,6 +431,11 @@ impl Limits {
                 ClientKey::overflow(),
             ),
             lookup: Governed::new(Quota::per_minute(per_minute), cap, Key([0; 16])),
+            exports: Governed::new(
+                Quota::per_hour(NonZeroU32::new(EXPORTS_PER_HOUR).expect("non-zero")),
+                cap,
+                Key([0; 16]),
+            ),
             password_checks: WindowBudget::new(
                 MAX_FAILED_LOGINS,
                 Duration::minutes(FAILED_LOGIN_WINDOW_MINUTES),
@@ -457,6 +466,16 @@ impl Limits {
                 self.cap,
             )
             .inspect_err(|_| crate::metrics::metrics().rate_limited("lookup"))
+    }
+
+    /// 429 with `Retry-After` once the user has used up their exports.
+    pub fn check_export(&self, user_id: &str) -> ApiResult<()> {
+        self.exports
+            .check(
+                &Key::derive("introgy/export", &[user_id.as_bytes()]),
+                self.cap,
+            )
+            .inspect_err(|_| crate::metrics::metrics().rate_limited("export"))
     }
 
     /// Reserves one of the account's password checks (SECURITY.md 26): 429 with
@@ -508,6 +527,7 @@ impl Limits {
     /// Forgets what no budget needs any more (keeps memory bounded).
     pub fn retain_recent(&self, now: DateTime<Utc>) {
         self.lookup.retain_recent();
+        self.exports.retain_recent();
         self.auth.retain_recent();
         self.password_checks.retain_recent(now);
         self.mail_senders.retain_recent(now);

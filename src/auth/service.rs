@@ -12,6 +12,7 @@
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 
 use super::confirm::PasswordCheck;
+use super::device::Device;
 use super::otp::{OtpHasher, MAX_CODE_ATTEMPTS};
 use super::{random_hex, random_token, sha256_hex, AuthUser};
 use crate::domain::{DisplayName, Email, OtpCode, OtpPurpose, Password};
@@ -331,7 +332,12 @@ async fn code_owner(state: &AppState, email: &Email) -> ApiResult<(Option<User>,
 /// force (its password and display name; every other attempt is discarded), marks the
 /// address verified, logs in.
 #[tracing::instrument(skip_all, fields(email = %email.masked()))]
-pub async fn verify_email(state: &AppState, email: Email, code: &str) -> ApiResult<IssuedTokens> {
+pub async fn verify_email(
+    state: &AppState,
+    device: &Device,
+    email: Email,
+    code: &str,
+) -> ApiResult<IssuedTokens> {
     let (user, user_id) = code_owner(state, &email).await?;
     let matched = check_code(state, &user_id, OtpPurpose::VerifyEmail, code).await?;
     let (Some(_), Some(code_hash)) = (user, matched) else {
@@ -345,14 +351,19 @@ pub async fn verify_email(state: &AppState, email: Email, code: &str) -> ApiResu
         // A parallel submission of the same code won.
         return Err(invalid_code());
     };
-    start_session(state, user).await
+    start_session(state, user, device).await
 }
 
 /// `POST /auth/login`. Unknown address and wrong password answer the same, in the same
 /// time; "not verified" is only said after a correct password.
 #[tracing::instrument(skip_all)]
-pub async fn login(state: &AppState, email: &str, password: &str) -> ApiResult<IssuedTokens> {
-    let result = login_inner(state, email, password).await;
+pub async fn login(
+    state: &AppState,
+    device: &Device,
+    email: &str,
+    password: &str,
+) -> ApiResult<IssuedTokens> {
+    let result = login_inner(state, device, email, password).await;
     crate::metrics::metrics().login(match &result {
         Ok(_) => "success",
         Err(ApiError::Unauthorized { .. }) => "invalid_credentials",
@@ -363,7 +374,12 @@ pub async fn login(state: &AppState, email: &str, password: &str) -> ApiResult<I
     result
 }
 
-async fn login_inner(state: &AppState, email: &str, password: &str) -> ApiResult<IssuedTokens> {
+async fn login_inner(
+    state: &AppState,
+    device: &Device,
+    email: &str,
+    password: &str,
+) -> ApiResult<IssuedTokens> {
     // Failed logins are throttled per address, known or not (SECURITY.md 21), and the
     // slot is taken before anything is looked up or hashed (SECURITY.md 26).
     let check = PasswordCheck::reserve(state, AccountKey::for_login_input(email))?;
@@ -395,11 +411,11 @@ async fn login_inner(state: &AppState, email: &str, password: &str) -> ApiResult
             detail: "Email not verified. Enter the code we sent you, or ask for a new one.".into(),
         });
     }
-    start_session(state, user).await
+    start_session(state, user, device).await
 }
 
-/// Opens a session and issues its first token pair.
-async fn start_session(state: &AppState, user: User) -> ApiResult<IssuedTokens> {
+/// Opens a session, records its device and issues its first token pair.
+async fn start_session(state: &AppState, user: User, device: &Device) -> ApiResult<IssuedTokens> {
     let now = state.clock.now();
     let session = Session {
         id: random_hex(16),
@@ -417,6 +433,11 @@ async fn start_session(state: &AppState, user: User) -> ApiResult<IssuedTokens> 
         child_sealed: None,
     };
     state.store.insert_session(&session, &first).await?;
+    // A second write (see docs/decisions.md, "Devices"): sessions.rs stays as it was.
+    state
+        .store
+        .set_session_device(&session.id, &device.client, &device.ip)
+        .await?;
     tracing::info!(user_id = %user.id, session_id = %session.id, "session started");
     issue_tokens(state, &session, refresh_token, user, now)
 }

@@ -44,6 +44,9 @@ pub fn samples() -> Vec<MailKind> {
         MailKind::SignupAttempt,
         MailKind::SignupIncomplete,
         MailKind::PasswordChanged,
+        MailKind::PasswordUpdated {
+            others_signed_out: true,
+        },
     ]
 }
 

@@ -41,6 +41,10 @@ pub enum MailKind {
     /// only from signing up (each attempt's code sets that attempt's password).
     SignupIncomplete,
     PasswordChanged,
+    /// The signed-in user changed their password (`POST /auth/change-password`).
+    PasswordUpdated {
+        others_signed_out: bool,
+    },
 }
 
 impl MailKind {
@@ -60,6 +64,7 @@ impl MailKind {
             Self::SignupAttempt => "signup_attempt",
             Self::SignupIncomplete => "signup_incomplete",
             Self::PasswordChanged => "password_changed",
+            Self::PasswordUpdated { .. } => "password_updated",
         }
     }
 }

@@ -57,6 +57,9 @@ enum Payload {
     SignupAttempt,
     SignupIncomplete,
     PasswordChanged,
+    PasswordUpdated {
+        others_signed_out: bool,
+    },
 }
 
 struct Inner {
@@ -130,6 +133,9 @@ impl Outbox {
             MailKind::SignupAttempt => Payload::SignupAttempt,
             MailKind::SignupIncomplete => Payload::SignupIncomplete,
             MailKind::PasswordChanged => Payload::PasswordChanged,
+            MailKind::PasswordUpdated { others_signed_out } => Payload::PasswordUpdated {
+                others_signed_out: *others_signed_out,
+            },
         };
         let now = self.inner.clock.now();
         OutboxMail {
@@ -241,6 +247,9 @@ impl Outbox {
             Ok(Payload::SignupAttempt) => Some(MailKind::SignupAttempt),
             Ok(Payload::SignupIncomplete) => Some(MailKind::SignupIncomplete),
             Ok(Payload::PasswordChanged) => Some(MailKind::PasswordChanged),
+            Ok(Payload::PasswordUpdated { others_signed_out }) => {
+                Some(MailKind::PasswordUpdated { others_signed_out })
+            }
             Err(_) => None,
         };
         let Some(kind) = kind else {

@@ -50,6 +50,14 @@ const SOURCES: &[(&str, &str)] = &[
         "password_changed.txt",
         include_str!("templates/password_changed.txt"),
     ),
+    (
+        "password_updated.html",
+        include_str!("templates/password_updated.html"),
+    ),
+    (
+        "password_updated.txt",
+        include_str!("templates/password_updated.txt"),
+    ),
 ];
 
 pub struct Templates {
@@ -120,13 +128,19 @@ impl Templates {
                 None,
                 format!("{}/register", self.frontend_url),
             ),
-            MailKind::PasswordChanged => (
+            MailKind::PasswordChanged | MailKind::PasswordUpdated { .. } => (
                 format!("Your {} password was changed", self.brand),
                 None,
                 None,
                 format!("{}/reset-password", self.frontend_url),
             ),
         };
+        let others_signed_out = matches!(
+            kind,
+            MailKind::PasswordUpdated {
+                others_signed_out: true
+            }
+        );
         let ctx = context! {
             brand => self.brand,
             frontend_url => self.frontend_url,
@@ -134,6 +148,7 @@ impl Templates {
             code => code,
             minutes => minutes,
             link => link,
+            others_signed_out => others_signed_out,
             subject => subject,
         };
         let template = kind.template();
@@ -182,6 +197,9 @@ mod tests {
             MailKind::SignupAttempt,
             MailKind::SignupIncomplete,
             MailKind::PasswordChanged,
+            MailKind::PasswordUpdated {
+                others_signed_out: true,
+            },
         ];
         for kind in kinds {
             let mail = templates.render(&to, &kind).unwrap();

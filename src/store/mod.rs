@@ -6,6 +6,7 @@
 //! | accounts and profiles | [`UserStore`] | [`User`], [`NewUser`], [`ProfilePatch`], [`SignupAttempt`] |
 //! | one-time codes | [`CodeStore`] | [`CodeChallenge`], [`OneTimeCode`], [`SignupChoice`] |
 //! | sessions and refresh tokens | [`SessionStore`] | [`Session`], [`RefreshToken`] |
+//! | devices, password change | [`AccountStore`] | [`DeviceSession`], [`OtherSessions`] |
 //! | mail outbox and mail budget | [`MailStore`] | [`OutboxMail`], [`MailResult`], [`MailStatus`] |
 //! | social battery | [`BatteryStore`] | [`BatteryEvent`], [`NewBatteryEvent`], [`RecordOutcome`] |
 //! | moving between stores | [`MigrationStore`] | [`StoreCounts`] |
@@ -20,6 +21,7 @@
 //! precondition, so they stay atomic on a backend without multi-document transactions;
 //! `tests/store/` holds every such promise on both backends.
 
+mod account;
 mod battery;
 mod codes;
 mod housekeeping;
@@ -33,6 +35,7 @@ mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use account::{AccountStore, DeviceSession, OtherSessions, MAX_LISTED_SESSIONS};
 pub use battery::{
     BatteryEvent, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter, IdempotencyKey,
     NewBatteryEvent, RecordOutcome,
@@ -90,6 +93,7 @@ pub trait Store:
     UserStore
     + CodeStore
     + SessionStore
+    + AccountStore
     + MailStore
     + BatteryStore
     + MigrationStore
@@ -104,6 +108,7 @@ impl<T> Store for T where
     T: UserStore
         + CodeStore
         + SessionStore
+        + AccountStore
         + MailStore
         + BatteryStore
         + MigrationStore

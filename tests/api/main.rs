@@ -1,5 +1,6 @@
 //! Black-box tests: the real application over HTTP, one file per resource or concern.
 
+mod account;
 mod battery;
 mod chaos_proxy;
 mod cli;
@@ -9,6 +10,7 @@ mod crash;
 mod docs_and_meta;
 mod durability;
 mod envelope;
+mod export;
 mod helpers;
 mod input;
 mod login;

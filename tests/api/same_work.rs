@@ -140,9 +140,11 @@ async fn verify_otp_does_the_same_work_for_known_and_unknown_addresses() {
     let verify = |address: String| {
         let state = app.state.clone();
         async move {
-            assert!(service::verify_email(&state, email(&address), "000000")
-                .await
-                .is_err());
+            assert!(
+                service::verify_email(&state, &device(), email(&address), "000000")
+                    .await
+                    .is_err()
+            );
         }
     };
 
@@ -200,9 +202,11 @@ async fn login_does_the_same_work_for_known_and_unknown_addresses() {
     let login = |address: String| {
         let state = app.state.clone();
         async move {
-            assert!(service::login(&state, &address, "not the password")
-                .await
-                .is_err());
+            assert!(
+                service::login(&state, &device(), &address, "not the password")
+                    .await
+                    .is_err()
+            );
         }
     };
 
@@ -241,4 +245,9 @@ async fn send_verification_code_answers_before_any_store_work_for_every_address(
     assert_eq!(names(&existing), Vec::<&str>::new());
     assert_eq!((existing.1, existing.2), (unknown.1, unknown.2));
     app.wait_for_mails(&known, "reset_code", 1).await;
+}
+
+/// The device of a request from the test client (no User-Agent).
+fn device() -> introgy::auth::device::Device {
+    introgy::auth::device::Device::new(None, std::net::Ipv4Addr::LOCALHOST.into())
 }

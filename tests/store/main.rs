@@ -7,6 +7,7 @@
 //! plain `cargo test` runs the SQLite half and lists the MongoDB half as ignored (never a
 //! silent pass); `scripts/test` starts a server and runs both with `--include-ignored`.
 
+mod account;
 mod battery;
 mod codes;
 mod corrupt;

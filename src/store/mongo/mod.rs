@@ -20,6 +20,7 @@
 //! decoded into the same types, so a document that does not decode is reported as
 //! [`StoreError::Corrupt`] naming its collection and `_id`.
 
+mod account;
 mod battery;
 mod codes;
 mod housekeeping;

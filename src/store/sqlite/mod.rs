@@ -38,6 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{OpenMode, StoreError, StoreResult};
 
+mod account;
 mod battery;
 mod codes;
 mod housekeeping;
@@ -53,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_outbox.sql"),
     include_str!("../migrations/0004_history_order.sql"),
     include_str!("../migrations/0005_signup_attempts.sql"),
+    include_str!("../migrations/0006_session_devices.sql"),
 ];
 
 const READERS: usize = 4;
