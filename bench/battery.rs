@@ -21,7 +21,7 @@ use introgy::config::{Config, ConfigArgs};
 use introgy::email::MemoryTransport;
 use introgy::startup::Application;
 use introgy::store::sqlite::SqliteStore;
-use introgy::store::{BatteryStore, HistoryFilter, NewUser, Store, UserStore};
+use introgy::store::{BatteryStore, HistoryCursor, HistoryFilter, NewUser, Store, UserStore};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -53,10 +53,12 @@ async fn new_user(store: &dyn Store) -> String {
     id
 }
 
-/// Writes `n` events for `user_id` directly (one transaction), as `record` would have.
-fn bulk_load(path: &std::path::Path, user_id: &str, n: i64) {
+/// Writes `n` events for `user_id` directly (one transaction), as `record` would have,
+/// one a second; returns the page cursor halfway through the history.
+fn bulk_load(path: &std::path::Path, user_id: &str, n: i64) -> HistoryCursor {
     let mut conn = rusqlite::Connection::open(path).unwrap();
     let tx = conn.transaction().unwrap();
+    let start = Utc::now().timestamp_millis() - n * 1000;
     {
         let mut insert = tx
             .prepare(
@@ -65,7 +67,6 @@ fn bulk_load(path: &std::path::Path, user_id: &str, n: i64) {
                  VALUES (?1, ?2, ?3, ?4, 10, 'bench', ?5, ?6, ?7, 60, ?8, ?8)",
             )
             .unwrap();
-        let start = Utc::now().timestamp_millis() - n * 1000;
         let mut level: i64 = 70;
         for seq in 1..=n {
             let (kind, after) = if seq % 2 == 0 {
@@ -101,6 +102,11 @@ fn bulk_load(path: &std::path::Path, user_id: &str, n: i64) {
         .unwrap();
     }
     tx.commit().unwrap();
+    let middle = n / 2;
+    HistoryCursor {
+        occurred_at: chrono::DateTime::from_timestamp_millis(start + middle * 1000).unwrap(),
+        seq: middle,
+    }
 }
 
 /// Mean time of `f` over `iterations` runs, in microseconds.
@@ -128,8 +134,8 @@ async fn store_level(dir: &std::path::Path) {
     let small_user = new_user(&store).await;
     let large_user = new_user(&store).await;
     let load = Instant::now();
-    bulk_load(&path, &small_user, 1_000);
-    bulk_load(&path, &large_user, large);
+    let small_middle = bulk_load(&path, &small_user, 1_000);
+    let large_middle = bulk_load(&path, &large_user, large);
     println!(
         "loaded 1,000 and {large} events in {:.1} s",
         load.elapsed().as_secs_f64()
@@ -155,7 +161,7 @@ async fn store_level(dir: &std::path::Path) {
         ("summary, type=recharge", 5),
     ] {
         let mut results = Vec::new();
-        for (user, total) in [(&small_user, 1_000i64), (&large_user, large)] {
+        for (user, middle) in [(&small_user, small_middle), (&large_user, large_middle)] {
             let store = &store;
             let (no_filter, recharges) = (&no_filter, &recharges);
             let us = time_us(2_000, || async move {
@@ -169,7 +175,7 @@ async fn store_level(dir: &std::path::Path) {
                     ),
                     2 => drop(
                         store
-                            .battery_history(user, no_filter, Some(total / 2), 51)
+                            .battery_history(user, no_filter, Some(middle), 51)
                             .await
                             .unwrap(),
                     ),

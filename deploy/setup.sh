@@ -160,6 +160,11 @@ report
 # Only checked here; nothing goes live (service or site) before the settings pass.
 nginx -t || die "nginx -t fails with these files (above); nothing was reloaded"
 
+# The database is created only here (production `serve` refuses to start without one, so
+# a lost database is never silently replaced); on a re-run this changes nothing.
+runuser -u introgy -- /usr/local/bin/introgy init --env-file /etc/introgy/introgy.env ||
+  die "introgy init could not create or open the database (above); nothing was started"
+
 check() {
   runuser -u introgy -- /usr/local/bin/introgy check --env-file /etc/introgy/introgy.env
 }

@@ -605,6 +605,16 @@ impl Config {
     }
 }
 
+/// Only the store settings of `args` (`introgy init` and `introgy backup` need nothing
+/// else, so they work before mail is configured).
+pub fn database_of(args: &ConfigArgs) -> Result<DatabaseConfig, ConfigError> {
+    parse_database(
+        non_empty_secret(args.database_url.clone()),
+        non_empty_secret(args.mongo_uri.clone()),
+        &args.mongo_db,
+    )
+}
+
 fn parse_database(
     database_url: Option<SecretString>,
     mongo_uri: Option<SecretString>,

@@ -41,6 +41,9 @@ pub use crate::store::Slot;
 
 /// `/users/lookup` calls allowed per caller per minute (SECURITY.md 11).
 pub const LOOKUPS_PER_MINUTE: u32 = 30;
+/// `/users/me/export` calls allowed per user per hour (a burst of this many, then one
+/// more every 60 / this minutes).
+pub const EXPORTS_PER_HOUR: u32 = 5;
 /// Failed password checks allowed per account in [`FAILED_LOGIN_WINDOW_MINUTES`].
 pub const MAX_FAILED_LOGINS: usize = 10;
 pub const FAILED_LOGIN_WINDOW_MINUTES: i64 = 15;
@@ -197,6 +200,7 @@ pub struct Limits {
     clock: Clock,
     auth: Rate,
     lookup: Rate,
+    exports: Rate,
     gates: Arc<Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
@@ -209,6 +213,7 @@ impl Limits {
             clock,
             auth: Rate::per_minute(auth_per_minute),
             lookup: Rate::per_minute(LOOKUPS_PER_MINUTE),
+            exports: Rate::per_hour(EXPORTS_PER_HOUR),
             gates: Arc::default(),
         }
     }
@@ -233,6 +238,18 @@ impl Limits {
             .await?
             .map_err(|refused| {
                 crate::metrics::metrics().rate_limited("lookup");
+                too_many(refused)
+            })
+    }
+
+    /// 429 with `Retry-After` once the user has used up their exports.
+    pub async fn check_export(&self, user_id: &str) -> ApiResult<()> {
+        let key = LimitKey::derive("introgy/export", &[user_id.as_bytes()]);
+        self.store
+            .take_rate(Budget::Export, key, self.exports, self.clock.now())
+            .await?
+            .map_err(|refused| {
+                crate::metrics::metrics().rate_limited("export");
                 too_many(refused)
             })
     }

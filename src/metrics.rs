@@ -448,6 +448,33 @@ fn clamp_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+tokio::task_local! {
+    /// The store operations of the current task, when [`store_operations_of`] watches it.
+    static OPERATIONS: std::cell::RefCell<Vec<StoreOperation>>;
+}
+
+/// One store operation as its choke point names it: the store method on SQLite, the
+/// driver command on MongoDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOperation {
+    pub name: &'static str,
+    pub write: bool,
+}
+
+/// Runs `work` and lists the store operations it performed itself, in order (not those of
+/// tasks it spawned, nor anyone else's). Tests compare the store work of two requests
+/// with it (SECURITY.md 29: a known and an unknown address do the same operations).
+pub async fn store_operations_of<F: std::future::Future>(
+    work: F,
+) -> (F::Output, Vec<StoreOperation>) {
+    OPERATIONS
+        .scope(std::cell::RefCell::new(Vec::new()), async {
+            let output = work.await;
+            (output, OPERATIONS.with(|ops| ops.take()))
+        })
+        .await
+}
+
 /// What one store keeps about its operations: it feeds the store series and remembers
 /// which write operations are failing (for `/health` and `/health/ready`). Each backend
 /// holds one and calls [`StoreObserver::record`] at its single choke point.
@@ -460,8 +487,15 @@ fn clamp_i64(n: u64) -> i64 {
 /// rare operation does not hold the service degraded.
 pub struct StoreObserver {
     backend: &'static str,
-    /// Failing write operations: when each started failing and when it last failed.
-    failing: Mutex<HashMap<&'static str, (Instant, Instant)>>,
+    /// Failing write operations: when each started failing, when it last failed, and
+    /// whether that last failure was the store being unreachable.
+    failing: Mutex<HashMap<&'static str, Failure>>,
+}
+
+struct Failure {
+    since: Instant,
+    last: Instant,
+    unreachable: bool,
 }
 
 /// How long a failed write keeps the store degraded without another attempt.
@@ -496,6 +530,13 @@ impl StoreObserver {
         elapsed: Duration,
         error: Option<&StoreError>,
     ) {
+        // Outside `store_operations_of` this finds no list and costs a thread-local check.
+        let _ = OPERATIONS.try_with(|ops| {
+            ops.borrow_mut().push(StoreOperation {
+                name: operation,
+                write,
+            })
+        });
         let m = metrics();
         m.store
             .get_or_create(&StoreLabels {
@@ -526,20 +567,38 @@ impl StoreObserver {
             let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
             if failed {
                 let now = Instant::now();
+                let unreachable = matches!(error, Some(StoreError::Unavailable(_)));
                 failing
                     .entry(operation)
-                    .and_modify(|(_, last)| *last = now)
-                    .or_insert((now, now));
+                    .and_modify(|f| {
+                        f.last = now;
+                        f.unreachable = unreachable;
+                    })
+                    .or_insert(Failure {
+                        since: now,
+                        last: now,
+                        unreachable,
+                    });
             } else if !failing.is_empty() {
                 failing.remove(operation);
             }
         }
     }
 
+    /// The store answered a round trip that started at `checked_from`: writes whose latest
+    /// failure was the store being unreachable before then are no longer failing. Only for
+    /// a store where "unavailable" means the connection (MongoDB: network, server
+    /// selection, timeouts); SQLite's unavailable includes a full disk, which a read that
+    /// succeeds does not disprove, so SQLite never calls this.
+    pub fn reachable(&self, checked_from: Instant) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing.retain(|_, f| !(f.unreachable && f.last < checked_from));
+    }
+
     pub fn write_health(&self) -> WriteHealth {
         let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        failing.retain(|_, (_, last)| last.elapsed() < FAILURE_MEMORY);
-        match failing.values().map(|(since, _)| *since).min() {
+        failing.retain(|_, f| f.last.elapsed() < FAILURE_MEMORY);
+        match failing.values().map(|f| f.since).min() {
             None => WriteHealth::Ok,
             Some(since) => {
                 let mut operations: Vec<&'static str> = failing.keys().copied().collect();
@@ -725,6 +784,31 @@ mod tests {
         ));
         observer.record("insert_user", true, Duration::ZERO, None);
         assert_eq!(observer.write_health(), WriteHealth::Ok);
+    }
+
+    #[test]
+    fn a_round_trip_after_an_unreachable_store_clears_only_what_unreachability_failed() {
+        let observer = StoreObserver::new("test");
+        let cut = StoreError::Unavailable(anyhow::anyhow!("connection refused"));
+        let refused = StoreError::Other(anyhow::anyhow!("write refused"));
+        observer.record("insert_one", true, Duration::ZERO, Some(&cut));
+        observer.record("update_one", true, Duration::ZERO, Some(&refused));
+        let checked_from = Instant::now();
+        observer.record("delete_one", true, Duration::ZERO, Some(&cut));
+        observer.reachable(checked_from);
+        assert!(
+            matches!(
+                observer.write_health(),
+                WriteHealth::Failing { ref operations, .. }
+                    if operations == &["delete_one", "update_one"]
+            ),
+            "a failure after the round trip started, or of another kind, stays"
+        );
+        observer.reachable(Instant::now());
+        assert!(matches!(
+            observer.write_health(),
+            WriteHealth::Failing { ref operations, .. } if operations == &["update_one"]
+        ));
     }
 
     #[test]

@@ -34,6 +34,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::otp::OtpHasher;
 use crate::auth::password::PasswordHasher;
+use crate::auth::seal::Sealer;
 use crate::auth::tokens::JwtKeys;
 use crate::background::Background;
 use crate::clock::Clock;
@@ -45,7 +46,8 @@ use crate::store::Store;
 
 /// Largest accepted request body (SECURITY.md 23).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
-/// How often expired codes, sessions and mail-budget records are purged.
+/// How often expired codes, sessions, mail-budget records and accounts never verified are
+/// purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 /// How long shutdown waits for work started by responses (codes being issued, mail
 /// being queued); queued mail itself is durable and waits in the outbox.
@@ -79,6 +81,8 @@ pub struct AppState {
     pub mailer: Mailer,
     pub keys: Arc<JwtKeys>,
     pub otp: Arc<OtpHasher>,
+    /// Seals the child of a rotated refresh token for its grace window.
+    pub refresh_seal: Arc<Sealer>,
     pub hasher: PasswordHasher,
     /// Work running after responses (codes, mail).
     pub background: Background,
@@ -138,6 +142,7 @@ impl Application {
         let outbox = Outbox::new(Arc::clone(&store), mailer.clone(), clock.clone(), &secret);
         let state = AppState {
             otp: Arc::new(OtpHasher::from_signing_secret(&secret)),
+            refresh_seal: Arc::new(Sealer::new(&secret, "introgy/refresh-child-key/v1")),
             keys: Arc::new(keys),
             hasher: PasswordHasher::new(config.bcrypt_cost, config.hash_concurrency),
             store,
@@ -233,6 +238,11 @@ impl Application {
                 "shutting down with work still running; queued mail stays in the outbox"
             );
         }
+        // After the last request: SQLite moves its WAL into the database file, so the
+        // file alone is a complete copy once the process has stopped.
+        if let Err(e) = state.store.close().await {
+            tracing::warn!(error = %format!("{e:#}"), "the store did not close cleanly");
+        }
         tracing::info!("introgy stopped");
         Ok(())
     }
@@ -248,25 +258,29 @@ fn spawn_background_tasks(state: &AppState) {
             tracing::error!(error = %e, "failed to prepare the dummy hash");
         }
     });
-    let store = Arc::clone(&state.store);
-    let limits = Arc::clone(&state.limits);
-    let clock = state.clock.clone();
+    let state = state.clone();
     tokio::spawn(async move {
         // First purge one interval after start, not during start-up.
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + PURGE_INTERVAL, PURGE_INTERVAL);
         loop {
             tick.tick().await;
-            if let Err(e) = limits.forget_spent().await {
-                tracing::warn!(error = %e, "purge of spent budgets failed");
-            }
-            match store.purge_expired(clock.now()).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "purged expired records"),
-                Err(e) => tracing::warn!(error = %e, "purge of expired records failed"),
-            }
+            housekeeping(&state).await;
         }
     });
+}
+
+/// One pass of the housekeeping job (every [`PURGE_INTERVAL`]): forgets stale limiter
+/// keys and purges what has expired from the store, accounts never verified included.
+pub async fn housekeeping(state: &AppState) {
+    if let Err(e) = state.limits.forget_spent().await {
+        tracing::warn!(error = %e, "purge of spent budgets failed");
+    }
+    match state.store.purge_expired(state.clock.now()).await {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "purged expired records"),
+        Err(e) => tracing::warn!(error = %e, "purge of expired records failed"),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called (not

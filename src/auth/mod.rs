@@ -1,11 +1,15 @@
 //! Authentication: password hashing, access tokens, one-time codes, sessions, the
 //! account flows that combine them, and the [`AuthUser`] extractor that protects routes.
 
+pub mod account;
 pub mod confirm;
 pub mod dev_secret;
+pub mod device;
+pub mod export;
 pub mod extractor;
 pub mod otp;
 pub mod password;
+pub mod seal;
 pub mod service;
 pub mod tokens;
 

@@ -49,6 +49,19 @@ impl OtpHasher {
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// The index of the stored hash equal to `candidate` (the hash of a submitted code),
+    /// comparing every one in constant time without stopping at a match, so the time
+    /// does not tell which one matched or whether any did.
+    pub fn find<'a>(stored: impl Iterator<Item = &'a str>, candidate: &str) -> Option<usize> {
+        let mut found = None;
+        for (i, hash) in stored.enumerate() {
+            if bool::from(hash.as_bytes().ct_eq(candidate.as_bytes())) {
+                found = Some(i);
+            }
+        }
+        found
+    }
+
     /// Constant-time comparison of a stored hash with the hash of a submitted code.
     pub fn matches(
         &self,
@@ -95,6 +108,27 @@ mod tests {
             &OtpCode::parse("012346").unwrap()
         ));
         assert!(!stored.contains("012345"));
+    }
+
+    #[test]
+    fn find_picks_the_matching_stored_hash() {
+        let hasher = hasher();
+        let code = |c: &str| OtpCode::parse(c).unwrap();
+        let stored: Vec<String> = ["111111", "222222", "333333"]
+            .iter()
+            .map(|c| hasher.hash(OtpPurpose::VerifyEmail, "u", &code(c)))
+            .collect();
+        let candidate = hasher.hash(OtpPurpose::VerifyEmail, "u", &code("222222"));
+        assert_eq!(
+            OtpHasher::find(stored.iter().map(String::as_str), &candidate),
+            Some(1)
+        );
+        let other = hasher.hash(OtpPurpose::VerifyEmail, "u", &code("444444"));
+        assert_eq!(
+            OtpHasher::find(stored.iter().map(String::as_str), &other),
+            None
+        );
+        assert_eq!(OtpHasher::find(std::iter::empty(), &other), None);
     }
 
     #[test]

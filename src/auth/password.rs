@@ -65,9 +65,11 @@ pub struct PasswordHasher {
     verifications: Arc<VerifyCounters>,
 }
 
-/// Verifications run so far (real and dummy), and how many ran at once.
+/// Hashes and verifications run so far (real and dummy), and how many verifications ran
+/// at once.
 #[derive(Default)]
 struct VerifyCounters {
+    hashes: AtomicU64,
     total: AtomicU64,
     running: AtomicUsize,
     peak: AtomicUsize,
@@ -110,6 +112,7 @@ impl PasswordHasher {
     /// uses); the result is `$2b$<cost>$...`.
     pub async fn hash(&self, password: &Password) -> anyhow::Result<String> {
         let (plain, cost) = (password.expose().to_owned(), self.cost);
+        self.verifications.hashes.fetch_add(1, Ordering::Relaxed);
         self.blocking(move || bcrypt::hash(plain, cost))
             .await?
             .context("Failed to hash a password")
@@ -133,6 +136,11 @@ impl PasswordHasher {
             })
             .await?;
         Ok(!overlong && outcome.unwrap_or(false))
+    }
+
+    /// How many passwords this hasher has hashed (the dummy hash aside).
+    pub fn hashes(&self) -> u64 {
+        self.verifications.hashes.load(Ordering::Relaxed)
     }
 
     /// How many verifications (real and dummy) this hasher has run.

@@ -30,13 +30,23 @@ pub fn samples() -> Vec<MailKind> {
         MailKind::VerificationCode {
             code: "048213".into(),
             valid_minutes: 10,
+            repeated: false,
+        },
+        MailKind::VerificationCode {
+            code: "592617".into(),
+            valid_minutes: 10,
+            repeated: true,
         },
         MailKind::ResetCode {
             code: "731905".into(),
             valid_minutes: 10,
         },
         MailKind::SignupAttempt,
+        MailKind::SignupIncomplete,
         MailKind::PasswordChanged,
+        MailKind::PasswordUpdated {
+            others_signed_out: true,
+        },
     ]
 }
 
@@ -52,7 +62,7 @@ pub fn run(command: MailCommand) -> anyhow::Result<()> {
     for kind in samples() {
         let mail = templates.render(&to, &kind)?;
         for (extension, body) in [("html", &mail.html), ("txt", &mail.text)] {
-            let path = out.join(format!("{}.{extension}", kind.name()));
+            let path = out.join(format!("{}.{extension}", kind.template()));
             std::fs::write(&path, body)
                 .with_context(|| format!("Failed to write {}", path.display()))?;
             println!("{}", path.display());

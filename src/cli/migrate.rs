@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
 
 use crate::config::DatabaseConfig;
-use crate::store::{Store, StoreCounts};
+use crate::store::{OpenMode, Store, StoreCounts};
 
 const USER_PAGE: u32 = 200;
 const EVENT_PAGE: u32 = 1_000;
@@ -57,10 +57,12 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let to = database(&args.to, &args.mongo_db)?;
     println!("migrating {} -> {}", from.describe(), to.describe());
     let timeout = Duration::from_secs(30);
-    let source = crate::store::open(&from, timeout)
+    // A source that is not there is an error, never "0 users" (and nothing is created
+    // at the source); the target is created if need be.
+    let source = crate::store::open(&from, timeout, OpenMode::Populated)
         .await
         .context("Failed to open the source")?;
-    let target = crate::store::open(&to, timeout)
+    let target = crate::store::open(&to, timeout, OpenMode::Create)
         .await
         .context("Failed to open the target")?;
     source
@@ -147,9 +149,9 @@ pub async fn migrate(
                 .finish_battery_import(&user.id, user.battery_level, seq, user.battery_updated_at)
                 .await?;
             if with_codes {
-                for code in source.codes_of(&user.id).await? {
-                    target.put_code(&code).await?;
-                    report.codes += 1;
+                for challenge in source.codes_of(&user.id).await? {
+                    target.put_challenge(&challenge).await?;
+                    report.codes += challenge.codes.len() as u64;
                 }
             }
             report.users += 1;

@@ -1,7 +1,15 @@
-//! The `introgy` command line: `serve` (default), `check`, `smoke`, `migrate` and
-//! `mail preview`; `--version` names the build; `--env-file FILE` (any command) reads
-//! the settings file instead of the working directory's `.env`, `Mongo.env`, `Email.env`.
+//! The `introgy` command line: `serve` (default), `check`, `init`, `backup`, `smoke`,
+//! `migrate` and `mail preview`; `--version` names the build; `--env-file FILE` (any
+//! command) reads the settings file instead of the working directory's `.env`,
+//! `Mongo.env`, `Email.env`.
+//!
+//! Exit codes: 0 done, 1 failed, 2 a configuration problem that a restart cannot fix (a
+//! refused setting, an unreadable settings file, a production database that does not
+//! exist).
 
+pub mod backup;
+pub mod check;
+pub mod init;
 pub mod mail;
 pub mod migrate;
 pub mod smoke;
@@ -50,11 +58,20 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Load the configuration, connect to the store and the mail transport, report.
+    /// Load the configuration, look at the store and the mail transport, report; changes
+    /// nothing.
     Check {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Create the database on a first install (the SQLite file and schema, or MongoDB's
+    /// indexes); production `serve` never creates one.
+    Init {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Copy the SQLite database to a file while the service runs (online backup).
+    Backup(backup::BackupArgs),
     /// Copy users and battery history from one store to another (SQLite <-> MongoDB).
     Migrate(migrate::MigrateArgs),
     /// Drive a running deployment end to end over HTTP and report each step.
@@ -89,6 +106,23 @@ pub fn run() -> ExitCode {
         Some(Command::Serve { config }) => ("serve", config),
         Some(Command::Check { config }) => ("check", config),
         Some(Command::Migrate(args)) => return run_migrate(args),
+        Some(Command::Init { config }) => {
+            crate::telemetry::init(config.log_format);
+            return run_async("introgy init", init::run(config));
+        }
+        Some(Command::Backup(args)) => {
+            return match backup::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(backup::Failure::Usage(message)) => {
+                    eprintln!("introgy backup: {message}");
+                    ExitCode::from(2)
+                }
+                Err(backup::Failure::Failed(e)) => {
+                    eprintln!("introgy backup: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::Smoke(args)) => return run_async("introgy smoke", smoke::run(args)),
         Some(Command::Mail { command }) => {
             return match mail::run(command) {
@@ -124,7 +158,7 @@ pub fn run() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match command {
-            "check" => check(config).await,
+            "check" => check::run(config).await,
             _ => serve(config).await,
         }
     });
@@ -132,7 +166,14 @@ pub fn run() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("introgy: {e:#}");
-            ExitCode::FAILURE
+            let missing = e
+                .chain()
+                .any(|cause| cause.is::<crate::store::sqlite::MissingDatabase>());
+            if missing {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -160,59 +201,4 @@ fn run_async(name: &str, work: impl std::future::Future<Output = anyhow::Result<
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     Application::build(config).await?.run_until_stopped().await
-}
-
-/// `introgy check`: every problem is reported, then the exit code says whether any was found.
-async fn check(config: Config) -> anyhow::Result<()> {
-    let mut problems = 0;
-    println!("environment:    {}", config.environment.as_str());
-    println!("listen:         {}:{}", config.host, config.port);
-    println!("database:       {}", config.database.describe());
-    match crate::store::connect(&config).await {
-        Ok(store) => match store.ping().await {
-            Ok(()) => {
-                println!("store:          ok ({} answers)", store.backend());
-                match store.several_writes().await {
-                    Ok(how) => println!("several writes: {how}"),
-                    Err(e) => {
-                        problems += 1;
-                        println!("several writes: FAILED: {e}");
-                    }
-                }
-            }
-            Err(e) => {
-                problems += 1;
-                println!("store:          FAILED: {e}");
-            }
-        },
-        Err(e) => {
-            problems += 1;
-            println!("store:          FAILED: {e:#}");
-        }
-    }
-    println!(
-        "jwt secret:     {}",
-        match &config.jwt_secret {
-            Some(_) => "set (JWT_SECRET_KEY)",
-            None => "development secret kept in the data directory",
-        }
-    );
-    println!("mail transport: {}", config.mail.transport.name());
-    match crate::email::transport::from_config(&config.mail) {
-        Ok(transport) => match transport.check().await {
-            Ok(found) => println!("mail:           ok: {found}"),
-            Err(e) => {
-                problems += 1;
-                println!("mail:           FAILED: {e:#}");
-            }
-        },
-        Err(e) => {
-            problems += 1;
-            println!("mail:           FAILED: {e:#}");
-        }
-    }
-    println!("cors origins:   {}", config.cors_origins.join(", "));
-    anyhow::ensure!(problems == 0, "check found {problems} problem(s)");
-    println!("all checks passed");
-    Ok(())
 }

@@ -189,7 +189,14 @@ async fn cleanup_store(args: &SmokeArgs) -> Option<anyhow::Result<std::sync::Arc
             return None;
         }
     }
-    Some(crate::store::open(&database, Duration::from_secs(args.timeout_seconds)).await)
+    Some(
+        crate::store::open(
+            &database,
+            Duration::from_secs(args.timeout_seconds),
+            crate::store::OpenMode::Existing,
+        )
+        .await,
+    )
 }
 
 pub async fn run(args: SmokeArgs) -> anyhow::Result<()> {

@@ -23,9 +23,13 @@ pub use transport::{MailTransport, MemoryTransport, SendError};
 /// The mails the service sends.
 #[derive(Debug, Clone)]
 pub enum MailKind {
+    /// A code that proves the address. `repeated`: another registration attempt of an
+    /// address whose sign-up is not finished, so the mail says to use it only if you just
+    /// signed up (SECURITY.md 25).
     VerificationCode {
         code: String,
         valid_minutes: u64,
+        repeated: bool,
     },
     ResetCode {
         code: String,
@@ -33,16 +37,34 @@ pub enum MailKind {
     },
     /// Someone tried to register with an address that already has an account.
     SignupAttempt,
+    /// A code was asked for an address whose sign-up is not finished: codes for it come
+    /// only from signing up (each attempt's code sets that attempt's password).
+    SignupIncomplete,
     PasswordChanged,
+    /// The signed-in user changed their password (`POST /auth/change-password`).
+    PasswordUpdated {
+        others_signed_out: bool,
+    },
 }
 
 impl MailKind {
+    /// The template it is rendered with (a repeated attempt's code has its own wording).
+    pub fn template(&self) -> &'static str {
+        match self {
+            Self::VerificationCode { repeated: true, .. } => "verification_code_again",
+            other => other.name(),
+        }
+    }
+
+    /// What it is, for logs, metrics and tests.
     pub fn name(&self) -> &'static str {
         match self {
             Self::VerificationCode { .. } => "verification_code",
             Self::ResetCode { .. } => "reset_code",
             Self::SignupAttempt => "signup_attempt",
+            Self::SignupIncomplete => "signup_incomplete",
             Self::PasswordChanged => "password_changed",
+            Self::PasswordUpdated { .. } => "password_updated",
         }
     }
 }

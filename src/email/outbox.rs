@@ -13,20 +13,17 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
-use rand::{Rng, RngCore};
-use secrecy::{ExposeSecret, SecretString};
+use rand::Rng;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::{MailKind, Mailer, SendError};
+use crate::auth::seal::Sealer;
 use crate::clock::Clock;
 use crate::domain::{mask_email, Email};
-use crate::store::{MailResult, OneTimeCode, OutboxMail, Store, StoreResult};
+use crate::store::{MailResult, OutboxMail, Store, StoreResult};
 
 /// Tries before a mail is given up (`dead`).
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -49,20 +46,27 @@ enum Payload {
     VerificationCode {
         sealed_code: String,
         valid_minutes: u64,
+        /// Absent in mail queued before repeated attempts had their own wording.
+        #[serde(default)]
+        repeated: bool,
     },
     ResetCode {
         sealed_code: String,
         valid_minutes: u64,
     },
     SignupAttempt,
+    SignupIncomplete,
     PasswordChanged,
+    PasswordUpdated {
+        others_signed_out: bool,
+    },
 }
 
 struct Inner {
     store: Arc<dyn Store>,
     mailer: Mailer,
     clock: Clock,
-    cipher: ChaCha20Poly1305,
+    sealer: Sealer,
     wake: Notify,
     /// When the worker last made progress (a pass over due mail, or one delivery), in
     /// milliseconds of the service clock.
@@ -82,16 +86,11 @@ pub fn backoff(attempt: u32) -> Duration {
 
 impl Outbox {
     pub fn new(store: Arc<dyn Store>, mailer: Mailer, clock: Clock, secret: &SecretString) -> Self {
-        let mut mac =
-            <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.expose_secret().as_bytes())
-                .expect("HMAC accepts keys of any length");
-        mac.update(b"introgy/outbox-key/v1");
-        let key: [u8; 32] = mac.finalize().into_bytes().into();
         Self {
             inner: Arc::new(Inner {
                 store,
                 mailer,
-                cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+                sealer: Sealer::new(secret, "introgy/outbox-key/v1"),
                 wake: Notify::new(),
                 progress_ms: AtomicI64::new(clock.now().timestamp_millis()),
                 clock,
@@ -100,32 +99,11 @@ impl Outbox {
     }
 
     fn seal(&self, code: &str) -> String {
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let sealed = self
-            .inner
-            .cipher
-            .encrypt(Nonce::from_slice(&nonce), code.as_bytes())
-            .expect("sealing a short code cannot fail");
-        let mut out = nonce.to_vec();
-        out.extend(sealed);
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
+        self.inner.sealer.seal(code, b"")
     }
 
     fn unseal(&self, sealed: &str) -> Option<String> {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(sealed)
-            .ok()?;
-        if bytes.len() < 12 {
-            return None;
-        }
-        let (nonce, body) = bytes.split_at(12);
-        let plain = self
-            .inner
-            .cipher
-            .decrypt(Nonce::from_slice(nonce), body)
-            .ok()?;
-        String::from_utf8(plain).ok()
+        self.inner.sealer.open(sealed, b"")
     }
 
     /// The outbox record of a mail, due now.
@@ -139,9 +117,11 @@ impl Outbox {
             MailKind::VerificationCode {
                 code,
                 valid_minutes,
+                repeated,
             } => Payload::VerificationCode {
                 sealed_code: self.seal(code),
                 valid_minutes: *valid_minutes,
+                repeated: *repeated,
             },
             MailKind::ResetCode {
                 code,
@@ -151,7 +131,11 @@ impl Outbox {
                 valid_minutes: *valid_minutes,
             },
             MailKind::SignupAttempt => Payload::SignupAttempt,
+            MailKind::SignupIncomplete => Payload::SignupIncomplete,
             MailKind::PasswordChanged => Payload::PasswordChanged,
+            MailKind::PasswordUpdated { others_signed_out } => Payload::PasswordUpdated {
+                others_signed_out: *others_signed_out,
+            },
         };
         let now = self.inner.clock.now();
         OutboxMail {
@@ -171,19 +155,6 @@ impl Outbox {
             .store
             .enqueue_mail(&self.prepare(to, kind, None))
             .await?;
-        self.wake();
-        Ok(())
-    }
-
-    /// Stores a code and the mail that carries it in one store call, and wakes the worker.
-    pub async fn put_code_and_mail(
-        &self,
-        code: &OneTimeCode,
-        to: &Email,
-        kind: &MailKind,
-    ) -> StoreResult<()> {
-        let mail = self.prepare(to, kind, Some(code.expires_at));
-        self.inner.store.put_code_and_mail(code, &mail).await?;
         self.wake();
         Ok(())
     }
@@ -258,11 +229,13 @@ impl Outbox {
             Ok(Payload::VerificationCode {
                 sealed_code,
                 valid_minutes,
+                repeated,
             }) => self
                 .unseal(&sealed_code)
                 .map(|code| MailKind::VerificationCode {
                     code,
                     valid_minutes,
+                    repeated,
                 }),
             Ok(Payload::ResetCode {
                 sealed_code,
@@ -272,7 +245,11 @@ impl Outbox {
                 valid_minutes,
             }),
             Ok(Payload::SignupAttempt) => Some(MailKind::SignupAttempt),
+            Ok(Payload::SignupIncomplete) => Some(MailKind::SignupIncomplete),
             Ok(Payload::PasswordChanged) => Some(MailKind::PasswordChanged),
+            Ok(Payload::PasswordUpdated { others_signed_out }) => {
+                Some(MailKind::PasswordUpdated { others_signed_out })
+            }
             Err(_) => None,
         };
         let Some(kind) = kind else {

@@ -19,6 +19,22 @@ const SOURCES: &[(&str, &str)] = &[
     ("reset_code.html", include_str!("templates/reset_code.html")),
     ("reset_code.txt", include_str!("templates/reset_code.txt")),
     (
+        "verification_code_again.html",
+        include_str!("templates/verification_code_again.html"),
+    ),
+    (
+        "verification_code_again.txt",
+        include_str!("templates/verification_code_again.txt"),
+    ),
+    (
+        "signup_incomplete.html",
+        include_str!("templates/signup_incomplete.html"),
+    ),
+    (
+        "signup_incomplete.txt",
+        include_str!("templates/signup_incomplete.txt"),
+    ),
+    (
         "signup_attempt.html",
         include_str!("templates/signup_attempt.html"),
     ),
@@ -33,6 +49,14 @@ const SOURCES: &[(&str, &str)] = &[
     (
         "password_changed.txt",
         include_str!("templates/password_changed.txt"),
+    ),
+    (
+        "password_updated.html",
+        include_str!("templates/password_updated.html"),
+    ),
+    (
+        "password_updated.txt",
+        include_str!("templates/password_updated.txt"),
     ),
 ];
 
@@ -60,8 +84,22 @@ impl Templates {
             MailKind::VerificationCode {
                 code,
                 valid_minutes,
+                repeated: false,
             } => (
                 format!("{code} is your {} verification code", self.brand),
+                Some(code.as_str()),
+                Some(*valid_minutes),
+                format!("{}/verify-email", self.frontend_url),
+            ),
+            MailKind::VerificationCode {
+                code,
+                valid_minutes,
+                repeated: true,
+            } => (
+                format!(
+                    "Another sign-up for {}: use {code} only if it was you",
+                    self.brand
+                ),
                 Some(code.as_str()),
                 Some(*valid_minutes),
                 format!("{}/verify-email", self.frontend_url),
@@ -84,13 +122,25 @@ impl Templates {
                 None,
                 format!("{}/login", self.frontend_url),
             ),
-            MailKind::PasswordChanged => (
+            MailKind::SignupIncomplete => (
+                format!("Finish signing up for {}", self.brand),
+                None,
+                None,
+                format!("{}/register", self.frontend_url),
+            ),
+            MailKind::PasswordChanged | MailKind::PasswordUpdated { .. } => (
                 format!("Your {} password was changed", self.brand),
                 None,
                 None,
                 format!("{}/reset-password", self.frontend_url),
             ),
         };
+        let others_signed_out = matches!(
+            kind,
+            MailKind::PasswordUpdated {
+                others_signed_out: true
+            }
+        );
         let ctx = context! {
             brand => self.brand,
             frontend_url => self.frontend_url,
@@ -98,23 +148,24 @@ impl Templates {
             code => code,
             minutes => minutes,
             link => link,
+            others_signed_out => others_signed_out,
             subject => subject,
         };
-        let name = kind.name();
+        let template = kind.template();
         let html = self
             .env
-            .get_template(&format!("{name}.html"))?
+            .get_template(&format!("{template}.html"))?
             .render(&ctx)?;
         let text = self
             .env
-            .get_template(&format!("{name}.txt"))?
+            .get_template(&format!("{template}.txt"))?
             .render(&ctx)?;
         Ok(OutgoingMail {
             to: to.as_str().to_owned(),
             subject,
             html,
             text,
-            kind: name,
+            kind: kind.name(),
             message_id: format!("<{}@introgy>", crate::auth::random_hex(16)),
         })
     }
@@ -132,13 +183,23 @@ mod tests {
             MailKind::VerificationCode {
                 code: "012345".into(),
                 valid_minutes: 10,
+                repeated: false,
+            },
+            MailKind::VerificationCode {
+                code: "024680".into(),
+                valid_minutes: 10,
+                repeated: true,
             },
             MailKind::ResetCode {
                 code: "987654".into(),
                 valid_minutes: 10,
             },
             MailKind::SignupAttempt,
+            MailKind::SignupIncomplete,
             MailKind::PasswordChanged,
+            MailKind::PasswordUpdated {
+                others_signed_out: true,
+            },
         ];
         for kind in kinds {
             let mail = templates.render(&to, &kind).unwrap();
@@ -161,6 +222,28 @@ mod tests {
                 assert!(mail.text.contains("10 minutes"), "{} expiry", kind.name());
             }
         }
+    }
+
+    #[test]
+    fn a_repeated_attempt_says_to_use_its_code_only_after_signing_up() {
+        let templates = Templates::new("https://introgy.ai", "Introgy").unwrap();
+        let to = Email::parse("ada@example.com", "email").unwrap();
+        let code = |repeated| MailKind::VerificationCode {
+            code: "135790".into(),
+            valid_minutes: 10,
+            repeated,
+        };
+        let again = templates.render(&to, &code(true)).unwrap();
+        assert_eq!(again.kind, "verification_code");
+        assert!(again
+            .text
+            .contains("Use this code only if you just signed up"));
+        assert!(again
+            .html
+            .contains("Use this code only if you just signed up"));
+        assert!(again.subject.contains("only if it was you"));
+        let first = templates.render(&to, &code(false)).unwrap();
+        assert!(!first.text.contains("only if you just signed up"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use super::users::UserProfile;
 use super::{docs, schema};
+use crate::auth::device::Device;
 use crate::auth::service::{self, IssuedTokens, LogoutScope};
 use crate::auth::AuthUser;
 use crate::domain::{DisplayName, Email, OtpPurpose, Password};
@@ -199,6 +200,7 @@ pub struct VerifyTokenResponse {
     pub valid: bool,
     pub user: UserProfile,
     /// When the presented access token expires.
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub expires_at: DateTime<Utc>,
 }
 
@@ -298,10 +300,11 @@ pub async fn send_otp(
     ))]
 pub async fn verify_otp(
     State(state): State<AppState>,
+    device: Device,
     ApiJson(req): ApiJson<VerifyOtpRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
     let email = Email::parse(&req.email, "email").map_err(ApiError::validation)?;
-    let tokens = service::verify_email(&state, email, &req.code).await?;
+    let tokens = service::verify_email(&state, &device, email, &req.code).await?;
     Ok(Json(tokens.into()))
 }
 
@@ -318,7 +321,11 @@ pub async fn verify_otp(
         (status = 403, description = "Email not verified (only after a correct password)", body = ErrorBody),
         (status = 422, description = "Invalid input", body = ValidationErrorBody),
     ))]
-pub async fn login(State(state): State<AppState>, req: Request) -> ApiResult<Json<TokenResponse>> {
+pub async fn login(
+    State(state): State<AppState>,
+    device: Device,
+    req: Request,
+) -> ApiResult<Json<TokenResponse>> {
     let form = content_type(&req).is_some_and(|ct| {
         ct.to_ascii_lowercase()
             .starts_with("application/x-www-form-urlencoded")
@@ -344,7 +351,7 @@ pub async fn login(State(state): State<AppState>, req: Request) -> ApiResult<Jso
     } else {
         return Err(ApiError::UnsupportedMediaType);
     };
-    let tokens = service::login(&state, &email, &password).await?;
+    let tokens = service::login(&state, &device, &email, &password).await?;
     Ok(Json(tokens.into()))
 }
 

@@ -2,6 +2,7 @@
 //! `OpenApiRouter` + `routes!`) yields both the router and the OpenAPI document, so the
 //! two cannot drift; every route is served at the root and again under `/api`.
 
+pub mod account;
 pub mod auth;
 pub mod docs;
 pub mod meta;
@@ -26,6 +27,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(meta::ready))
         .merge(auth::router(state.clone()))
         .merge(users::router())
+        .merge(account::router())
         .merge(social_battery::router())
 }
 
@@ -42,7 +44,12 @@ pub fn router(state: &AppState) -> Router<AppState> {
     let (root_only, root_only_doc) = root_only().split_for_parts();
     doc.merge(root_only_doc);
     docs::declare_common_responses(&mut doc);
-    let aliases = [auth::ALIASES, users::ALIASES, social_battery::ALIASES];
+    let aliases = [
+        auth::ALIASES,
+        account::ALIASES,
+        users::ALIASES,
+        social_battery::ALIASES,
+    ];
     let document = axum::body::Bytes::from(docs::finish(&doc, &aliases).to_string());
     let api = api.method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     Router::new()

@@ -29,7 +29,9 @@ use crate::domain::timestamp::check_occurred_at;
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
 use crate::extract::{parse_json, ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
-use crate::store::{BatteryEvent, HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome};
+use crate::store::{
+    BatteryEvent, HistoryCursor, HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome,
+};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 200;
@@ -232,6 +234,7 @@ pub struct BatteryResponse {
     /// `level < 20`.
     pub is_low: bool,
     /// When the level last changed (sign-up time if never).
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -271,8 +274,11 @@ pub struct ActivityRecord {
     pub level_before: i32,
     pub level_after: i32,
     pub duration_minutes: i32,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub occurred_at: DateTime<Utc>,
-    /// When the server accepted it; history is in this order.
+    /// When the server accepted it (acceptance order and `recorded_at` agree;
+    /// `level_before`/`level_after` are the levels at that moment).
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub recorded_at: DateTime<Utc>,
     pub notes: Option<String>,
     pub people_count: Option<i32>,
@@ -328,7 +334,8 @@ pub struct SummaryResponse {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActivityPage {
-    /// Newest first.
+    /// Newest first by `occurred_at`; interactions that occurred at the same instant
+    /// newest accepted first.
     pub items: Vec<ActivityRecord>,
     /// Pass as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
@@ -430,8 +437,13 @@ fn absent_for(errors: &mut FieldErrors, kind: InteractionKind, field: &str, pres
     }
 }
 
-/// Validates a record request into a new event.
-fn parse_record(req: RecordRequest, now: DateTime<Utc>) -> ApiResult<NewBatteryEvent> {
+/// Validates a record request into a new event; `now` is the clock's reading at
+/// `received`.
+fn parse_record(
+    req: RecordRequest,
+    now: DateTime<Utc>,
+    received: std::time::Instant,
+) -> ApiResult<NewBatteryEvent> {
     let mut errors = FieldErrors::default();
     let kind = req.kind;
     let impact = match (kind, req.energy_impact) {
@@ -557,17 +569,59 @@ fn parse_record(req: RecordRequest, now: DateTime<Utc>) -> ApiResult<NewBatteryE
         duration_minutes,
         occurred_at,
         recorded_at: now,
+        received,
         notes,
         people_count,
         interaction_type: req.interaction_type,
     })
 }
 
-fn idempotency_key(
-    headers: &HeaderMap,
-    body: &serde_json::Value,
-    now: DateTime<Utc>,
-) -> ApiResult<Option<IdempotencyKey>> {
+/// What an `Idempotency-Key` is bound to: the request as parsed, so JSON key order,
+/// whitespace, field aliases (`energyImpact`), number spellings (`5.0`), time-zone offsets
+/// and text the parser trims never make a retry look like another request. Defaults are
+/// applied (`duration_minutes` 60 is the same request as none) except `occurred_at`,
+/// whose default is the moment of each attempt.
+#[derive(Serialize)]
+struct Fingerprint<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    energy_impact: Option<i32>,
+    sleep_quality: Option<&'a str>,
+    level: Option<i32>,
+    name: Option<&'a str>,
+    duration_minutes: i32,
+    /// Unix milliseconds, when the request gave it.
+    occurred_at: Option<i64>,
+    notes: Option<&'a str>,
+    people_count: Option<i32>,
+    interaction_type: Option<&'a str>,
+}
+
+/// SHA-256 of the canonical request: a struct's fields serialise in a fixed order.
+fn fingerprint(event: &NewBatteryEvent, occurred_at_given: bool) -> ApiResult<String> {
+    let (energy_impact, sleep_quality, level) = match event.interaction {
+        Interaction::Depletion(i) | Interaction::Recharge(i) => (Some(i.value()), None, None),
+        Interaction::Sleep(q) => (None, Some(q.as_str()), None),
+        Interaction::Set(l) => (None, None, Some(l.value())),
+    };
+    let canonical = serde_json::to_string(&Fingerprint {
+        kind: event.interaction.kind().as_str(),
+        energy_impact,
+        sleep_quality,
+        level,
+        name: event.name.as_deref(),
+        duration_minutes: event.duration_minutes,
+        occurred_at: occurred_at_given.then(|| event.occurred_at.timestamp_millis()),
+        notes: event.notes.as_deref(),
+        people_count: event.people_count,
+        interaction_type: event.interaction_type.map(|c| c.as_str()),
+    })
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(crate::auth::sha256_hex(&format!("record/v2:{canonical}")))
+}
+
+/// The `Idempotency-Key` header, checked (1–255 visible ASCII characters).
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -585,12 +639,7 @@ fn idempotency_key(
     {
         return Err(invalid());
     }
-    // serde_json's maps are sorted, so equal bodies serialise identically.
-    Ok(Some(IdempotencyKey {
-        key: key.to_owned(),
-        request_hash: crate::auth::sha256_hex(&body.to_string()),
-        not_before: now - Duration::hours(IDEMPOTENCY_WINDOW_HOURS),
-    }))
+    Ok(Some(key.to_owned()))
 }
 
 /// Record an interaction. Honours `Idempotency-Key`: the same key and body within 24 h
@@ -617,10 +666,19 @@ pub async fn record(
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Response> {
     own_battery(&auth, &user_id)?;
-    let now = state.clock.now();
-    let key = idempotency_key(&headers, &body, now)?;
+    let (now, received) = (state.clock.now(), std::time::Instant::now());
+    let key = idempotency_key(&headers)?;
     let req: RecordRequest = parse_json(body.to_string().as_bytes())?;
-    let event = parse_record(req, now)?;
+    let occurred_at_given = req.occurred_at.is_some();
+    let event = parse_record(req, now, received)?;
+    let key = match key {
+        Some(key) => Some(IdempotencyKey {
+            key,
+            request_hash: fingerprint(&event, occurred_at_given)?,
+            not_before: now - Duration::hours(IDEMPOTENCY_WINDOW_HOURS),
+        }),
+        None => None,
+    };
     let (event, replayed) = match state
         .store
         .record_interaction_at(&auth.user_id, auth.battery, &event, key.as_ref())
@@ -654,27 +712,53 @@ pub async fn record(
     Ok(response)
 }
 
-fn encode_cursor(seq: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{seq}"))
+/// A page's `next_cursor`: the last item's place in the timeline, `v2:<occurred_at in
+/// Unix ms>:<seq>`, base64url (opaque to clients).
+fn encode_cursor(at: HistoryCursor) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "v2:{}:{}",
+        at.occurred_at.timestamp_millis(),
+        at.seq
+    ))
 }
 
-fn decode_cursor(raw: &str) -> Option<i64> {
+/// A cursor back, or the message for a client that sent something else. `v1` cursors
+/// (pages in acceptance order, before the timeline was ordered by `occurred_at`) are
+/// refused with their own message: the order they continue no longer exists.
+fn decode_cursor(raw: &str) -> Result<HistoryCursor, &'static str> {
+    const FOREIGN: &str = "not a cursor from this API";
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(raw.trim())
-        .ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    text.strip_prefix("v1:")?
-        .parse()
+        .map_err(|_| FOREIGN)?;
+    let text = String::from_utf8(bytes).map_err(|_| FOREIGN)?;
+    if text.starts_with("v1:") {
+        return Err("this cursor is from an earlier version of the history order; load the first page again");
+    }
+    let (at, seq) = text
+        .strip_prefix("v2:")
+        .and_then(|rest| rest.split_once(':'))
+        .ok_or(FOREIGN)?;
+    let occurred_at = at
+        .parse::<i64>()
         .ok()
-        .filter(|seq: &i64| *seq > 0)
+        .and_then(DateTime::from_timestamp_millis)
+        .ok_or(FOREIGN)?;
+    let seq = seq
+        .parse::<i64>()
+        .ok()
+        .filter(|seq| *seq > 0)
+        .ok_or(FOREIGN)?;
+    Ok(HistoryCursor { occurred_at, seq })
 }
 
 fn query_error(field: &str, msg: impl Into<String>) -> FieldError {
     FieldError::query(field, msg, "value_error")
 }
 
-/// History, newest first (in the order the server accepted the interactions), with
-/// cursor pagination, filters and a summary over everything the filter matches.
+/// History as a timeline: newest first by when each interaction occurred (`occurred_at`;
+/// ties newest accepted first), with cursor pagination, filters on `occurred_at` and
+/// `type`, and a summary over everything the filter matches. `level_before` and
+/// `level_after` are the levels when the server accepted each interaction.
 #[utoipa::path(get, path = "/social-battery/{user_id}/activity", tag = "social-battery",
     params(("user_id" = String, Path, description = "`me` or your own user id"), ActivityQuery),
     security(("bearer" = []), ("oauth2" = [])),
@@ -706,15 +790,15 @@ pub async fn activity(
             }
         },
     };
-    let before_seq = match query.get("cursor").filter(|c| !c.is_empty()) {
+    let after = match query.get("cursor").filter(|c| !c.is_empty()) {
         None => None,
-        Some(raw) => {
-            let seq = decode_cursor(raw);
-            if seq.is_none() {
-                errors.push(query_error("cursor", "not a cursor from this API"));
+        Some(raw) => match decode_cursor(raw) {
+            Ok(cursor) => Some(cursor),
+            Err(message) => {
+                errors.push(query_error("cursor", message));
+                None
             }
-            seq
-        }
+        },
     };
     let mut instant = |field: &str| -> Option<DateTime<Utc>> {
         let raw = query.get(field)?;
@@ -754,12 +838,12 @@ pub async fn activity(
     let (mut events, summary) = tokio::try_join!(
         state
             .store
-            .battery_history(&auth.user_id, &filter, before_seq, limit + 1),
+            .battery_history(&auth.user_id, &filter, after, limit + 1),
         state.store.battery_summary(&auth.user_id, &filter),
     )?;
     let next_cursor = if events.len() > limit as usize {
         events.truncate(limit as usize);
-        events.last().map(|e| encode_cursor(e.seq))
+        events.last().map(|e| encode_cursor(e.position()))
     } else {
         None
     };
@@ -797,9 +881,31 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
-        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
-        for garbage in ["", "abc", "djE6LTE", "!!!", &encode_cursor(0)] {
-            assert_eq!(decode_cursor(garbage), None, "{garbage}");
+        let at = HistoryCursor {
+            occurred_at: DateTime::from_timestamp_millis(1_767_225_600_123).unwrap(),
+            seq: 42,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(at)), Ok(at));
+        let zero = encode_cursor(HistoryCursor { seq: 0, ..at });
+        let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        for garbage in [
+            "".to_owned(),
+            "abc".to_owned(),
+            "!!!".to_owned(),
+            zero,
+            b64("v2:x:1"),
+            b64("v2:1"),
+            b64("v2:99999999999999999:1"),
+        ] {
+            assert_eq!(
+                decode_cursor(&garbage),
+                Err("not a cursor from this API"),
+                "{garbage}"
+            );
         }
+        // Cursors of the acceptance-order history get a message of their own.
+        assert!(decode_cursor(&b64("v1:42"))
+            .unwrap_err()
+            .contains("earlier version"));
     }
 }

@@ -19,12 +19,15 @@ pub struct UserProfile {
     pub introvert_level: Option<i32>,
     pub is_verified: bool,
     pub onboarding_completed: bool,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize_opt")]
     pub onboarding_completed_at: Option<DateTime<Utc>>,
     #[schema(value_type = Object)]
     pub preferences: serde_json::Map<String, serde_json::Value>,
     /// Current social battery level, 0–100.
     pub social_battery_level: i32,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -2,7 +2,7 @@
 //! and the history of interactions that moved it.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use super::StoreResult;
 use crate::battery::{
@@ -17,15 +17,37 @@ pub struct NewBatteryEvent {
     pub name: Option<String>,
     pub duration_minutes: i32,
     pub occurred_at: DateTime<Utc>,
+    /// The service's clock when the request arrived, read at `received`. The store
+    /// stamps the record later, in the step that orders it (see [`Self::stamp`]).
     pub recorded_at: DateTime<Utc>,
+    pub received: std::time::Instant,
     pub notes: Option<String>,
     pub people_count: Option<i32>,
     pub interaction_type: Option<Channel>,
 }
 
 impl NewBatteryEvent {
-    /// The event as recorded: `applied` to the level at step `seq` of `user_id`'s history.
-    pub fn recorded(self, user_id: &str, seq: i64, applied: Applied) -> BatteryEvent {
+    /// The record's `recorded_at`, taken in the step that orders the write (inside the
+    /// SQLite writer; on MongoDB after reading the position the insert claims): the
+    /// service's clock now (its reading at arrival plus the monotonic time since), never
+    /// earlier than the previous record's, so acceptance order and `recorded_at` agree.
+    /// Whole milliseconds, as stored.
+    pub fn stamp(&self, previous: Option<DateTime<Utc>>) -> DateTime<Utc> {
+        let elapsed = chrono::TimeDelta::from_std(self.received.elapsed())
+            .unwrap_or(chrono::TimeDelta::zero());
+        let now = (self.recorded_at + elapsed).trunc_subsecs(3);
+        previous.map_or(now, |previous| now.max(previous))
+    }
+
+    /// The event as recorded: `applied` to the level at step `seq` of `user_id`'s
+    /// history, accepted at `recorded_at` (from [`Self::stamp`]).
+    pub fn recorded(
+        self,
+        user_id: &str,
+        seq: i64,
+        applied: Applied,
+        recorded_at: DateTime<Utc>,
+    ) -> BatteryEvent {
         BatteryEvent {
             id: self.id,
             user_id: user_id.to_owned(),
@@ -37,7 +59,7 @@ impl NewBatteryEvent {
             level_after: applied.level_after,
             duration_minutes: self.duration_minutes,
             occurred_at: self.occurred_at,
-            recorded_at: self.recorded_at,
+            recorded_at,
             notes: self.notes,
             people_count: self.people_count,
             interaction_type: self.interaction_type,
@@ -66,6 +88,14 @@ pub struct BatteryEvent {
 }
 
 impl BatteryEvent {
+    /// Where this event stands in the timeline (the keyset of a history page).
+    pub fn position(&self) -> HistoryCursor {
+        HistoryCursor {
+            occurred_at: self.occurred_at,
+            seq: self.seq,
+        }
+    }
+
     /// What applying it did (for totals and roll-forward).
     pub fn applied(&self) -> Applied {
         Applied {
@@ -140,6 +170,9 @@ pub fn stored_level(raw: i64) -> Result<BatteryLevel, String> {
 pub struct BatteryPosition {
     pub level: BatteryLevel,
     pub seq: i64,
+    /// When step `seq` was recorded (none before the first): the next record is stamped
+    /// no earlier (see [`NewBatteryEvent::stamp`]).
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// A client's `Idempotency-Key` for one record request.
@@ -164,7 +197,16 @@ pub enum RecordOutcome {
     UserMissing,
 }
 
-/// Filters of a history query; `before_seq` is the keyset cursor.
+/// A place in the timeline: history is ordered by `occurred_at`, newest first, and
+/// events that occurred at the same instant by acceptance order (`seq`), newest first. A
+/// page after a cursor holds the events strictly before it in that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryCursor {
+    pub occurred_at: DateTime<Utc>,
+    pub seq: i64,
+}
+
+/// Filters of a history query.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {
     pub from: Option<DateTime<Utc>>,
@@ -229,12 +271,14 @@ pub trait BatteryStore: Send + Sync {
         let _ = seen;
         self.record_interaction(user_id, event, key).await
     }
-    /// One page of history, newest first: events with `seq < before_seq`.
+    /// One page of the timeline: newest `occurred_at` first, ties newest `seq` first,
+    /// starting after `after` (a keyset scan: a page costs the same however long the
+    /// history is).
     async fn battery_history(
         &self,
         user_id: &str,
         filter: &HistoryFilter,
-        before_seq: Option<i64>,
+        after: Option<HistoryCursor>,
         limit: u32,
     ) -> StoreResult<Vec<BatteryEvent>>;
     /// Totals over the filtered history; without a time filter from the running

@@ -36,14 +36,17 @@ pub enum Budget {
     FailedLogins,
     /// Mails one client causes to one address.
     MailShare,
+    /// `/users/me/export` calls per user.
+    Export,
 }
 
 impl Budget {
-    pub const ALL: [Budget; 4] = [
+    pub const ALL: [Budget; 5] = [
         Self::AuthClient,
         Self::Lookup,
         Self::FailedLogins,
         Self::MailShare,
+        Self::Export,
     ];
 
     /// The stored name (a MongoDB `_id` prefix, a metrics label).
@@ -53,6 +56,7 @@ impl Budget {
             Self::Lookup => "lookup",
             Self::FailedLogins => "failed_logins",
             Self::MailShare => "mail_share",
+            Self::Export => "export",
         }
     }
 
@@ -110,6 +114,14 @@ impl Rate {
         Self {
             burst: n.max(1),
             period: std::time::Duration::from_secs(60),
+        }
+    }
+
+    /// `n` an hour (at least one).
+    pub fn per_hour(n: u32) -> Self {
+        Self {
+            burst: n.max(1),
+            period: std::time::Duration::from_secs(3600),
         }
     }
 

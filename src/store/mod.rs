@@ -3,9 +3,10 @@
 //!
 //! | aggregate | trait | records |
 //! |---|---|---|
-//! | accounts and profiles | [`UserStore`] | [`User`], [`NewUser`], [`ProfilePatch`] |
-//! | one-time codes | [`CodeStore`] | [`OneTimeCode`] |
+//! | accounts and profiles | [`UserStore`] | [`User`], [`NewUser`], [`ProfilePatch`], [`SignupAttempt`] |
+//! | one-time codes | [`CodeStore`] | [`CodeChallenge`], [`OneTimeCode`], [`SignupChoice`] |
 //! | sessions and refresh tokens | [`SessionStore`] | [`Session`], [`RefreshToken`] |
+//! | devices, password change | [`AccountStore`] | [`DeviceSession`], [`OtherSessions`] |
 //! | mail outbox and mail budget | [`MailStore`] | [`OutboxMail`], [`MailResult`], [`MailStatus`] |
 //! | social battery | [`BatteryStore`] | [`BatteryEvent`], [`NewBatteryEvent`], [`RecordOutcome`] |
 //! | the authenticated read (sessions + users + battery) | [`CallerStore`] | [`Caller`] |
@@ -22,6 +23,7 @@
 //! precondition, so they stay atomic on a backend without multi-document transactions;
 //! `tests/store/` holds every such promise on both backends.
 
+mod account;
 mod battery;
 mod caller;
 mod codes;
@@ -37,18 +39,21 @@ mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use account::{AccountStore, DeviceSession, OtherSessions, MAX_LISTED_SESSIONS};
 pub use battery::{
-    BatteryEvent, BatteryPosition, BatteryStore, BatterySummary, HistoryFilter, IdempotencyKey,
-    NewBatteryEvent, RecordOutcome,
+    BatteryEvent, BatteryPosition, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter,
+    IdempotencyKey, NewBatteryEvent, RecordOutcome,
 };
 pub use caller::{Caller, CallerStore};
-pub use codes::{CodeStore, OneTimeCode};
+pub use codes::{Admission, CodeChallenge, CodeStore, OneTimeCode, SignupChoice};
 pub use housekeeping::Housekeeping;
 pub use limits::{Budget, LimitKey, LimitStore, Rate, Refused, Slot, Window};
 pub use mail::{MailResult, MailStatus, MailStore, OutboxMail, OutboxStats, SendLimits};
 pub use migration::{MigrationStore, StoreCounts};
-pub use sessions::{RefreshToken, Session, SessionStore};
-pub use users::{NewUser, ProfilePatch, ProfileValue, User, UserStore};
+pub use sessions::{RefreshToken, Rotation, Session, SessionStore, SEALED_CHILD_KEPT};
+pub use users::{
+    NewUser, ProfilePatch, ProfileValue, SignupAttempt, SignupOutcome, User, UserStore,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -94,6 +99,7 @@ pub trait Store:
     UserStore
     + CodeStore
     + SessionStore
+    + AccountStore
     + MailStore
     + BatteryStore
     + CallerStore
@@ -110,6 +116,7 @@ impl<T> Store for T where
     T: UserStore
         + CodeStore
         + SessionStore
+        + AccountStore
         + MailStore
         + BatteryStore
         + CallerStore
@@ -122,20 +129,43 @@ impl<T> Store for T where
 {
 }
 
-/// Opens the store the configuration names.
+/// What opening a store may do to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create what is missing: the SQLite file (mode 0600) and its folder, the schema,
+    /// MongoDB's indexes. Development `serve`, `introgy init`, a migration's target.
+    Create,
+    /// The database must exist already: a missing or empty SQLite file is an error
+    /// ([`sqlite::MissingDatabase`]) and nothing is created, so a deleted database is
+    /// never silently replaced by an empty one. Production `serve`, `introgy smoke`.
+    /// Migrations and indexes are still brought up to date.
+    Existing,
+    /// As `Existing`, and on MongoDB the database must hold the users collection and
+    /// nothing is created there (no indexes): a migration's source, `introgy check`.
+    Populated,
+}
+
+/// Opens the store the configuration names: production needs an existing database,
+/// development creates one on first start.
 pub async fn connect(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Store>> {
+    let mode = if config.is_production() {
+        OpenMode::Existing
+    } else {
+        OpenMode::Create
+    };
     match &config.database {
         crate::config::DatabaseConfig::Mongo { url, db } => {
-            let store = mongo::MongoStore::connect_with(
+            let store = mongo::MongoStore::open_with(
                 secrecy::ExposeSecret::expose_secret(url),
                 db,
                 config.store_timeout,
+                mode,
                 config.mongo_transactions,
             )
             .await?;
             Ok(Arc::new(store))
         }
-        sqlite => open(sqlite, config.store_timeout).await,
+        sqlite => open(sqlite, config.store_timeout, mode).await,
     }
 }
 
@@ -143,15 +173,20 @@ pub async fn connect(config: &crate::config::Config) -> anyhow::Result<Arc<dyn S
 pub async fn open(
     database: &crate::config::DatabaseConfig,
     timeout: Duration,
+    mode: OpenMode,
 ) -> anyhow::Result<Arc<dyn Store>> {
     match database {
-        crate::config::DatabaseConfig::Sqlite { path } => {
-            Ok(Arc::new(sqlite::SqliteStore::open(path, timeout).await?))
-        }
+        crate::config::DatabaseConfig::Sqlite { path } => Ok(Arc::new(
+            sqlite::SqliteStore::open_with(path, timeout, mode).await?,
+        )),
         crate::config::DatabaseConfig::Mongo { url, db } => {
-            let store =
-                mongo::MongoStore::connect(secrecy::ExposeSecret::expose_secret(url), db, timeout)
-                    .await?;
+            let store = mongo::MongoStore::open(
+                secrecy::ExposeSecret::expose_secret(url),
+                db,
+                timeout,
+                mode,
+            )
+            .await?;
             Ok(Arc::new(store))
         }
     }

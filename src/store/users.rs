@@ -1,10 +1,10 @@
 //! The accounts aggregate: a user, their profile, and the account-wide operations
-//! (reset password, delete account) that reach into the other aggregates.
+//! (sign up, verify, reset password, delete account) that reach into the other aggregates.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::StoreResult;
+use super::{OneTimeCode, OutboxMail, SendLimits, StoreResult};
 
 /// A user account as stored. Field names follow the old service's `IntrogyUsers`
 /// documents (`email`, `hashed_password`, `display_name`, `is_verified`, `created_at`).
@@ -39,6 +39,80 @@ pub struct NewUser {
     pub display_name: Option<String>,
     pub battery_level: i32,
     pub now: DateTime<Utc>,
+}
+
+impl User {
+    /// The account a [`NewUser`] becomes: unverified, everything else at its default.
+    pub fn new(new: &NewUser) -> Self {
+        Self {
+            id: new.id.clone(),
+            email: new.email.clone(),
+            hashed_password: new.hashed_password.clone(),
+            display_name: new.display_name.clone(),
+            avatar_url: None,
+            bio: None,
+            timezone: None,
+            introvert_level: None,
+            is_verified: false,
+            onboarding_completed: false,
+            onboarding_completed_at: None,
+            preferences: serde_json::Map::new(),
+            battery_level: new.battery_level,
+            battery_updated_at: None,
+            created_at: new.now,
+            updated_at: new.now,
+        }
+    }
+}
+
+/// One registration attempt (`POST /auth/register`), everything prepared, for
+/// [`UserStore::sign_up`] to apply according to what the address has.
+#[derive(Debug, Clone)]
+pub struct SignupAttempt {
+    /// The account to create if the address has none; its id is the one `code` is bound
+    /// to (the existing account's id when the caller saw one).
+    pub user: NewUser,
+    /// Whether the caller saw an account with `user.id` for this address.
+    pub existing: bool,
+    /// The attempt's code, carrying its password and display name.
+    pub code: OneTimeCode,
+    /// The code's mail for a new account.
+    pub first_mail: OutboxMail,
+    /// The code's mail for another attempt of an unverified account ("use this code only
+    /// if you just signed up").
+    pub repeat_mail: OutboxMail,
+    /// "Someone tried to sign up with your address", for a verified account.
+    pub notice_mail: OutboxMail,
+    pub limits: SendLimits,
+    /// Most live attempts per address.
+    pub max_pending: u32,
+    /// The guess budget shared by the live attempts.
+    pub max_attempts: u32,
+}
+
+/// What [`UserStore::sign_up`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignupOutcome {
+    /// A new unverified account, its attempt and the code's mail.
+    Created,
+    /// Another attempt of an unverified account, with its mail.
+    AttemptAdded,
+    /// The account is verified: only the notice was queued.
+    Notified,
+    /// The address's mail budget refused: nothing changed.
+    MailRefused,
+    /// `max_pending` attempts are live: no attempt, no mail (the mail budget was spent).
+    TooManyPending,
+    /// The address's account is not the one the attempt was prepared for (created or
+    /// deleted meanwhile): nothing changed.
+    Raced,
+}
+
+impl SignupOutcome {
+    /// Whether a mail was queued.
+    pub fn mailed(self) -> bool {
+        matches!(self, Self::Created | Self::AttemptAdded | Self::Notified)
+    }
 }
 
 /// A partial profile update: `None` leaves a field alone, `Some(None)` clears it.
@@ -108,12 +182,25 @@ pub trait UserStore: Send + Sync {
     async fn verified_user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
         Ok(self.user_by_email(email).await?.filter(|u| u.is_verified))
     }
-    async fn set_password_hash(
+    /// Applies a registration attempt in one step (one transaction on SQLite), after
+    /// taking a mail of the address's budget (SECURITY.md 5): creates the account if the
+    /// address has none, adds the attempt's code to an unverified account's live ones
+    /// (never replacing one, see [`Admission`](super::Admission)), or, for a verified
+    /// account, changes nothing and queues the notice. Every outcome costs the same store
+    /// work whatever the address has (SECURITY.md 29): on MongoDB the same commands run
+    /// in every case, a no-op where there is nothing to write.
+    async fn sign_up(&self, attempt: &SignupAttempt) -> StoreResult<SignupOutcome>;
+    /// Redeems the `verify_email` code with `code_hash`: atomically takes the challenge
+    /// holding it (every code of it goes; one winner among parallel callers), puts its
+    /// attempt's password and display name in force if it has one (only while the account
+    /// is unverified: otherwise the code is spent and `None` returned), and marks the address
+    /// verified. `None` when no such code is outstanding.
+    async fn complete_verification(
         &self,
         user_id: &str,
-        hash: &str,
+        code_hash: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Option<User>>;
     async fn mark_verified(&self, user_id: &str, now: DateTime<Utc>) -> StoreResult<()>;
     /// Sets a new password hash, marks the address verified, deletes every session (and
     /// so every refresh token) and every outstanding code of the user.

@@ -300,15 +300,24 @@ async fn another_users_battery_is_404_whatever_the_token() {
 async fn parallel_records_for_one_user_all_land_and_replay_to_the_final_level() {
     let app = spawn_app().await;
     let user = app.signup().await;
+    // All at one `occurred_at`: the timeline then lists them in acceptance order (ties
+    // by `seq`), the order whose levels chain. (Stamped at arrival, concurrent requests'
+    // `occurred_at` need not follow acceptance order.)
+    let when = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let bodies: Vec<Value> = (0..40)
-        .map(|i| match i % 4 {
-            0 => depletion(7 + i),
-            1 => recharge(3 + i),
-            2 => {
-                let quality = ["good", "medium", "bad"][(i as usize / 4) % 3];
-                json!({"type": "sleep", "sleep_quality": quality})
-            }
-            _ => json!({"type": "set", "level": (i * 13) % 101}),
+        .map(|i| {
+            let mut body = match i % 4 {
+                0 => depletion(7 + i),
+                1 => recharge(3 + i),
+                2 => {
+                    let quality = ["good", "medium", "bad"][(i as usize / 4) % 3];
+                    json!({"type": "sleep", "sleep_quality": quality})
+                }
+                _ => json!({"type": "set", "level": (i * 13) % 101}),
+            };
+            body["occurred_at"] = json!(when);
+            body
         })
         .collect();
     let responses =

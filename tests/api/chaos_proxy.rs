@@ -1,6 +1,6 @@
 //! A real outage for tests: a TCP proxy in front of the test MongoDB server that a test
-//! cuts and restores, and `spawn_app_behind_proxy()`. Used by `tests/mongo.rs` (and any
-//! MongoDB-only test); SQLite has no connection to cut.
+//! cuts and restores, and `spawn_app_behind_proxy()`. Used by `outage.rs` (MongoDB's
+//! half of the outage tests; SQLite's outage is a moved database file) and `tests/mongo.rs`.
 
 use std::sync::Arc;
 

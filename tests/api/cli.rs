@@ -213,9 +213,12 @@ fn mail_preview_writes_every_template_as_html_and_text() {
     );
     for name in [
         "verification_code",
+        "verification_code_again",
         "reset_code",
         "signup_attempt",
+        "signup_incomplete",
         "password_changed",
+        "password_updated",
     ] {
         let html = std::fs::read_to_string(out.join(format!("{name}.html"))).unwrap();
         let text = std::fs::read_to_string(out.join(format!("{name}.txt"))).unwrap();

@@ -56,7 +56,9 @@ async fn codes_are_stored_only_as_a_keyed_hash() {
             .await
             .unwrap()
             .expect("a live code")
-            .code_hash,
+            .codes[0]
+            .code_hash
+            .clone(),
     );
     assert!(!stored.contains(&code));
     assert_eq!(stored.len(), 64, "an HMAC-SHA-256 in hex");
@@ -179,40 +181,52 @@ async fn wrong_expired_used_and_unknown_all_answer_identically() {
 
 #[tokio::test]
 async fn sending_is_limited_to_one_per_minute_per_address() {
-    let app = spawn_app().await;
-    let (email, _) = registered(&app).await;
-    let again = app.send_code(&email, "verify_email").await;
+    // Another client for each send: one client alone may cause only two (SECURITY.md 30).
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let user = app.signup().await;
+    app.advance(61);
+    app.send_code_as("198.51.100.1", &user.email, "verify_email")
+        .await;
+    app.wait_for_mails(&user.email, "verification_code", 2)
+        .await;
+    let again = app
+        .send_code_as("198.51.100.2", &user.email, "verify_email")
+        .await;
     assert_eq!(again.status(), StatusCode::ACCEPTED);
     app.settle().await;
     assert_eq!(
-        app.mails(&email, "verification_code").len(),
-        1,
+        app.mails(&user.email, "verification_code").len(),
+        2,
         "cooldown sent a mail"
     );
     app.advance(61);
-    app.send_code(&email, "verify_email").await;
-    app.wait_for_mails(&email, "verification_code", 2).await;
+    app.send_code_as("198.51.100.3", &user.email, "verify_email")
+        .await;
+    app.wait_for_mails(&user.email, "verification_code", 3)
+        .await;
 }
 
 #[tokio::test]
 async fn sending_is_limited_to_five_per_hour_per_address() {
     // Six different clients: one client alone may cause only two (SECURITY.md 30).
     let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
-    let (email, _) = registered(&app).await;
+    let user = app.signup().await;
     for n in 0..6 {
         app.advance(61);
         let response = app
-            .send_code_as(&format!("198.51.100.{n}"), &email, "verify_email")
+            .send_code_as(&format!("198.51.100.{n}"), &user.email, "verify_email")
             .await;
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         app.settle().await;
     }
-    assert_eq!(app.mails(&email, "verification_code").len(), 5);
+    // The sign-up's code and four more.
+    assert_eq!(app.mails(&user.email, "verification_code").len(), 5);
     // An hour later the budget is back.
     app.advance(3600);
-    app.send_code_as("198.51.100.0", &email, "verify_email")
+    app.send_code_as("198.51.100.0", &user.email, "verify_email")
         .await;
-    app.wait_for_mails(&email, "verification_code", 6).await;
+    app.wait_for_mails(&user.email, "verification_code", 6)
+        .await;
 }
 
 #[tokio::test]
@@ -234,18 +248,52 @@ async fn a_refused_send_does_not_reset_the_guess_budget() {
 
 #[tokio::test]
 async fn a_new_code_replaces_the_old_one() {
-    let app = spawn_app().await;
-    let (email, first) = registered(&app).await;
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let user = app.signup().await;
     app.advance(61);
-    app.send_code(&email, "verify_email").await;
-    let second = app.code_from_mail(&email, "verification_code", 2).await;
+    app.send_code_as("198.51.100.1", &user.email, "verify_email")
+        .await;
+    let first = app
+        .code_from_mail(&user.email, "verification_code", 2)
+        .await;
+    app.advance(61);
+    app.send_code_as("198.51.100.2", &user.email, "verify_email")
+        .await;
+    let second = app
+        .code_from_mail(&user.email, "verification_code", 3)
+        .await;
     if first != second {
-        assert_invalid(app.verify_otp(&email, &first).await, "replaced code").await;
+        assert_invalid(app.verify_otp(&user.email, &first).await, "replaced code").await;
     }
     assert_eq!(
-        app.verify_otp(&email, &second).await.status(),
+        app.verify_otp(&user.email, &second).await.status(),
         StatusCode::OK
     );
+}
+
+#[tokio::test]
+async fn an_unverified_address_gets_no_code_on_request_only_a_pointer_to_sign_up() {
+    let app = spawn_app().await;
+    let (email, code) = registered(&app).await;
+    app.advance(61);
+
+    let response = app.send_code(&email, "verify_email").await;
+
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let pointer = app.wait_for_mails(&email, "signup_incomplete", 1).await;
+    assert!(
+        pointer[0].text.contains("sign up again"),
+        "{}",
+        pointer[0].text
+    );
+    app.settle().await;
+    assert_eq!(
+        app.mails(&email, "verification_code").len(),
+        1,
+        "a code not bound to a registration attempt was mailed"
+    );
+    // The attempt's own code still works.
+    assert_eq!(app.verify_otp(&email, &code).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -297,17 +345,18 @@ async fn reset_codes_for_unknown_addresses_answer_the_same_and_send_nothing() {
 #[tokio::test]
 async fn the_send_otp_alias_and_an_unknown_purpose() {
     let app = spawn_app().await;
-    let (email, _) = registered(&app).await;
+    let user = app.signup().await;
     app.advance(61);
     let response = app
-        .post_json("/auth/send-otp", &json!({"email": email}))
+        .post_json("/auth/send-otp", &json!({"email": user.email}))
         .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    app.wait_for_mails(&email, "verification_code", 2).await;
+    app.wait_for_mails(&user.email, "verification_code", 2)
+        .await;
     let response = app
         .post_json(
             "/auth/send-otp",
-            &json!({"email": email, "purpose": "make_admin"}),
+            &json!({"email": user.email, "purpose": "make_admin"}),
         )
         .await;
     let body = json_of(response, StatusCode::UNPROCESSABLE_ENTITY).await;

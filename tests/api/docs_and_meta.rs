@@ -280,6 +280,8 @@ async fn every_answer_that_middleware_gives_is_declared() {
         "post /auth/refresh-token",
         "get /users/lookup",
         "delete /users/me",
+        "post /auth/change-password",
+        "get /users/me/export",
     ];
     let resolve = |response: &serde_json::Value| match response["$ref"].as_str() {
         Some(reference) => doc
@@ -339,6 +341,7 @@ async fn every_field_the_server_accepts_is_declared_and_no_other() {
         ("POST", "/auth/logout"),
         ("PUT", "/users/me"),
         ("DELETE", "/users/me"),
+        ("POST", "/auth/change-password"),
         ("POST", "/social-battery/{user_id}/record"),
     ];
     for (method, path) in probed {

@@ -212,6 +212,24 @@ impl TestApp {
         .await
     }
 
+    /// `register` as another client behind the proxy, with a display name: needs an app
+    /// that trusts the test client as a proxy (`--trusted-proxies 127.0.0.1/32`).
+    pub async fn register_as(
+        &self,
+        client_ip: &str,
+        email: &str,
+        password: &str,
+        display_name: &str,
+    ) -> Response {
+        self.client
+            .post(self.url("/auth/register"))
+            .header("x-forwarded-for", client_ip)
+            .json(&json!({"email": email, "password": password, "display_name": display_name}))
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn send_code(&self, email: &str, purpose: &str) -> Response {
         self.post_json(
             "/auth/send-verification-code",

@@ -72,7 +72,7 @@ async fn an_unknown_email_costs_a_bcrypt_verification_like_a_wrong_password() {
     app.login(&unique_email(), "warm up password").await;
     let mut known = Vec::new();
     let mut unknown = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..7 {
         let started = Instant::now();
         app.login(&user.email, "not the password").await;
         known.push(started.elapsed());
@@ -82,13 +82,16 @@ async fn an_unknown_email_costs_a_bcrypt_verification_like_a_wrong_password() {
     }
     known.sort();
     unknown.sort();
-    let (known, unknown) = (known[2], unknown[2]);
+    let (known, unknown) = (known[3], unknown[3]);
     assert!(
         known > Duration::from_millis(10),
         "bcrypt too fast to compare: {known:?}"
     );
+    // Without the dummy verification the ratio is about a hundred; a factor of three
+    // leaves room for the other tests' hashing on a loaded 2-core machine (the fine
+    // comparison is `cargo bench --bench timing`).
     assert!(
-        unknown * 2 > known && known * 2 > unknown,
+        unknown * 3 > known && known * 3 > unknown,
         "median timings differ: wrong password {known:?}, unknown email {unknown:?}"
     );
 }

@@ -226,3 +226,103 @@ async fn access_tokens_never_outlive_their_session() {
     let body = json_of(app.refresh(&user.refresh_token).await, StatusCode::OK).await;
     assert!(body["expires_in"].as_u64().unwrap() <= 60);
 }
+
+// The grace window hands out the child already issued (SECURITY.md 28).
+
+#[tokio::test]
+async fn twenty_parallel_refreshes_of_one_token_leave_one_live_chain() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let tokens_before = app.count("refresh_tokens").await;
+
+    let responses =
+        futures::future::join_all((0..20).map(|_| app.refresh(&user.refresh_token))).await;
+
+    let mut children = std::collections::HashSet::new();
+    for response in responses {
+        let body = json_of(response, StatusCode::OK).await;
+        children.insert(body["refresh_token"].as_str().unwrap().to_owned());
+        let access = body["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(app.verify_token(&access).await.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        children.len(),
+        1,
+        "the chain forked into {}",
+        children.len()
+    );
+    // One token was added: the child. No other token of the session can be refreshed.
+    assert_eq!(app.count("refresh_tokens").await, tokens_before + 1);
+    let child = children.into_iter().next().unwrap();
+    let next = json_of(app.refresh(&child).await, StatusCode::OK).await;
+    // After the window, presenting the first token again is reuse: the session goes,
+    // and with it the only chain.
+    app.advance(11);
+    let body = json_of(
+        app.refresh(&user.refresh_token).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(body["code"], "refresh_token_reused");
+    assert_eq!(
+        app.refresh(next["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_replay_inside_the_grace_window_gets_the_same_child() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let first = json_of(app.refresh(&user.refresh_token).await, StatusCode::OK).await;
+    app.advance(9);
+
+    let replay = json_of(app.refresh(&user.refresh_token).await, StatusCode::OK).await;
+
+    assert_eq!(replay["refresh_token"], first["refresh_token"]);
+    // Its access token is a fresh one for the same session.
+    assert_eq!(
+        app.verify_token(replay["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // The child still rotates once: the chain goes on from it.
+    let child = first["refresh_token"].as_str().unwrap();
+    let next = json_of(app.refresh(child).await, StatusCode::OK).await;
+    assert_ne!(next["refresh_token"], first["refresh_token"]);
+}
+
+#[tokio::test]
+async fn the_child_is_kept_sealed_and_erased_after_the_grace_window() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let first = json_of(app.refresh(&user.refresh_token).await, StatusCode::OK).await;
+    let child = first["refresh_token"].as_str().unwrap();
+    let parent_hash = introgy::auth::sha256_hex(&user.refresh_token);
+    let stored = app
+        .state
+        .store
+        .refresh_token(&parent_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    let sealed = stored
+        .child_sealed
+        .expect("the child is kept for the window");
+    assert!(!sealed.contains(child), "the child is stored in clear");
+
+    app.advance(11);
+    introgy::startup::housekeeping(&app.state).await;
+
+    let stored = app
+        .state
+        .store
+        .refresh_token(&parent_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.child_sealed, None);
+}

@@ -218,6 +218,20 @@ fn localise_tree(root: &Path, scratch: &Path, http_port: u16) {
 /// differs on this machine in the environment (which wins over the file).
 fn start_service(root: &Path, dir: &Path) -> (Process, u16) {
     let env_file = root.join("etc/introgy/introgy.env");
+    // As setup.sh does on a live install: the production database is created by `init`.
+    let init = Command::new(root.join("usr/local/bin/introgy"))
+        .arg("init")
+        .arg("--env-file")
+        .arg(&env_file)
+        .current_dir(dir)
+        .env_clear()
+        .env(
+            "DATABASE_URL",
+            format!("sqlite:{}", dir.join("introgy.db").display()),
+        )
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
     let mut command = Command::new(root.join("usr/local/bin/introgy"));
     command
         .arg("serve")

@@ -279,6 +279,16 @@ fn the_generated_settings_pass_introgy_check_read_with_env_file_once_mail_is_set
     setup(root.path(), "_");
     let env_path = root.path().join("etc/introgy/introgy.env");
     let db = root.path().join("introgy.db");
+    // A live setup creates the database with `introgy init` before it checks.
+    let init = Command::new(introgy_bin())
+        .args(["init", "--env-file"])
+        .arg(&env_path)
+        .env_clear()
+        .env("DATABASE_URL", format!("sqlite:{}", db.display()))
+        .current_dir(root.path())
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
     let output = Command::new(introgy_bin())
         .args(["check", "--env-file"])
         .arg(&env_path)

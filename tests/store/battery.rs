@@ -6,7 +6,9 @@ use introgy::battery::{
     self, BatteryLevel, Channel, EnergyImpact, Interaction, InteractionKind, SleepQuality, Totals,
     INITIAL_LEVEL,
 };
-use introgy::store::{HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome};
+use introgy::store::{
+    HistoryCursor, HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome,
+};
 
 use crate::{at, parallel, store_tests, t0, TestStore};
 
@@ -18,7 +20,8 @@ store_tests!(
     parallel_requests_with_one_key_record_one_event,
     an_expired_key_records_again,
     recording_for_a_missing_user_changes_nothing,
-    history_pages_newest_first_and_filters_by_kind,
+    history_is_a_timeline_paged_by_occurred_at_then_seq,
+    parallel_records_are_stamped_in_acceptance_order,
     records_from_a_stale_position_lose_no_update,
 );
 
@@ -42,6 +45,7 @@ fn event(i: usize) -> NewBatteryEvent {
         duration_minutes: 30,
         occurred_at: at(i as i64),
         recorded_at: at(i as i64),
+        received: std::time::Instant::now(),
         notes: None,
         people_count: Some(2),
         interaction_type: Some(Channel::InPerson),
@@ -106,7 +110,42 @@ async fn parallel_records_get_contiguous_seqs_and_the_level_is_the_replay_of_the
         .battery_history(&user.id, &HistoryFilter::default(), None, 100)
         .await
         .unwrap();
-    history.reverse();
+    history.sort_by_key(|e| e.seq);
+    assert_eq!(history, events);
+}
+
+async fn parallel_records_are_stamped_in_acceptance_order(s: &TestStore) {
+    let user = s.user().await;
+    // Requests read the clock when they arrive, here in the opposite order of `i`; the
+    // store stamps each record when it takes its place, so the two orders agree anyway.
+    let outcomes = parallel(N, |i| {
+        let (store, id) = (s.store.clone(), user.id.clone());
+        let mut event = event(i);
+        event.recorded_at = at((N - i) as i64);
+        async move { store.record_interaction(&id, &event, None).await.unwrap() }
+    })
+    .await;
+    let mut events: Vec<_> = outcomes.into_iter().map(recorded).collect();
+    events.sort_by_key(|e| e.seq);
+    for pair in events.windows(2) {
+        assert!(
+            pair[0].recorded_at <= pair[1].recorded_at,
+            "seq {} was stamped {} but seq {} {}",
+            pair[0].seq,
+            pair[0].recorded_at,
+            pair[1].seq,
+            pair[1].recorded_at
+        );
+    }
+    // Never earlier than the clock's reading when the request arrived.
+    assert!(events.iter().all(|e| e.recorded_at >= at(1)));
+    // And the history stores the stamps the writers were told.
+    let mut history = s
+        .store
+        .battery_history(&user.id, &HistoryFilter::default(), None, 100)
+        .await
+        .unwrap();
+    history.sort_by_key(|e| e.seq);
     assert_eq!(history, events);
 }
 
@@ -298,48 +337,102 @@ async fn recording_for_a_missing_user_changes_nothing(s: &TestStore) {
     assert_eq!(s.count_raw("battery_events").await, 0);
 }
 
-async fn history_pages_newest_first_and_filters_by_kind(s: &TestStore) {
+/// Seconds after `t0` at which `event(i)` occurred in the timeline test: not in the
+/// order they are recorded, with a three-way tie at 3.
+const OCCURRED: [i64; 8] = [5, 1, 3, 3, 0, 7, 3, 2];
+
+/// `seq`s of a page.
+fn seqs(page: &[introgy::store::BatteryEvent]) -> Vec<i64> {
+    page.iter().map(|e| e.seq).collect()
+}
+
+async fn history_is_a_timeline_paged_by_occurred_at_then_seq(s: &TestStore) {
     let user = s.user().await;
-    for i in 0..8 {
+    for (i, occurred) in OCCURRED.iter().enumerate() {
+        let mut event = event(i);
+        event.occurred_at = at(*occurred);
         s.store
-            .record_interaction(&user.id, &event(i), None)
+            .record_interaction(&user.id, &event, None)
             .await
             .unwrap();
     }
+    let page = |filter: HistoryFilter, after: Option<HistoryCursor>, limit: u32| {
+        let (store, id) = (s.store.clone(), user.id.clone());
+        async move {
+            store
+                .battery_history(&id, &filter, after, limit)
+                .await
+                .unwrap()
+        }
+    };
     let all = HistoryFilter::default();
-    let page = s
-        .store
-        .battery_history(&user.id, &all, None, 3)
-        .await
-        .unwrap();
-    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [8, 7, 6]);
-    let next = s
-        .store
-        .battery_history(&user.id, &all, Some(6), 3)
-        .await
-        .unwrap();
-    assert_eq!(next.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4, 3]);
+    // Newest occurred_at first; the tie at 3 s newest accepted (seq) first.
+    let first = page(all.clone(), None, 3).await;
+    assert_eq!(seqs(&first), [6, 1, 7]);
+    let second = page(all.clone(), Some(first[2].position()), 3).await;
+    assert_eq!(seqs(&second), [4, 3, 8], "a page boundary inside the tie");
+    let third = page(all.clone(), Some(second[2].position()), 3).await;
+    assert_eq!(seqs(&third), [2, 5]);
+    // Levels stay the values at acceptance: replaying in seq order gives them.
+    let mut timeline = [first, second, third].concat();
+    timeline.sort_by_key(|e| e.seq);
+    let mut level = INITIAL_LEVEL;
+    for e in &timeline {
+        assert_eq!(e.level_before, level);
+        level = e.level_after;
+    }
+    // A type filter pages through the tie too (sleeps: seq 3 and 7, both at 3 s).
     let sleeps = HistoryFilter {
         kind: Some(InteractionKind::Sleep),
         ..Default::default()
     };
-    let page = s
-        .store
-        .battery_history(&user.id, &sleeps, None, 10)
-        .await
-        .unwrap();
-    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [7, 3]);
+    let one = page(sleeps.clone(), None, 1).await;
+    assert_eq!(seqs(&one), [7]);
+    let two = page(sleeps.clone(), Some(one[0].position()), 1).await;
+    assert_eq!(seqs(&two), [3]);
+    assert!(page(sleeps, Some(two[0].position()), 1).await.is_empty());
+    // `from`/`to` filter occurred_at, inclusive, and combine with a cursor.
     let window = HistoryFilter {
         from: Some(at(2)),
-        to: Some(at(4)),
+        to: Some(at(3)),
         kind: None,
     };
-    let page = s
-        .store
-        .battery_history(&user.id, &window, None, 10)
-        .await
-        .unwrap();
-    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4, 3]);
+    assert_eq!(seqs(&page(window, None, 10).await), [7, 4, 3, 8]);
+    let until_3 = HistoryFilter {
+        to: Some(at(3)),
+        ..Default::default()
+    };
+    let after_seq_4 = HistoryCursor {
+        occurred_at: at(3),
+        seq: 4,
+    };
+    assert_eq!(
+        seqs(&page(until_3, Some(after_seq_4), 10).await),
+        [3, 8, 2, 5]
+    );
+    let from_2 = HistoryFilter {
+        from: Some(at(2)),
+        ..Default::default()
+    };
+    assert_eq!(
+        seqs(&page(from_2.clone(), None, 10).await),
+        [6, 1, 7, 4, 3, 8]
+    );
+    assert_eq!(seqs(&page(from_2, Some(after_seq_4), 10).await), [3, 8]);
+    // The summary of a window counts the same events.
+    let window = HistoryFilter {
+        from: Some(at(2)),
+        to: Some(at(3)),
+        kind: None,
+    };
+    assert_eq!(
+        s.store
+            .battery_summary(&user.id, &window)
+            .await
+            .unwrap()
+            .count,
+        4
+    );
 }
 
 /// Few: every writer but one retries from the stored position.
@@ -384,6 +477,7 @@ async fn records_from_a_stale_position_lose_no_update(s: &TestStore) {
         .battery_history(&user.id, &HistoryFilter::default(), None, 100)
         .await
         .unwrap();
-    history.reverse();
+    // The history is a timeline (by occurred_at); the steps are the acceptance order.
+    history.sort_by_key(|e| e.seq);
     assert_eq!(history, events);
 }

@@ -1,8 +1,10 @@
 //! `CodeStore`: one winner among parallel consumers, every parallel guess counted once,
-//! replacement and expiry.
+//! replacement, expiry, the budget-bound issue of a code, and challenges of several codes.
+
+use std::time::Duration;
 
 use introgy::domain::OtpPurpose;
-use introgy::store::{OneTimeCode, OutboxMail};
+use introgy::store::{CodeChallenge, OneTimeCode, OutboxMail, SendLimits, SignupChoice};
 
 use crate::{at, parallel, store_tests, t0, TestStore};
 
@@ -11,19 +13,54 @@ store_tests!(
     parallel_guesses_are_each_counted_and_only_the_budget_gets_the_code,
     a_new_code_replaces_the_old_one_and_its_guess_count,
     an_expired_code_takes_no_guesses,
-    a_code_and_its_mail_are_stored_together,
+    an_id_that_matches_nothing_takes_no_guess,
+    a_code_and_its_mail_are_issued_together_within_the_budget,
+    a_refused_issue_leaves_the_outstanding_code_and_its_count_alone,
+    consuming_one_code_of_a_challenge_discards_every_other,
+    a_challenge_is_copied_whole,
     a_code_whose_mail_is_refused_is_not_stored,
 );
 
-fn code(user_id: &str, purpose: OtpPurpose, hash: &str) -> OneTimeCode {
+const LIMITS: SendLimits = SendLimits {
+    min_interval: Duration::from_secs(60),
+    per_hour: 5,
+};
+
+pub fn code(user_id: &str, purpose: OtpPurpose, hash: &str) -> OneTimeCode {
     OneTimeCode {
         user_id: user_id.to_owned(),
         purpose,
         code_hash: hash.to_owned(),
-        attempts: 0,
+        signup: None,
         created_at: t0(),
         expires_at: at(600),
     }
+}
+
+pub fn mail_to(recipient: &str, payload: &str) -> OutboxMail {
+    OutboxMail {
+        id: introgy::auth::new_object_id(),
+        recipient: recipient.to_owned(),
+        payload: payload.to_owned(),
+        attempts: 0,
+        created_at: t0(),
+        next_attempt_at: t0(),
+        expires_at: Some(at(600)),
+    }
+}
+
+/// The payloads of every queued mail (claims them).
+pub async fn queued_payloads(s: &TestStore) -> Vec<String> {
+    let mut payloads: Vec<String> = s
+        .store
+        .claim_mail(at(86_400), at(86_400 + 60), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    payloads.sort();
+    payloads
 }
 
 async fn parallel_consumers_of_one_code_have_exactly_one_winner(s: &TestStore) {
@@ -69,6 +106,10 @@ async fn parallel_guesses_are_each_counted_and_only_the_budget_gets_the_code(s: 
     let mut counts: Vec<u32> = results.iter().flatten().map(|c| c.attempts).collect();
     counts.sort_unstable();
     assert_eq!(counts, [1, 2, 3, 4, 5], "each guess saw its own count");
+    assert!(results
+        .iter()
+        .flatten()
+        .all(|c| c.codes == [code(&user.id, OtpPurpose::ResetPassword, "h")]));
     assert_eq!(
         s.store
             .take_code_attempt(&user.id, OtpPurpose::ResetPassword, 5, at(1))
@@ -112,7 +153,8 @@ async fn a_new_code_replaces_the_old_one_and_its_guess_count(s: &TestStore) {
         .await
         .unwrap()
         .expect("the new code takes guesses");
-    assert_eq!((taken.code_hash.as_str(), taken.attempts), ("new", 1));
+    assert_eq!(taken.attempts, 1);
+    assert_eq!(taken.codes, [code(&user.id, purpose, "new")]);
     assert!(!s
         .store
         .consume_code(&user.id, purpose, "old")
@@ -136,41 +178,173 @@ async fn an_expired_code_takes_no_guesses(s: &TestStore) {
     );
 }
 
-async fn a_code_and_its_mail_are_stored_together(s: &TestStore) {
+async fn an_id_that_matches_nothing_takes_no_guess(s: &TestStore) {
     let user = s.user().await;
-    let mail = OutboxMail {
-        id: introgy::auth::new_object_id(),
-        recipient: user.email.clone(),
-        payload: r#"{"kind":"verification_code"}"#.into(),
-        attempts: 0,
-        created_at: t0(),
-        next_attempt_at: t0(),
-        expires_at: Some(at(600)),
-    };
     s.store
-        .put_code_and_mail(&code(&user.id, OtpPurpose::VerifyEmail, "h"), &mail)
+        .put_code(&code(&user.id, OtpPurpose::VerifyEmail, "h"))
         .await
         .unwrap();
+    let nobody = introgy::auth::new_object_id();
+    assert_eq!(
+        s.store
+            .take_code_attempt(&nobody, OtpPurpose::VerifyEmail, 5, at(1))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!s
+        .store
+        .consume_code(&nobody, OtpPurpose::VerifyEmail, "h")
+        .await
+        .unwrap());
+    // Nothing was created for the id, and the real code kept its full budget.
+    assert_eq!(s.store.codes_of(&nobody).await.unwrap(), []);
+    let taken = s
+        .store
+        .take_code_attempt(&user.id, OtpPurpose::VerifyEmail, 5, at(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.attempts, 1);
+}
 
+async fn a_code_and_its_mail_are_issued_together_within_the_budget(s: &TestStore) {
+    let user = s.user().await;
+    let first = mail_to(&user.email, "first");
+    assert!(s
+        .store
+        .issue_code(
+            &user.email,
+            LIMITS,
+            &code(&user.id, OtpPurpose::VerifyEmail, "h"),
+            &first,
+            t0()
+        )
+        .await
+        .unwrap());
     let stored = s.store.codes_of(&user.id).await.unwrap();
-    assert_eq!(stored, [code(&user.id, OtpPurpose::VerifyEmail, "h")]);
+    assert_eq!(
+        stored,
+        [CodeChallenge::of(&code(
+            &user.id,
+            OtpPurpose::VerifyEmail,
+            "h"
+        ))]
+    );
     let claimed = s.store.claim_mail(at(1), at(61), 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(
         (claimed[0].id.as_str(), claimed[0].attempts),
-        (mail.id.as_str(), 1)
+        (first.id.as_str(), 1)
     );
+}
+
+async fn a_refused_issue_leaves_the_outstanding_code_and_its_count_alone(s: &TestStore) {
+    let user = s.user().await;
+    let purpose = OtpPurpose::ResetPassword;
+    assert!(s
+        .store
+        .issue_code(
+            &user.email,
+            LIMITS,
+            &code(&user.id, purpose, "first"),
+            &mail_to(&user.email, "a"),
+            t0()
+        )
+        .await
+        .unwrap());
+    s.store
+        .take_code_attempt(&user.id, purpose, 5, at(1))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Inside the cooldown: refused, and nothing changes.
+    let refused = s
+        .store
+        .issue_code(
+            &user.email,
+            LIMITS,
+            &code(&user.id, purpose, "second"),
+            &mail_to(&user.email, "b"),
+            at(30),
+        )
+        .await
+        .unwrap();
+
+    assert!(!refused);
+    assert_eq!(queued_payloads(s).await, ["a"]);
+    let taken = s
+        .store
+        .take_code_attempt(&user.id, purpose, 5, at(31))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (taken.attempts, taken.codes[0].code_hash.as_str()),
+        (2, "first")
+    );
+}
+
+async fn consuming_one_code_of_a_challenge_discards_every_other(s: &TestStore) {
+    let user = s.user().await;
+    let purpose = OtpPurpose::VerifyEmail;
+    let challenge = CodeChallenge {
+        user_id: user.id.clone(),
+        purpose,
+        attempts: 2,
+        codes: vec![code(&user.id, purpose, "a"), code(&user.id, purpose, "b")],
+    };
+    s.store.put_challenge(&challenge).await.unwrap();
+
+    let results = parallel(10, |i| {
+        let (store, id) = (s.store.clone(), user.id.clone());
+        let hash = if i % 2 == 0 { "a" } else { "b" };
+        async move { store.consume_code(&id, purpose, hash).await.unwrap() }
+    })
+    .await;
+
+    assert_eq!(results.iter().filter(|won| **won).count(), 1, "{results:?}");
+    assert!(s.store.codes_of(&user.id).await.unwrap().is_empty());
+}
+
+async fn a_challenge_is_copied_whole(s: &TestStore) {
+    let user = s.user().await;
+    let purpose = OtpPurpose::VerifyEmail;
+    let mut second = code(&user.id, purpose, "b");
+    second.created_at = at(90);
+    second.expires_at = at(690);
+    second.signup = Some(SignupChoice {
+        password_hash: "$2b$04$attempt".into(),
+        display_name: Some("Ada".into()),
+    });
+    let challenge = CodeChallenge {
+        user_id: user.id.clone(),
+        purpose,
+        attempts: 3,
+        codes: vec![code(&user.id, purpose, "a"), second],
+    };
+
+    s.store.put_challenge(&challenge).await.unwrap();
+
+    assert_eq!(s.store.codes_of(&user.id).await.unwrap(), [challenge]);
 }
 
 /// The code and its mail are one transaction (SQLite; MongoDB where the server has
 /// transactions, as SecantusDB does): a refused mail (its id is taken) leaves no code.
 async fn a_code_whose_mail_is_refused_is_not_stored(s: &TestStore) {
     let user = s.user().await;
-    let taken = mail_to(&user.email);
+    let taken = mail_to(&user.email, "first");
     s.store.enqueue_mail(&taken).await.unwrap();
     let refused = s
         .store
-        .put_code_and_mail(&code(&user.id, OtpPurpose::VerifyEmail, "h"), &taken)
+        .issue_code(
+            &user.email,
+            LIMITS,
+            &code(&user.id, OtpPurpose::VerifyEmail, "h"),
+            &taken,
+            t0(),
+        )
         .await;
     assert!(refused.is_err(), "{refused:?}");
     assert!(s.store.codes_of(&user.id).await.unwrap().is_empty());
@@ -184,16 +358,22 @@ async fn a_code_whose_mail_is_refused_is_not_stored(s: &TestStore) {
 async fn mongodb_without_transactions_stores_the_code_before_its_mail() {
     let s = TestStore::mongodb_with_transactions(false).await;
     let user = s.user().await;
-    let taken = mail_to(&user.email);
+    let taken = mail_to(&user.email, "first");
     s.store.enqueue_mail(&taken).await.unwrap();
     let refused = s
         .store
-        .put_code_and_mail(&code(&user.id, OtpPurpose::VerifyEmail, "h"), &taken)
+        .issue_code(
+            &user.email,
+            LIMITS,
+            &code(&user.id, OtpPurpose::VerifyEmail, "h"),
+            &taken,
+            t0(),
+        )
         .await;
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(
         s.store.codes_of(&user.id).await.unwrap(),
-        [code(&user.id, OtpPurpose::VerifyEmail, "h")]
+        [CodeChallenge::of(&code(&user.id, OtpPurpose::VerifyEmail, "h"))]
     );
     assert_eq!(
         s.store.several_writes().await.unwrap(),
@@ -211,16 +391,4 @@ async fn mongodb_without_transactions_stores_the_code_before_its_mail() {
     assert_eq!(reset.hashed_password, "new hash");
     assert!(s.store.delete_user(&user.id).await.unwrap());
     assert!(s.store.user_by_id(&user.id).await.unwrap().is_none());
-}
-
-fn mail_to(email: &str) -> OutboxMail {
-    OutboxMail {
-        id: introgy::auth::new_object_id(),
-        recipient: email.to_owned(),
-        payload: r#"{"kind":"verification_code"}"#.into(),
-        attempts: 0,
-        created_at: t0(),
-        next_attempt_at: t0(),
-        expires_at: Some(at(600)),
-    }
 }

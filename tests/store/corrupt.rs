@@ -91,6 +91,7 @@ fn sleep_event() -> NewBatteryEvent {
         duration_minutes: 480,
         occurred_at: t0(),
         recorded_at: t0(),
+        received: std::time::Instant::now(),
         notes: None,
         people_count: None,
         interaction_type: None,

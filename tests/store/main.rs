@@ -7,6 +7,7 @@
 //! plain `cargo test` runs the SQLite half and lists the MongoDB half as ignored (never a
 //! silent pass); `scripts/test` starts a server and runs both with `--include-ignored`.
 
+mod account;
 mod battery;
 mod codes;
 mod corrupt;
@@ -14,6 +15,7 @@ mod housekeeping;
 mod limits;
 mod mail;
 mod sessions;
+mod signup;
 mod users;
 
 use std::sync::Arc;
@@ -234,6 +236,7 @@ impl TestStore {
             session_id: session.id.clone(),
             issued_at: t0(),
             rotated_at: None,
+            child_sealed: None,
         };
         self.store
             .insert_session(&session, &token)

@@ -99,7 +99,7 @@ async fn everything_of(s: &TestStore, user_id: &str) -> (Session, RefreshToken) 
                 user_id: user_id.to_owned(),
                 purpose,
                 code_hash: "h".into(),
-                attempts: 0,
+                signup: None,
                 created_at: t0(),
                 expires_at: at(600),
             })
@@ -113,6 +113,7 @@ async fn everything_of(s: &TestStore, user_id: &str) -> (Session, RefreshToken) 
         duration_minutes: 480,
         occurred_at: t0(),
         recorded_at: t0(),
+        received: std::time::Instant::now(),
         notes: None,
         people_count: None,
         interaction_type: None,

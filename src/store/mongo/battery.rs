@@ -8,7 +8,9 @@
 //! the two steps leaves an event ahead of its user; the next record for that user rolls
 //! the user forward from it before going on, so nothing is lost. Keys are claimed by
 //! inserting the key document first (unique `_id`), so parallel requests with one key
-//! record one event.
+//! record one event. An event is stamped (`recorded_at`) after reading the position its
+//! insert claims, never earlier than the previous event's, so acceptance order and
+//! `recorded_at` agree. History is read in timeline order (`occurred_at`, then `seq`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,13 +22,13 @@ use mongodb::options::{InsertOneModel, UpdateModifications, UpdateOneModel, Writ
 use serde::{Deserialize, Serialize};
 
 use super::users::level_of;
-use super::{bdt, decode, is_duplicate, map_err, read, user_filter, utc, MongoStore};
+use super::{bdt, decode, read, user_filter, utc, MongoStore};
 use super::{EVENTS, IDEMPOTENCY, MAX_RETRIES, USERS};
 use crate::battery::{self, Applied, Channel, InteractionKind, KindTotals, SleepQuality, Totals};
 use crate::store::battery::{stored_level, InteractionColumns};
 use crate::store::{
-    BatteryEvent, BatteryPosition, BatteryStore, BatterySummary, HistoryFilter, IdempotencyKey,
-    NewBatteryEvent, RecordOutcome, StoreError, StoreResult,
+    BatteryEvent, BatteryPosition, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter,
+    IdempotencyKey, NewBatteryEvent, RecordOutcome, StoreError, StoreResult,
 };
 
 /// A document of `battery_events`.
@@ -126,6 +128,9 @@ struct PositionDoc {
     #[serde(default)]
     social_battery_level: Option<Bson>,
     battery_seq: Option<i64>,
+    /// The previous event's `recorded_at`.
+    #[serde(default)]
+    battery_updated_at: Option<mongodb::bson::DateTime>,
 }
 
 /// The running totals of a user document: `battery_stats.<kind>`.
@@ -243,20 +248,26 @@ fn at_seq(user_id: &str, seq: i64) -> Document {
     filter
 }
 
+/// The query of a history filter. Each bound on `occurred_at` is a clause of its own
+/// under `$and`: MongoDB plans that exactly like one `{$gte, $lte}` range, while
+/// SecantusDB (the test server) drops boundary values of a range on a compound index's
+/// middle field when written as one (docs/mongodb.md, "Tested against SecantusDB").
 pub(super) fn history_filter(user_id: &str, filter: &HistoryFilter) -> Document {
     let mut query = doc! { "user_id": user_id };
     if let Some(kind) = filter.kind {
         query.insert("kind", kind.as_str());
     }
-    let mut range = Document::new();
+    let mut bounds = Vec::new();
     if let Some(from) = filter.from {
-        range.insert("$gte", bdt(from));
+        bounds.push(Bson::Document(
+            doc! { "occurred_at": { "$gte": bdt(from) } },
+        ));
     }
     if let Some(to) = filter.to {
-        range.insert("$lte", bdt(to));
+        bounds.push(Bson::Document(doc! { "occurred_at": { "$lte": bdt(to) } }));
     }
-    if !range.is_empty() {
-        query.insert("occurred_at", range);
+    if !bounds.is_empty() {
+        query.insert("$and", bounds);
     }
     query
 }
@@ -326,10 +337,10 @@ impl MongoStore {
         let keys = self.typed::<KeyDoc>(IDEMPOTENCY);
         let claim = Self::key_doc(user_id, key, event_id, now);
         for _ in 0..MAX_RETRIES {
-            match keys.insert_one(&claim).await {
+            match self.run(keys.insert_one(&claim)).await {
                 Ok(_) => return Ok(Ok(())),
-                Err(e) if is_duplicate(&e) => {}
-                Err(e) => return Err(map_err(e)),
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
             }
             let Some(raw) = self
                 .run(self.raw(IDEMPOTENCY).find_one(doc! { "_id": &claim.id }))
@@ -434,6 +445,7 @@ impl MongoStore {
                         .find_one(user_filter(user_id))
                         .projection(doc! {
                             "battery_level": 1, "social_battery_level": 1, "battery_seq": 1,
+                            "battery_updated_at": 1,
                         }),
                 )
                 .await?;
@@ -449,22 +461,34 @@ impl MongoStore {
             .map_err(|reason| StoreError::corrupt(USERS, user_id, reason))?;
             let seq = position.battery_seq.unwrap_or(0);
             let applied = battery::apply(level, &event.interaction);
-            let recorded = event.clone().recorded(user_id, seq + 1, applied);
+            // Stamped after reading the position that the insert below claims: if the
+            // insert wins step `seq + 1`, the previous event is the one read here.
+            let previous = position.battery_updated_at.and_then(|at| utc(at).ok());
+            let recorded_at = event.stamp(previous);
+            let recorded = event
+                .clone()
+                .recorded(user_id, seq + 1, applied, recorded_at);
             match self
-                .typed::<EventDoc>(EVENTS)
-                .insert_one(EventDoc::of(&recorded))
+                .run(
+                    self.typed::<EventDoc>(EVENTS)
+                        .insert_one(EventDoc::of(&recorded)),
+                )
                 .await
             {
                 Ok(_) => {}
-                Err(e) if is_duplicate(&e) => {
+                Err(StoreError::Conflict(_)) => {
                     // Another writer holds this step; make sure it is not stuck, then retry.
                     self.roll_forward(user_id, seq).await?;
                     continue;
                 }
-                Err(e) => {
+                Err(e @ StoreError::Unavailable(_)) => {
+                    // Not sent: nothing was written, the key is free again.
                     let _ = release().await;
-                    return Err(map_err(e));
+                    return Err(e);
                 }
+                // Perhaps written: the claimed key stays, so a retry with it finds the
+                // event (or, if there is none, takes the claim over).
+                Err(e) => return Err(e),
             }
             // If this matches nothing, a concurrent writer already rolled us forward.
             self.run(self.c(USERS).update_one(
@@ -524,7 +548,10 @@ impl BatteryStore for MongoStore {
             return self.record_interaction(user_id, event, key).await;
         }
         let applied = battery::apply(seen.level, &event.interaction);
-        let recorded = event.clone().recorded(user_id, seen.seq + 1, applied);
+        let recorded_at = event.stamp(seen.updated_at);
+        let recorded = event
+            .clone()
+            .recorded(user_id, seen.seq + 1, applied, recorded_at);
         let mut writes: Vec<WriteModel> = Vec::with_capacity(3);
         if let Some(key) = key {
             let claim = Self::key_doc(user_id, key, &event.id, event.recorded_at);
@@ -591,18 +618,29 @@ impl BatteryStore for MongoStore {
         &self,
         user_id: &str,
         filter: &HistoryFilter,
-        before_seq: Option<i64>,
+        after: Option<HistoryCursor>,
         limit: u32,
     ) -> StoreResult<Vec<BatteryEvent>> {
         let mut query = history_filter(user_id, filter);
-        if let Some(before) = before_seq {
-            query.insert("seq", doc! { "$lt": before });
+        if let Some(after) = after {
+            // An index bound `occurred_at <= t`; the tie at `t` is cut by `seq`.
+            let at = bdt(after.occurred_at);
+            let mut clauses = match query.remove("$and") {
+                Some(Bson::Array(clauses)) => clauses,
+                _ => Vec::new(),
+            };
+            clauses.push(Bson::Document(doc! { "occurred_at": { "$lte": at } }));
+            clauses.push(Bson::Document(doc! { "$or": [
+                { "occurred_at": { "$lt": at } },
+                { "seq": { "$lt": after.seq } },
+            ] }));
+            query.insert("$and", clauses);
         }
         let cursor = self
             .run(
                 self.raw(EVENTS)
                     .find(query)
-                    .sort(doc! { "seq": -1 })
+                    .sort(doc! { "occurred_at": -1, "seq": -1 })
                     .limit(i64::from(limit)),
             )
             .await?;

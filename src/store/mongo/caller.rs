@@ -51,10 +51,15 @@ impl CallerStore for MongoStore {
         let corrupt = |reason: String| StoreError::corrupt(USERS, name_of(USERS, user), reason);
         let user = document.into_user().map_err(corrupt)?;
         let level = stored_level(user.battery_level.into()).map_err(corrupt)?;
+        let updated_at = user.battery_updated_at;
         Ok(Some(Caller {
             session,
             user,
-            battery: BatteryPosition { level, seq },
+            battery: BatteryPosition {
+                level,
+                seq,
+                updated_at,
+            },
         }))
     }
 }

@@ -20,6 +20,7 @@
 //! decoded into the same types, so a document that does not decode is reported as
 //! [`StoreError::Corrupt`] naming its collection and `_id`.
 
+mod account;
 mod battery;
 mod caller;
 mod codes;
@@ -43,7 +44,7 @@ use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde::de::DeserializeOwned;
 
-use super::{StoreError, StoreResult};
+use super::{OpenMode, StoreError, StoreResult};
 pub use topology::{MultiWrite, ServerFeatures, Topology};
 
 /// The old service's users collection.
@@ -182,10 +183,36 @@ fn map_err(err: mongodb::error::Error) -> StoreError {
     }
 }
 
+/// A write that may have reached the server and whose result never came back: it may
+/// or may not have been applied, so it must not be answered with a 503 ("not applied,
+/// safe to retry"). An opaque 500; the log says why.
+fn unknown_outcome(cause: anyhow::Error) -> StoreError {
+    StoreError::Other(cause.context(
+        "MongoDB write outcome unknown: it may have been applied (a retry with the same Idempotency-Key is safe)",
+    ))
+}
+
+/// [`map_err`] for a write: only an error that proves the write was not sent (no server
+/// could be selected, or the driver says no write was performed) is `Unavailable`; a
+/// network error after sending is [`unknown_outcome`]. On a replica set the driver has
+/// already retried such a write once, and the server recognises the retry (retryable
+/// writes), so what is left unknown here is a retry that failed too.
+fn write_error(err: mongodb::error::Error) -> StoreError {
+    let not_sent = matches!(err.kind.as_ref(), ErrorKind::ServerSelection { .. })
+        || err.contains_label(mongodb::error::NO_WRITES_PERFORMED);
+    let in_flight = matches!(
+        err.kind.as_ref(),
+        ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. }
+    ) || err.contains_label("RetryableWriteError");
+    if in_flight && !not_sent && !is_duplicate(&err) {
+        unknown_outcome(err.into())
+    } else {
+        map_err(err)
+    }
+}
+
 impl MongoStore {
-    /// Connects and creates the indexes before serving. A server that is down now does
-    /// not stop the service: requests answer 503 until it is back, and the indexes are
-    /// created in the background as soon as it answers.
+    /// Connects and creates the indexes before serving ([`OpenMode::Create`]).
     pub async fn connect(url: &str, default_db: &str, timeout: Duration) -> anyhow::Result<Self> {
         Self::connect_with(url, default_db, timeout, true).await
     }
@@ -199,10 +226,66 @@ impl MongoStore {
         timeout: Duration,
         allow_transactions: bool,
     ) -> anyhow::Result<Self> {
+        Self::open_with(
+            url,
+            default_db,
+            timeout,
+            OpenMode::Create,
+            allow_transactions,
+        )
+        .await
+    }
+
+    /// Connects; with [`OpenMode::Populated`] only when the database already holds the
+    /// users collection, and without creating or changing anything (no indexes, no
+    /// normalised addresses): a migration's source, `introgy check`.
+    pub async fn open(
+        url: &str,
+        default_db: &str,
+        timeout: Duration,
+        mode: OpenMode,
+    ) -> anyhow::Result<Self> {
+        Self::open_with(url, default_db, timeout, mode, true).await
+    }
+
+    /// [`open`](Self::open) with the `MONGO_TRANSACTIONS` choice.
+    pub async fn open_with(
+        url: &str,
+        default_db: &str,
+        timeout: Duration,
+        mode: OpenMode,
+        allow_transactions: bool,
+    ) -> anyhow::Result<Self> {
+        let store = Self::client(url, default_db, timeout, allow_transactions).await?;
+        if mode == OpenMode::Populated {
+            let names = store
+                .run(store.db.list_collection_names())
+                .await
+                .with_context(|| format!("MongoDB database {} does not answer", store.db.name()))?;
+            anyhow::ensure!(
+                names.iter().any(|n| n == USERS),
+                "the MongoDB database {} holds no {USERS} collection: is the database name right? (`introgy init` creates a new one)",
+                store.db.name()
+            );
+            return Ok(store);
+        }
+        store.prepare().await;
+        Ok(store)
+    }
+
+    /// The client and database handle; nothing is sent yet.
+    async fn client(
+        url: &str,
+        default_db: &str,
+        timeout: Duration,
+        allow_transactions: bool,
+    ) -> anyhow::Result<Self> {
         let mut options = ClientOptions::parse(url)
             .await
             .context("Failed to parse the MongoDB connection string")?;
         options.app_name = Some("introgy".into());
+        // "Not sent" must be known within the store timeout: a write that finds no
+        // server fails here, unapplied, and answers 503 (see `run`).
         options.server_selection_timeout = Some(timeout);
         options.connect_timeout = Some(timeout);
         // Every command the driver sends is a round trip of the request it serves
@@ -219,13 +302,20 @@ impl MongoStore {
             .unwrap_or_else(|| default_db.to_owned());
         let client =
             Client::with_options(options).context("Failed to create the MongoDB client")?;
-        let store = Self {
+        Ok(Self {
             db: client.database(&db_name),
             timeout,
             observer: std::sync::Arc::new(crate::metrics::StoreObserver::new("mongodb")),
             features: std::sync::Arc::default(),
             allow_transactions,
-        };
+        })
+    }
+
+    /// Creates the indexes and learns the topology before serving. A server that is
+    /// down now does not stop the service: requests answer 503 until it is back, and the
+    /// indexes are created in the background as soon as it answers.
+    async fn prepare(&self) {
+        let (store, timeout, db_name) = (self, self.timeout, self.db.name().to_owned());
         let ready = async {
             store.ensure_indexes().await?;
             let writes = store.multi_write().await?;
@@ -248,7 +338,6 @@ impl MongoStore {
                 tokio::spawn(async move { background.ensure_indexes_until_done().await });
             }
         }
-        Ok(store)
     }
 
     /// A collection for writes of typed documents.
@@ -335,7 +424,12 @@ impl MongoStore {
         )))
     }
 
-    /// Bounds a driver call by the store timeout and maps its error.
+    /// Bounds a driver call and maps its error. A read is bounded by the store timeout
+    /// (+1 s) and answers 503 past it. A write is never turned into a 503 once it may
+    /// have reached the server, because the server may apply it: not sent (no server
+    /// selected within the store timeout) is 503; an error after it may have been sent,
+    /// or no answer within twice the timeout, is "outcome unknown" (see
+    /// [`write_error`] and docs/mongodb.md).
     async fn run<T>(
         &self,
         fut: impl std::future::IntoFuture<Output = Result<T, mongodb::error::Error>>,
@@ -389,8 +483,17 @@ impl MongoStore {
         fut: impl std::future::IntoFuture<Output = Result<T, mongodb::error::Error>>,
     ) -> StoreResult<T> {
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(self.timeout + Duration::from_secs(1), fut).await {
+        let bound = if write {
+            self.timeout * 2
+        } else {
+            self.timeout
+        } + Duration::from_secs(1);
+        let result = match tokio::time::timeout(bound, fut).await {
+            Ok(result) if write => result.map_err(write_error),
             Ok(result) => result.map_err(map_err),
+            Err(_) if write => Err(unknown_outcome(anyhow::anyhow!(
+                "MongoDB did not answer a write within {bound:?}"
+            ))),
             Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
                 "MongoDB did not answer within {:?}",
                 self.timeout
@@ -440,6 +543,11 @@ impl MongoStore {
         };
         let plan: Vec<(&str, IndexModel)> = vec![
             (USERS, index(doc! { "email": 1 }, true, None)),
+            // The purge of accounts never verified.
+            (
+                USERS,
+                index(doc! { "is_verified": 1, "created_at": 1 }, false, None),
+            ),
             (SESSIONS, index(doc! { "user_id": 1 }, false, None)),
             (SESSIONS, index(doc! { "expires_at": 1 }, false, Some(0))),
             (REFRESH_TOKENS, index(doc! { "session_id": 1 }, false, None)),
@@ -452,13 +560,22 @@ impl MongoStore {
             (CODES, index(doc! { "expires_at": 1 }, false, Some(0))),
             (MAIL_SENDS, index(doc! { "expires_at": 1 }, false, Some(0))),
             (EVENTS, index(doc! { "user_id": 1, "seq": -1 }, true, None)),
+            // The timeline: history pages, with and without a type, and time windows.
             (
                 EVENTS,
-                index(doc! { "user_id": 1, "kind": 1, "seq": -1 }, false, None),
+                index(
+                    doc! { "user_id": 1, "occurred_at": -1, "seq": -1 },
+                    false,
+                    None,
+                ),
             ),
             (
                 EVENTS,
-                index(doc! { "user_id": 1, "occurred_at": 1 }, false, None),
+                index(
+                    doc! { "user_id": 1, "kind": 1, "occurred_at": -1, "seq": -1 },
+                    false,
+                    None,
+                ),
             ),
             (IDEMPOTENCY, index(doc! { "user_id": 1 }, false, None)),
             (

@@ -3,12 +3,12 @@
 //! they can be deleted by user and expire by TTL).
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use mongodb::bson::{doc, Bson};
 use serde::{Deserialize, Serialize};
 
 use super::{bdt, read, utc, MongoStore, REFRESH_TOKENS, SESSIONS};
-use crate::store::{RefreshToken, Session, SessionStore, StoreError, StoreResult};
+use crate::store::sessions::SEALED_CHILD_KEPT;
+use crate::store::{RefreshToken, Rotation, Session, SessionStore, StoreResult};
 
 /// A document of `sessions`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,6 +55,9 @@ struct RefreshDoc {
     issued_at: mongodb::bson::DateTime,
     /// `null` until rotated: the precondition of the one rotation.
     rotated_at: Option<mongodb::bson::DateTime>,
+    /// The child issued at rotation, sealed; for the grace window only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    child_sealed: Option<String>,
     /// The session's end; TTL-indexed.
     expires_at: mongodb::bson::DateTime,
 }
@@ -67,6 +70,7 @@ impl RefreshDoc {
             user_id: session.user_id.clone(),
             issued_at: bdt(token.issued_at),
             rotated_at: token.rotated_at.map(bdt),
+            child_sealed: token.child_sealed.clone(),
             expires_at: bdt(session.expires_at),
         }
     }
@@ -81,6 +85,7 @@ impl RefreshDoc {
                 .map(utc)
                 .transpose()
                 .map_err(|e| format!("rotated_at: {e}"))?,
+            child_sealed: self.child_sealed,
         })
     }
 }
@@ -122,36 +127,60 @@ impl SessionStore for MongoStore {
             .transpose()
     }
 
-    async fn mark_refresh_rotated(
+    async fn rotate_refresh_token(
         &self,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let updated = self
-            .run(self.c(REFRESH_TOKENS).update_one(
-                doc! { "_id": token_hash, "rotated_at": Bson::Null },
-                doc! { "$set": { "rotated_at": bdt(now) } },
-            ))
-            .await?;
-        Ok(updated.modified_count == 1)
-    }
-
-    async fn insert_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
+        parent_hash: &str,
+        child: &RefreshToken,
+        child_sealed: &str,
+    ) -> StoreResult<Rotation> {
+        let now = child.issued_at;
+        // The child first, then the parent's conditional update (the one winner): an
+        // interruption in between leaves a child nobody holds and the parent usable, never
+        // a parent naming a child that does not exist.
         let session = self
             .run(self.raw(SESSIONS).find_one_and_update(
-                doc! { "_id": &token.session_id },
-                doc! { "$set": { "refreshed_at": bdt(token.issued_at) } },
+                doc! { "_id": &child.session_id },
+                doc! { "$set": { "refreshed_at": bdt(now) } },
             ))
             .await?
             .map(|raw| read(SESSIONS, &raw, SessionDoc::into_session))
-            .transpose()?
-            .ok_or_else(|| StoreError::Conflict("session is gone".into()))?;
+            .transpose()?;
+        let Some(session) = session else {
+            return Ok(Rotation::Gone);
+        };
         self.run(
             self.typed::<RefreshDoc>(REFRESH_TOKENS)
-                .insert_one(RefreshDoc::of(token, &session)),
+                .insert_one(RefreshDoc::of(child, &session)),
         )
-        .await
-        .map(drop)
+        .await?;
+        let won = self
+            .run(self.c(REFRESH_TOKENS).update_one(
+                doc! { "_id": parent_hash, "rotated_at": Bson::Null },
+                doc! { "$set": { "rotated_at": bdt(now), "child_sealed": child_sealed } },
+            ))
+            .await?;
+        if won.modified_count == 1 {
+            self.run(self.c(REFRESH_TOKENS).update_many(
+                doc! {
+                    "session_id": &session.id,
+                    "child_sealed": { "$exists": true },
+                    "rotated_at": { "$lte": bdt(now - SEALED_CHILD_KEPT) },
+                },
+                doc! { "$unset": { "child_sealed": "" } },
+            ))
+            .await?;
+            return Ok(Rotation::Rotated);
+        }
+        // Another call rotated it: this child was never handed out.
+        self.run(
+            self.c(REFRESH_TOKENS)
+                .delete_one(doc! { "_id": &child.token_hash }),
+        )
+        .await?;
+        Ok(match self.refresh_token(parent_hash).await? {
+            Some(parent) => Rotation::AlreadyRotated(parent),
+            None => Rotation::Gone,
+        })
     }
 
     async fn delete_session(&self, id: &str) -> StoreResult<()> {

@@ -15,11 +15,15 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
+use super::mail::MailDoc;
 use super::{bdt, read, user_filter, user_key, utc, MongoStore, CODES, EVENTS, IDEMPOTENCY};
-use super::{REFRESH_TOKENS, SESSIONS, USERS};
+use super::{OUTBOX, REFRESH_TOKENS, SESSIONS, USERS};
 use crate::battery::{BatteryLevel, INITIAL_LEVEL};
 use crate::store::battery::stored_level;
-use crate::store::{NewUser, ProfilePatch, ProfileValue, StoreError, StoreResult, User, UserStore};
+use crate::store::{
+    MailStore, NewUser, ProfilePatch, ProfileValue, SignupAttempt, SignupOutcome, StoreError,
+    StoreResult, User, UserStore,
+};
 
 /// A document of `IntrogyUsers`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -156,24 +160,7 @@ impl MongoStore {
 impl UserStore for MongoStore {
     #[tracing::instrument(skip_all)]
     async fn insert_user(&self, user: &NewUser) -> StoreResult<User> {
-        let created = User {
-            id: user.id.clone(),
-            email: user.email.clone(),
-            hashed_password: user.hashed_password.clone(),
-            display_name: user.display_name.clone(),
-            avatar_url: None,
-            bio: None,
-            timezone: None,
-            introvert_level: None,
-            is_verified: false,
-            onboarding_completed: false,
-            onboarding_completed_at: None,
-            preferences: serde_json::Map::new(),
-            battery_level: user.battery_level,
-            battery_updated_at: None,
-            created_at: user.now,
-            updated_at: user.now,
-        };
+        let created = User::new(user);
         let mut document = UserDoc::of(&created)?;
         document.battery_seq = Some(0);
         self.run(self.typed::<UserDoc>(USERS).insert_one(&document))
@@ -189,18 +176,124 @@ impl UserStore for MongoStore {
         self.user_where(doc! { "email": email }).await
     }
 
-    async fn set_password_hash(
+    #[tracing::instrument(skip_all)]
+    async fn sign_up(&self, attempt: &SignupAttempt) -> StoreResult<SignupOutcome> {
+        // Budget, account, then code and mail (see below), in the order that never mails
+        // a code that does not exist. The same four steps run whatever the address
+        // has (a no-op where there is nothing to write), so the answer takes as long for
+        // a new address as for a known one (SECURITY.md 29).
+        let new = &attempt.user;
+        if !self
+            .reserve_mail_send(&new.email, new.now, attempt.limits)
+            .await?
+        {
+            return Ok(SignupOutcome::MailRefused);
+        }
+        let mut fields = mongodb::bson::to_document(&UserDoc::of(&User::new(new))?)
+            .map_err(|e| StoreError::Other(e.into()))?;
+        // The filter's address is the one written on insert.
+        fields.remove("email");
+        fields.insert("battery_seq", 0_i64);
+        let users = self.raw(USERS);
+        let upsert = || {
+            users
+                .find_one_and_update(
+                    doc! { "email": &new.email },
+                    doc! { "$setOnInsert": fields.clone() },
+                )
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+        };
+        // Two upserts of one new address: one inserts, the other meets the unique index
+        // and then finds that account.
+        let found = match self.run(upsert()).await {
+            Err(StoreError::Conflict(_)) => self.run(upsert()).await?,
+            other => other?,
+        };
+        let Some(raw) = found else {
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "an upsert returned no document"
+            )));
+        };
+        let user = read(USERS, &raw, UserDoc::into_user)?;
+        // Our ids are random, so the account is the one just inserted exactly when the
+        // caller saw none and it carries the prepared id.
+        let created = !attempt.existing && user.id == new.id;
+        if user.id != new.id {
+            return Ok(SignupOutcome::Raced);
+        }
+        // The code and its mail: one transaction where the server has them
+        // (topology.rs); without, the code first, so an interruption never mails a code
+        // that does not exist.
+        let context = (self, attempt, user.is_verified, created);
+        self.several_writes("sign_up_code", context, |session, context| {
+            let (store, attempt, verified, created) = *context;
+            Box::pin(async move {
+                let mut session = session;
+                let added = store
+                    .add_signup_code(
+                        &attempt.code,
+                        attempt.max_pending,
+                        attempt.max_attempts,
+                        !verified,
+                        session.as_deref_mut(),
+                    )
+                    .await?;
+                let (mail, outcome) = match (verified, added, created) {
+                    (true, _, _) => (&attempt.notice_mail, SignupOutcome::Notified),
+                    (false, false, _) => return Ok(SignupOutcome::TooManyPending),
+                    (false, true, true) => (&attempt.first_mail, SignupOutcome::Created),
+                    (false, true, false) => (&attempt.repeat_mail, SignupOutcome::AttemptAdded),
+                };
+                store
+                    .typed::<MailDoc>(OUTBOX)
+                    .insert_one(MailDoc::of(mail))
+                    .optional(session, |write, s| write.session(s))
+                    .await?;
+                Ok(outcome)
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn complete_verification(
         &self,
         user_id: &str,
-        hash: &str,
+        code_hash: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        self.run(self.c(USERS).update_one(
-            user_filter(user_id),
-            doc! { "$set": { "hashed_password": hash, "updated_at": bdt(now) } },
-        ))
-        .await
-        .map(drop)
+    ) -> StoreResult<Option<User>> {
+        // The code goes first (the one winner); an interruption before the second write
+        // leaves the address unverified and the code spent, never another password.
+        let Some(code) = self.take_verification_code(user_id, code_hash).await? else {
+            return Ok(None);
+        };
+        let mut set = doc! { "is_verified": true, "updated_at": bdt(now) };
+        let mut filter = user_filter(user_id);
+        if let Some(choice) = &code.signup {
+            // A registration attempt's password only ever replaces the one of an account
+            // nobody verified yet: an attempt that slipped in while the owner's code was
+            // being redeemed (these steps are not one transaction) is void.
+            filter.insert("is_verified", false);
+            set.insert("hashed_password", &choice.password_hash);
+            set.insert(
+                "display_name",
+                choice
+                    .display_name
+                    .as_deref()
+                    .map_or(Bson::Null, Bson::from),
+            );
+        }
+        let updated = self
+            .run(
+                self.raw(USERS)
+                    .find_one_and_update(filter, doc! { "$set": set })
+                    .return_document(ReturnDocument::After),
+            )
+            .await?;
+        updated
+            .map(|raw| read(USERS, &raw, UserDoc::into_user))
+            .transpose()
     }
 
     async fn mark_verified(&self, user_id: &str, now: DateTime<Utc>) -> StoreResult<()> {

@@ -1,9 +1,12 @@
 //! The battery in SQLite: the level and `battery_seq` on `users`, the history in
 //! `battery_events`, running totals per kind in `battery_stats`, and `Idempotency-Key`s
 //! in `idempotency_keys`. A record is one transaction on the one writer, so it cannot
-//! lose an update.
+//! lose an update, and it is stamped (`recorded_at`) inside that transaction, so
+//! acceptance order and `recorded_at` agree. History is read in timeline order through
+//! the `(user_id, occurred_at, seq)` and `(user_id, kind, occurred_at, seq)` indexes.
 
 use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
@@ -11,8 +14,8 @@ use super::{millis, unreadable, Fields, Key, SqliteStore};
 use crate::battery::{self, InteractionKind, KindTotals, Totals};
 use crate::store::battery::{stored_level, InteractionColumns};
 use crate::store::{
-    BatteryEvent, BatteryStore, BatterySummary, HistoryFilter, IdempotencyKey, NewBatteryEvent,
-    RecordOutcome, StoreResult,
+    BatteryEvent, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter, IdempotencyKey,
+    NewBatteryEvent, RecordOutcome, StoreResult,
 };
 
 pub(super) const EVENT_COLUMNS: &str = "id, user_id, seq, kind, energy_impact, sleep_quality, \
@@ -148,18 +151,23 @@ impl BatteryStore for SqliteStore {
                     return Ok(outcome);
                 }
             }
-            let current: Option<(i64, i64)> = tx
-                .prepare_cached("SELECT battery_level, battery_seq FROM users WHERE id = ?1")?
-                .query_row([&user_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            let current: Option<(i64, i64, Option<i64>)> = tx
+                .prepare_cached(
+                    "SELECT battery_level, battery_seq, battery_updated_at FROM users WHERE id = ?1",
+                )?
+                .query_row([&user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            let Some((level, seq)) = current else {
+            let Some((level, seq, previous)) = current else {
                 return Ok(RecordOutcome::UserMissing);
             };
             let level = stored_level(level).map_err(|reason| {
                 unreadable("users", &user_id, format_args!("battery_level: {reason}"))
             })?;
+            let previous = previous.and_then(|ms| Utc.timestamp_millis_opt(ms).single());
             let applied = battery::apply(level, &event.interaction);
-            let recorded = event.recorded(&user_id, seq + 1, applied);
+            // Stamped here, on the writer, in the transaction that takes step `seq + 1`.
+            let recorded_at = event.stamp(previous);
+            let recorded = event.recorded(&user_id, seq + 1, applied, recorded_at);
             upsert_event(&tx, &recorded)?;
             tx.prepare_cached(
                 "UPDATE users SET battery_level = ?2, battery_seq = ?3, battery_updated_at = ?4 WHERE id = ?1",
@@ -212,21 +220,27 @@ impl BatteryStore for SqliteStore {
         &self,
         user_id: &str,
         filter: &HistoryFilter,
-        before_seq: Option<i64>,
+        after: Option<HistoryCursor>,
         limit: u32,
     ) -> StoreResult<Vec<BatteryEvent>> {
         let (user_id, filter) = (user_id.to_owned(), filter.clone());
         self.read(move |conn| {
             let (mut conditions, mut values) = history_conditions(&filter);
             values.insert(0, Value::Text(user_id));
-            if let Some(before) = before_seq {
-                values.push(Value::Integer(before));
-                conditions.push_str(&format!(" AND seq < ?{}", values.len()));
+            if let Some(after) = after {
+                values.push(Value::Integer(millis(after.occurred_at)));
+                values.push(Value::Integer(after.seq));
+                // A row value: one range of the index, not an OR of two.
+                conditions.push_str(&format!(
+                    " AND (occurred_at, seq) < (?{}, ?{})",
+                    values.len() - 1,
+                    values.len()
+                ));
             }
             values.push(Value::Integer(limit.into()));
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM battery_events WHERE user_id = ?1{conditions} \
-                 ORDER BY seq DESC LIMIT ?{}",
+                 ORDER BY occurred_at DESC, seq DESC LIMIT ?{}",
                 values.len()
             );
             let mut statement = conn.prepare_cached(&sql)?;

@@ -35,7 +35,11 @@ impl CallerStore for SqliteStore {
                 let level = f.check(12, stored_level(user.battery_level.into()))?;
                 Ok(Caller {
                     session,
-                    battery: BatteryPosition { level, seq },
+                    battery: BatteryPosition {
+                        level,
+                        seq,
+                        updated_at: user.battery_updated_at,
+                    },
                     user,
                 })
             })

@@ -225,8 +225,8 @@ impl WindowTable {
 /// quota that use names (each budget always names the same one).
 pub struct InProcessLimits {
     cap: usize,
-    rates: [OnceLock<Governed>; 4],
-    windows: [OnceLock<WindowTable>; 4],
+    rates: [OnceLock<Governed>; Budget::ALL.len()],
+    windows: [OnceLock<WindowTable>; Budget::ALL.len()],
     next_slot: AtomicU64,
 }
 

@@ -45,6 +45,36 @@ pub(super) fn insert_mail(conn: &Connection, mail: &OutboxMail) -> rusqlite::Res
     .map(drop)
 }
 
+/// Records a mail to `email` if the per-address budget allows it (inside the caller's
+/// transaction); `false` otherwise.
+pub(super) fn reserve_send(
+    conn: &Connection,
+    email: &str,
+    now: DateTime<Utc>,
+    limits: SendLimits,
+) -> rusqlite::Result<bool> {
+    let now_ms = millis(now);
+    conn.execute(
+        "DELETE FROM mail_sends WHERE email = ?1 AND sent_at <= ?2",
+        params![email, millis(now - SEND_WINDOW)],
+    )?;
+    let (count, last): (u32, Option<i64>) = conn.query_row(
+        "SELECT COUNT(*), MAX(sent_at) FROM mail_sends WHERE email = ?1",
+        [email],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    let min_interval_ms = limits.min_interval.as_millis() as i64;
+    let too_soon = last.is_some_and(|last| now_ms - last < min_interval_ms);
+    if count >= limits.per_hour || too_soon {
+        return Ok(false);
+    }
+    conn.execute(
+        "INSERT INTO mail_sends (email, sent_at) VALUES (?1, ?2)",
+        params![email, now_ms],
+    )?;
+    Ok(true)
+}
+
 #[async_trait]
 impl MailStore for SqliteStore {
     async fn enqueue_mail(&self, mail: &OutboxMail) -> StoreResult<()> {
@@ -164,25 +194,9 @@ impl MailStore for SqliteStore {
         // Read, decide and insert in one transaction on the one writer.
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now_ms = millis(now);
-            tx.execute(
-                "DELETE FROM mail_sends WHERE email = ?1 AND sent_at <= ?2",
-                params![email, millis(now - SEND_WINDOW)],
-            )?;
-            let (count, last): (u32, Option<i64>) = tx.query_row(
-                "SELECT COUNT(*), MAX(sent_at) FROM mail_sends WHERE email = ?1",
-                [&email],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )?;
-            let min_interval_ms = limits.min_interval.as_millis() as i64;
-            let too_soon = last.is_some_and(|last| now_ms - last < min_interval_ms);
-            if count >= limits.per_hour || too_soon {
+            if !reserve_send(&tx, &email, now, limits)? {
                 return Ok(false);
             }
-            tx.execute(
-                "INSERT INTO mail_sends (email, sent_at) VALUES (?1, ?2)",
-                params![email, now_ms],
-            )?;
             tx.commit()?;
             Ok(true)
         })

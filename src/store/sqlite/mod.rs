@@ -1,17 +1,32 @@
 //! The embedded SQLite store: one file, WAL mode, migrations compiled into the binary
 //! and applied on open.
 //!
-//! SQLite allows one writer at a time, so writes go through a single connection behind a
-//! mutex: every write (and every multi-statement transaction) is therefore serialised,
-//! which is what makes "count a guess", "consume a code" and "rotate a token" atomic.
-//! Reads use a small pool of read-only connections and run concurrently with the writer
-//! (WAL). All database work runs on tokio's blocking pool, never on the async workers.
+//! SQLite allows one writer at a time, so writes go through a single connection: every
+//! write (and every multi-statement transaction) is serialised, which is what makes
+//! "count a guess", "consume a code" and "rotate a token" atomic. Reads use a small pool
+//! of read-only connections and run concurrently with the writer (WAL readers never wait
+//! for it). Database work runs on tokio's blocking pool, never on the async workers, and
+//! only once it has its connection: a call waiting for the writer or for a reader waits
+//! asynchronously and holds no thread.
 //!
-//! This file owns the connections, the migrations, error mapping and reading values out
-//! of a row ([`Fields`]); each aggregate's SQL and row mapping lives in its own file.
+//! `STORE_TIMEOUT_SECONDS` bounds a call, and a 503 means "not applied": a write that has
+//! not got the writer within half the timeout is abandoned before it starts (it never
+//! runs later); a write that started is always waited for, and its own wait for SQLite's
+//! file lock (another process writing) is bounded by the busy timeout, the other half, so
+//! its real outcome is what the caller hears. Reads are simply abandoned at the timeout.
+//!
+//! The file that was opened is watched ([`FileWatch`]): deleted, moved or replaced, the
+//! store refuses reads and writes with a clear 503 and says so loudly in the log, instead
+//! of serving a file that will be gone at the next start. A missing database is created
+//! only when asked ([`OpenMode::Create`]: development, `introgy init`).
+//!
+//! This file owns the connections, the migrations, error mapping, the file watch, the
+//! checkpoint on close, online backups, a side-effect-free inspection for `introgy check`,
+//! and reading values out of a row ([`Fields`]); each aggregate's SQL and row mapping
+//! lives in its own file.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,13 +34,16 @@ use anyhow::Context;
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::types::FromSql;
 use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{StoreError, StoreResult};
+use super::{OpenMode, StoreError, StoreResult};
 
+mod account;
 mod battery;
 mod caller;
 mod codes;
 mod housekeeping;
+pub use housekeeping::SEVERAL_WRITES;
 mod limits;
 mod mail;
 mod migration;
@@ -37,17 +55,28 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_battery.sql"),
     include_str!("../migrations/0003_outbox.sql"),
+    include_str!("../migrations/0004_history_order.sql"),
+    include_str!("../migrations/0005_signup_attempts.sql"),
+    include_str!("../migrations/0006_session_devices.sql"),
 ];
 
 const READERS: usize = 4;
+/// How often the database file is compared with the file that was opened (writes also
+/// check it before they start, `/health` on every call).
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Inner {
-    writer: Mutex<Connection>,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
+    /// The one write connection; whoever holds the lock may write.
+    writer: Arc<tokio::sync::Mutex<Connection>>,
+    /// Idle read connections; a permit of `reader_slots` guarantees one is here.
+    readers: Mutex<Vec<Connection>>,
+    reader_slots: Arc<Semaphore>,
+    file: FileWatch,
+    /// Set by [`SqliteStore::close`]: no more writes after the final checkpoint.
+    closed: AtomicBool,
 }
 
-/// SQLite-backed [`Store`].
+/// SQLite-backed [`Store`](super::Store).
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -57,19 +86,122 @@ pub struct SqliteStore {
     limits: Arc<limits::InProcessLimits>,
 }
 
-fn lock(mutex: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A panic while holding the lock leaves the connection usable (SQLite rolls back an
-    // unfinished transaction when it is dropped), so poisoning is not fatal.
+/// The database file a production start-up (or `introgy migrate --from`) needs is not
+/// there: nothing was created. The CLI exits 2 on it (a setting or a step is missing).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the SQLite database {path} {problem}. Nothing was created. On a first install, create it \
+     with `introgy init` (deploy/setup.sh and the Debian package do this once); if it held \
+     data, it was deleted or moved: restore it from a backup (docs/deploy.md, \"Backup and \
+     restore\") rather than start on an empty one"
+)]
+pub struct MissingDatabase {
+    pub path: PathBuf,
+    problem: &'static str,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing is left half-done under these locks, so poisoning is not fatal.
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(Duration::from_secs(5))?;
+/// SQLite's own wait for its file lock: half the store timeout, so that a write that
+/// got the writer in the first half ends (done, or refused as busy) within the timeout.
+fn busy_timeout(store_timeout: Duration) -> Duration {
+    (store_timeout / 2).max(Duration::from_millis(100))
+}
+
+fn configure(conn: &Connection, busy: Duration) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(())
+}
+
+/// A file's identity: its device and inode. Another file at the same path (a restore
+/// copied over it, a new empty file after `rm`) has another.
+#[cfg(unix)]
+fn identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(_meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
+}
+
+/// Watches that the path still names the file the connections have open. SQLite keeps
+/// working on a deleted file through its open descriptors, so without this a deleted
+/// database would answer 201 until the next start, which would then begin empty.
+struct FileWatch {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+    lost: AtomicBool,
+}
+
+impl FileWatch {
+    fn new(path: &Path) -> anyhow::Result<Self> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("Failed to read the metadata of {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            identity: identity(&meta),
+            lost: AtomicBool::new(false),
+        })
+    }
+
+    /// Compares the path with the opened file (one `stat`); logs when that changes.
+    fn check(&self) -> StoreResult<()> {
+        let problem = match std::fs::metadata(&self.path) {
+            Ok(meta) if identity(&meta) == self.identity => None,
+            Ok(_) => Some("was replaced by another file".to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some("was deleted or moved".to_owned())
+            }
+            Err(e) => Some(format!("cannot be checked ({e})")),
+        };
+        let was_lost = self.lost.swap(problem.is_some(), Ordering::SeqCst);
+        match problem {
+            None => {
+                if was_lost {
+                    tracing::warn!(path = %self.path.display(), "the SQLite database file is back (the same file that was opened); serving again");
+                }
+                Ok(())
+            }
+            Some(problem) => {
+                if !was_lost {
+                    tracing::error!(
+                        path = %self.path.display(),
+                        problem = %problem,
+                        "THE SQLITE DATABASE FILE {problem}: every read and write is refused \
+                         (503) from now on. Put the file back (the same file) and the service \
+                         goes on by itself; otherwise stop the service and restore a backup \
+                         (docs/deploy.md). A restart will not create an empty database over it."
+                    );
+                }
+                Err(self.lost_error(&problem))
+            }
+        }
+    }
+
+    /// The last check's verdict, without a system call (the read path).
+    fn last(&self) -> StoreResult<()> {
+        if self.lost.load(Ordering::Relaxed) {
+            Err(self.lost_error("was deleted, moved or replaced"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn lost_error(&self, problem: &str) -> StoreError {
+        StoreError::Unavailable(anyhow::anyhow!(
+            "the SQLite database file {} {problem}",
+            self.path.display()
+        ))
+    }
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -275,73 +407,251 @@ fn map_err(err: rusqlite::Error) -> StoreError {
     StoreError::Other(err.into())
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database file and brings its schema up to date.
-    pub async fn open(path: &Path, timeout: Duration) -> anyhow::Result<Self> {
-        let path = path.to_path_buf();
-        let inner = tokio::task::spawn_blocking(move || -> anyhow::Result<Inner> {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("Failed to create {}", parent.display()))?;
+/// Which connection a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// A read connection taken from the pool; it goes back when dropped, also when the
+/// caller stopped waiting or the query panicked.
+struct ReadLease {
+    inner: Arc<Inner>,
+    conn: Option<Connection>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl ReadLease {
+    fn take(inner: Arc<Inner>, slot: OwnedSemaphorePermit) -> Self {
+        let conn = lock(&inner.readers).pop();
+        Self {
+            inner,
+            conn,
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for ReadLease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            lock(&self.inner.readers).push(conn);
+        }
+    }
+}
+
+/// Creates the database file, readable by its owner only (SQLite gives the `-wal` and
+/// `-shm` files the database file's mode), and its folder.
+fn create_private_file(path: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("Failed to create {}", parent.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("Failed to create {}", path.display())),
+    }
+}
+
+/// `user_version` and the number of schema objects: (0, 0) is an empty file.
+fn schema_of(conn: &Connection) -> rusqlite::Result<(usize, i64)> {
+    let version = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let objects = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |row| row.get(0))?;
+    Ok((version, objects))
+}
+
+fn open_blocking(path: &Path, busy: Duration, mode: OpenMode) -> anyhow::Result<Inner> {
+    let exists = path.exists();
+    if !exists {
+        match mode {
+            OpenMode::Create => create_private_file(path)?,
+            OpenMode::Existing | OpenMode::Populated => {
+                return Err(MissingDatabase {
+                    path: path.to_path_buf(),
+                    problem: "does not exist",
+                }
+                .into())
             }
-            let mut writer = Connection::open(&path)
-                .with_context(|| format!("Failed to open SQLite database {}", path.display()))?;
-            let mode: String =
-                writer.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-            if !mode.eq_ignore_ascii_case("wal") {
-                tracing::warn!(%mode, "SQLite did not switch to WAL mode");
-            }
-            configure(&writer)?;
-            migrate(&mut writer)?;
-            let readers = (0..READERS)
-                .map(|_| {
-                    let conn = Connection::open_with_flags(
-                        &path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )?;
-                    configure(&conn)?;
-                    Ok(Mutex::new(conn))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            Ok(Inner {
-                writer: Mutex::new(writer),
-                readers,
-                next_reader: AtomicUsize::new(0),
-            })
+        }
+    }
+    // Never SQLITE_OPEN_CREATE: a file that vanished since the check above is an error,
+    // not a new database.
+    let mut writer = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("Failed to open SQLite database {}", path.display()))?;
+    if mode != OpenMode::Create && schema_of(&writer)? == (0, 0) {
+        return Err(MissingDatabase {
+            path: path.to_path_buf(),
+            problem: "is an empty file, not an Introgy database",
+        }
+        .into());
+    }
+    let journal: String =
+        writer.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !journal.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode = %journal, "SQLite did not switch to WAL mode");
+    }
+    configure(&writer, busy)?;
+    migrate(&mut writer)?;
+    let readers = (0..READERS)
+        .map(|_| {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            configure(&conn, busy)?;
+            Ok(conn)
         })
-        .await
-        .context("SQLite open task failed")??;
-        Ok(Self {
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Inner {
+        writer: Arc::new(tokio::sync::Mutex::new(writer)),
+        readers: Mutex::new(readers),
+        reader_slots: Arc::new(Semaphore::new(READERS)),
+        file: FileWatch::new(path)?,
+        closed: AtomicBool::new(false),
+    })
+}
+
+impl SqliteStore {
+    /// Opens the database file, creating it (and its folder) if needed, and brings its
+    /// schema up to date: development and tests.
+    pub async fn open(path: &Path, timeout: Duration) -> anyhow::Result<Self> {
+        Self::open_with(path, timeout, OpenMode::Create).await
+    }
+
+    /// Opens the database file as `mode` allows; with [`OpenMode::Existing`] a missing
+    /// or empty file is a [`MissingDatabase`] error and nothing is created.
+    pub async fn open_with(path: &Path, timeout: Duration, mode: OpenMode) -> anyhow::Result<Self> {
+        let path = path.to_path_buf();
+        let busy = busy_timeout(timeout);
+        let inner = tokio::task::spawn_blocking(move || open_blocking(&path, busy, mode))
+            .await
+            .context("SQLite open task failed")??;
+        let store = Self {
             inner: Arc::new(inner),
             timeout,
             observer: Arc::new(crate::metrics::StoreObserver::new("sqlite")),
             limits: Arc::default(),
-        })
+        };
+        store.watch_file();
+        Ok(store)
     }
 
-    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    /// Checks the file every [`FILE_CHECK_INTERVAL`] while the store exists, so a lost
+    /// file is noticed within a second even without writes.
+    fn watch_file(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                // One `stat`, but a stalled file system can block it: off the workers.
+                let _ = tokio::task::spawn_blocking(move || inner.file.check()).await;
+            }
+        });
+    }
+
+    /// Compares the database path with the opened file now (`/health`).
+    async fn check_file(&self) -> StoreResult<()> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.file.check())
+            .await
+            .unwrap_or_else(|join| Err(panicked(join)))
+    }
+
+    /// The choke point: every store call, timed and recorded by its operation name.
+    async fn run<T, F>(&self, access: Access, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        // The closure's type names the store method and read/write (see metrics.rs).
-        let (operation, write) = crate::metrics::sqlite_operation(std::any::type_name::<F>());
+        // The closure's type names the store method (see metrics.rs).
+        let (operation, _) = crate::metrics::sqlite_operation(std::any::type_name::<F>());
         let started = std::time::Instant::now();
+        let result = match access {
+            Access::Read => self.run_read(f).await,
+            Access::Write => self.run_write(f).await,
+        };
+        self.observer.record(
+            operation,
+            access == Access::Write,
+            started.elapsed(),
+            result.as_ref().err(),
+        );
+        result
+    }
+
+    /// A read: waits (asynchronously) for an idle read connection, then runs; abandoned
+    /// at the store timeout, which is harmless for a read.
+    async fn run_read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.file.last()?;
         let inner = Arc::clone(&self.inner);
-        let task = tokio::task::spawn_blocking(move || f(&inner));
-        let result = match tokio::time::timeout(self.timeout, task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(StoreError::Other(
-                anyhow::Error::new(join).context("SQLite task panicked"),
-            )),
+        let work = async move {
+            let slot = Arc::clone(&inner.reader_slots)
+                .acquire_owned()
+                .await
+                .map_err(|e| StoreError::Other(e.into()))?;
+            let mut lease = ReadLease::take(inner, slot);
+            tokio::task::spawn_blocking(move || match lease.conn.as_mut() {
+                Some(conn) => f(conn),
+                None => Err(StoreError::Other(anyhow::anyhow!(
+                    "no idle SQLite read connection behind a free slot"
+                ))),
+            })
+            .await
+            .unwrap_or_else(|join| Err(panicked(join)))
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
-                "SQLite did not answer within {:?}",
+                "SQLite did not answer a read within {:?}",
                 self.timeout
             ))),
+        }
+    }
+
+    /// A write: waits (asynchronously, holding no thread) for the writer until the start
+    /// deadline, and gives up there before anything ran. Once it has the writer it runs
+    /// to the end whatever happens to the caller, and the caller hears how it ended:
+    /// SQLite's busy timeout bounds its wait for another process's lock.
+    async fn run_write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let start_within = self.timeout.saturating_sub(busy_timeout(self.timeout));
+        let writer = Arc::clone(&self.inner.writer);
+        let Ok(mut conn) = tokio::time::timeout(start_within, writer.lock_owned()).await else {
+            return Err(StoreError::Unavailable(anyhow::anyhow!(
+                "the SQLite writer stayed busy for {start_within:?}; the write was abandoned before it started"
+            )));
         };
-        self.observer
-            .record(operation, write, started.elapsed(), result.as_ref().err());
-        result
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            if inner.closed.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable(anyhow::anyhow!(
+                    "the SQLite store is closed (the service is stopping)"
+                )));
+            }
+            inner.file.check()?;
+            f(&mut conn)
+        })
+        .await
+        .unwrap_or_else(|join| Err(panicked(join)))
     }
 
     /// Runs `f` on one of the read connections.
@@ -350,19 +660,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.run(move |inner| {
-            let start = inner.next_reader.fetch_add(1, Ordering::Relaxed);
-            // Prefer an idle connection; fall back to waiting on the round-robin choice.
-            let guard = (0..inner.readers.len())
-                .find_map(|i| {
-                    inner.readers[(start + i) % inner.readers.len()]
-                        .try_lock()
-                        .ok()
-                })
-                .unwrap_or_else(|| lock(&inner.readers[start % inner.readers.len()]));
-            f(&guard).map_err(map_err)
-        })
-        .await
+        self.run(Access::Read, move |conn| f(conn).map_err(map_err))
+            .await
     }
 
     /// Runs `f` on the single write connection.
@@ -371,7 +670,210 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.run(move |inner| f(&mut lock(&inner.writer)).map_err(map_err))
+        self.run(Access::Write, move |conn| f(conn).map_err(map_err))
             .await
+    }
+
+    /// Clean shutdown: refuses further writes, waits for the one in progress, and moves
+    /// everything from the WAL into the database file (`wal_checkpoint(TRUNCATE)`), so
+    /// that the `.db` file alone is complete once the service has stopped.
+    pub async fn close(&self) -> StoreResult<()> {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let writer = Arc::clone(&self.inner.writer);
+        let conn = tokio::time::timeout(self.timeout, writer.lock_owned())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(anyhow::anyhow!(
+                    "the SQLite writer stayed busy at shutdown; the WAL was not checkpointed"
+                ))
+            })?;
+        let path = self.inner.file.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let (busy, frames, moved): (i64, i64, i64) = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .map_err(map_err)?;
+            if busy != 0 {
+                return Err(StoreError::Unavailable(anyhow::anyhow!(
+                    "the final checkpoint of {} was blocked by another connection \
+                     ({moved} of {frames} WAL frames moved); the -wal file still holds the rest",
+                    path.display()
+                )));
+            }
+            tracing::info!(path = %path.display(), "SQLite checkpointed: the database file is complete");
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|join| Err(panicked(join)))
+    }
+}
+
+fn panicked(join: tokio::task::JoinError) -> StoreError {
+    StoreError::Other(anyhow::Error::new(join).context("SQLite task panicked"))
+}
+
+/// What [`backup`] copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupReport {
+    pub schema_version: usize,
+    pub users: i64,
+    pub battery_events: i64,
+    pub bytes: u64,
+}
+
+/// Copies the database at `source` to `target` with SQLite's online backup API: one
+/// consistent snapshot even while a server writes (a WAL reader blocks no writer). The
+/// copy is written next to `target` (mode 0600), checked (`quick_check`), made a
+/// self-contained file (rollback journal, no `-wal` needed), synced, and only then
+/// renamed over `target`, so `target` is never a half-written file.
+pub fn backup(source: &Path, target: &Path) -> anyhow::Result<BackupReport> {
+    if !source.exists() {
+        return Err(MissingDatabase {
+            path: source.to_path_buf(),
+            problem: "does not exist",
+        }
+        .into());
+    }
+    let name = target
+        .file_name()
+        .context("--to must name a file")?
+        .to_string_lossy();
+    let folder = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    anyhow::ensure!(
+        folder.is_dir(),
+        "the folder {} does not exist",
+        folder.display()
+    );
+    let partial = folder.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_file(&partial);
+    let result = (|| -> anyhow::Result<BackupReport> {
+        let src = Connection::open_with_flags(
+            source,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("Failed to open {}", source.display()))?;
+        src.busy_timeout(Duration::from_secs(30))?;
+        create_private_file(&partial)?;
+        let mut dst = Connection::open(&partial)
+            .with_context(|| format!("Failed to open {}", partial.display()))?;
+        {
+            // All pages in one step: one read transaction, so one consistent snapshot
+            // (smaller steps restart whenever the server writes in between).
+            use rusqlite::backup::StepResult;
+            let copy = rusqlite::backup::Backup::new(&src, &mut dst)?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                match copy.step(-1).context("SQLite backup failed")? {
+                    StepResult::Done => break,
+                    // More, Busy (another connection holds a lock), Locked: again.
+                    _ => {
+                        anyhow::ensure!(
+                            std::time::Instant::now() < deadline,
+                            "the database stayed locked for a minute; nothing was copied"
+                        );
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+        let check: String = dst.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
+        anyhow::ensure!(
+            check == "ok",
+            "the copy fails SQLite's quick_check: {check}"
+        );
+        let mode: String = dst.query_row("PRAGMA journal_mode = DELETE", [], |row| row.get(0))?;
+        anyhow::ensure!(
+            mode.eq_ignore_ascii_case("delete"),
+            "the copy stayed in {mode} mode"
+        );
+        let (schema_version, _) = schema_of(&dst)?;
+        let count = |table: &str| -> rusqlite::Result<i64> {
+            dst.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+        };
+        let (users, battery_events) = (count("users")?, count("battery_events")?);
+        drop(dst);
+        std::fs::File::open(&partial)?.sync_all()?;
+        Ok(BackupReport {
+            schema_version,
+            users,
+            battery_events,
+            bytes: std::fs::metadata(&partial)?.len(),
+        })
+    })();
+    match result {
+        Ok(report) => {
+            std::fs::rename(&partial, target)
+                .with_context(|| format!("Failed to move the copy to {}", target.display()))?;
+            if let Ok(dir) = std::fs::File::open(folder) {
+                let _ = dir.sync_all();
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+/// What `introgy check` says about a SQLite database, found without changing anything:
+/// no file, folder, `-wal`/`-shm` or schema is created and no migration runs. `Err` is a
+/// problem (missing, empty, unreadable, newer than this binary).
+pub fn inspect(path: &Path) -> Result<String, String> {
+    if !path.exists() {
+        return Err(format!(
+            "{} does not exist (`introgy init` creates it; if it held data, restore a backup)",
+            path.display()
+        ));
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    // Without a -wal file the database file is the whole database: read it as an
+    // immutable file, which creates nothing. With one (a server runs, or stopped
+    // uncleanly), read through it as SQLite would; the files already exist.
+    let immutable = if Path::new(&wal).exists() {
+        ""
+    } else {
+        "&immutable=1"
+    };
+    let escaped = path
+        .to_string_lossy()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23");
+    let conn = Connection::open_with_flags(
+        format!("file:{escaped}?mode=ro{immutable}"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("{} cannot be opened: {e}", path.display()))?;
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    let (version, objects) =
+        schema_of(&conn).map_err(|e| format!("{} cannot be read: {e}", path.display()))?;
+    let known = MIGRATIONS.len();
+    if (version, objects) == (0, 0) {
+        Err(format!(
+            "{} is empty, not an Introgy database (`introgy init` creates the schema)",
+            path.display()
+        ))
+    } else if version > known {
+        Err(format!(
+            "{} has schema version {version}, newer than this binary knows ({known}); upgrade introgy",
+            path.display()
+        ))
+    } else if version < known {
+        Ok(format!(
+            "schema version {version} of {known}: {} migration(s) will run when `introgy serve` starts (not run by check)",
+            known - version
+        ))
+    } else {
+        Ok(format!("schema version {version} (current)"))
     }
 }

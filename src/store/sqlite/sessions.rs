@@ -2,11 +2,13 @@
 //! their session by `ON DELETE CASCADE`).
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
 
 use super::{millis, Fields, Key, SqliteStore};
-use crate::store::{RefreshToken, Session, SessionStore, StoreResult};
+use crate::store::sessions::SEALED_CHILD_KEPT;
+use crate::store::{RefreshToken, Rotation, Session, SessionStore, StoreResult};
+
+const TOKEN_COLUMNS: &str = "token_hash, session_id, issued_at, rotated_at, child_sealed";
 
 /// The one `sessions` row → [`Session`] mapping.
 pub(super) fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
@@ -29,7 +31,19 @@ fn token_from_row(row: &Row<'_>) -> rusqlite::Result<RefreshToken> {
         session_id: f.get(1)?,
         issued_at: f.time(2)?,
         rotated_at: f.time_opt(3)?,
+        child_sealed: f.get(4)?,
     })
+}
+
+fn token_where_hash(
+    conn: &rusqlite::Connection,
+    token_hash: &str,
+) -> rusqlite::Result<Option<RefreshToken>> {
+    conn.prepare_cached(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM refresh_tokens WHERE token_hash = ?1"
+    ))?
+    .query_row([token_hash], token_from_row)
+    .optional()
 }
 
 #[async_trait]
@@ -72,56 +86,54 @@ impl SessionStore for SqliteStore {
 
     async fn refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>> {
         let token_hash = token_hash.to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT token_hash, session_id, issued_at, rotated_at FROM refresh_tokens \
-                 WHERE token_hash = ?1",
-            )?
-            .query_row([token_hash], token_from_row)
-            .optional()
-        })
-        .await
+        self.read(move |conn| token_where_hash(conn, &token_hash))
+            .await
     }
 
-    async fn mark_refresh_rotated(
+    async fn rotate_refresh_token(
         &self,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let token_hash = token_hash.to_owned();
-        self.write(move |conn| {
-            conn.execute(
-                "UPDATE refresh_tokens SET rotated_at = ?2 WHERE token_hash = ?1 AND rotated_at IS NULL",
-                params![token_hash, millis(now)],
-            )
-            .map(|n| n == 1)
-        })
-        .await
-    }
-
-    async fn insert_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
-        let token = token.clone();
+        parent_hash: &str,
+        child: &RefreshToken,
+        child_sealed: &str,
+    ) -> StoreResult<Rotation> {
+        let (parent_hash, child, child_sealed) = (
+            parent_hash.to_owned(),
+            child.clone(),
+            child_sealed.to_owned(),
+        );
+        // One transaction on the one writer: the conditional update of the parent is the
+        // single winner; the child exists exactly when the parent names it.
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = child.issued_at;
+            let won = tx.execute(
+                "UPDATE refresh_tokens SET rotated_at = ?2, child_sealed = ?3                  WHERE token_hash = ?1 AND rotated_at IS NULL",
+                params![parent_hash, millis(now), child_sealed],
+            )?;
+            if won == 0 {
+                return Ok(match token_where_hash(&tx, &parent_hash)? {
+                    Some(parent) => Rotation::AlreadyRotated(parent),
+                    None => Rotation::Gone,
+                });
+            }
             let touched = tx.execute(
                 "UPDATE sessions SET refreshed_at = ?2 WHERE id = ?1",
-                params![token.session_id, millis(token.issued_at)],
+                params![child.session_id, millis(now)],
             )?;
             if touched == 0 {
-                // The session was revoked meanwhile: same answer as a foreign-key miss.
-                return Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error {
-                        code: rusqlite::ffi::ErrorCode::ConstraintViolation,
-                        extended_code: rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY,
-                    },
-                    None,
-                ));
+                // The session was revoked meanwhile (rolled back on drop).
+                return Ok(Rotation::Gone);
             }
             tx.execute(
                 "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES (?1, ?2, ?3)",
-                params![token.token_hash, token.session_id, millis(token.issued_at)],
+                params![child.token_hash, child.session_id, millis(now)],
             )?;
-            tx.commit()
+            tx.execute(
+                "UPDATE refresh_tokens SET child_sealed = NULL                  WHERE session_id = ?1 AND child_sealed IS NOT NULL AND rotated_at <= ?2",
+                params![child.session_id, millis(now - SEALED_CHILD_KEPT)],
+            )?;
+            tx.commit()?;
+            Ok(Rotation::Rotated)
         })
         .await
     }

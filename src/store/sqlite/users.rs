@@ -6,8 +6,13 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
+use super::codes::{add_code, code_with_hash, consume};
+use super::mail::{insert_mail, reserve_send};
 use super::{millis, Fields, Key, SqliteStore};
-use crate::store::{NewUser, ProfilePatch, ProfileValue, StoreResult, User, UserStore};
+use crate::domain::OtpPurpose;
+use crate::store::{
+    NewUser, ProfilePatch, ProfileValue, SignupAttempt, SignupOutcome, StoreResult, User, UserStore,
+};
 
 pub(super) const USER_COLUMNS: &str = "id, email, hashed_password, display_name, avatar_url, \
     bio, timezone, introvert_level, is_verified, onboarding_completed, onboarding_completed_at, \
@@ -135,19 +140,102 @@ impl UserStore for SqliteStore {
             .await
     }
 
-    async fn set_password_hash(
+    #[tracing::instrument(skip_all)]
+    async fn sign_up(&self, attempt: &SignupAttempt) -> StoreResult<SignupOutcome> {
+        let attempt = attempt.clone();
+        // One transaction on the one writer, running the same statements whatever the
+        // address has, up to the last insert (SECURITY.md 29).
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = attempt.user.now;
+            if !reserve_send(&tx, &attempt.user.email, now, attempt.limits)? {
+                return Ok(SignupOutcome::MailRefused);
+            }
+            let user = &attempt.user;
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO users (id, email, hashed_password, display_name,                      battery_level, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                )?
+                .execute(params![
+                    user.id,
+                    user.email,
+                    user.hashed_password,
+                    user.display_name,
+                    user.battery_level,
+                    millis(now)
+                ])?;
+            let (id, verified): (String, bool) = tx
+                .prepare_cached("SELECT id, is_verified FROM users WHERE email = ?1")?
+                .query_row([&user.email], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            let created = inserted == 1;
+            if id != user.id || created == attempt.existing {
+                return Ok(SignupOutcome::Raced);
+            }
+            let outcome = if verified {
+                insert_mail(&tx, &attempt.notice_mail)?;
+                SignupOutcome::Notified
+            } else if add_code(&tx, &attempt.code, attempt.max_pending, attempt.max_attempts)? {
+                if created {
+                    insert_mail(&tx, &attempt.first_mail)?;
+                    SignupOutcome::Created
+                } else {
+                    insert_mail(&tx, &attempt.repeat_mail)?;
+                    SignupOutcome::AttemptAdded
+                }
+            } else {
+                SignupOutcome::TooManyPending
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn complete_verification(
         &self,
         user_id: &str,
-        hash: &str,
+        code_hash: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        let (user_id, hash) = (user_id.to_owned(), hash.to_owned());
+    ) -> StoreResult<Option<User>> {
+        let (user_id, code_hash) = (user_id.to_owned(), code_hash.to_owned());
+        // One transaction: the code goes, its attempt's password comes into force, the
+        // address is verified.
         self.write(move |conn| {
-            conn.execute(
-                "UPDATE users SET hashed_password = ?2, updated_at = ?3 WHERE id = ?1",
-                params![user_id, hash, millis(now)],
-            )
-            .map(drop)
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let purpose = OtpPurpose::VerifyEmail;
+            let Some(code) = code_with_hash(&tx, &user_id, purpose, &code_hash)? else {
+                return Ok(None);
+            };
+            if !consume(&tx, &user_id, purpose, &code_hash)? {
+                return Ok(None);
+            }
+            // A registration attempt's password only ever replaces the one of an account
+            // nobody verified yet (the same rule as on MongoDB, where it matters).
+            let applied = match &code.signup {
+                Some(choice) => tx.execute(
+                    "UPDATE users SET hashed_password = ?2, display_name = ?3, is_verified = 1, \
+                     updated_at = ?4 WHERE id = ?1 AND is_verified = 0",
+                    params![
+                        user_id,
+                        choice.password_hash,
+                        choice.display_name,
+                        millis(now)
+                    ],
+                )?,
+                None => tx.execute(
+                    "UPDATE users SET is_verified = 1, updated_at = ?2 WHERE id = ?1 AND is_verified = 0",
+                    params![user_id, millis(now)],
+                )
+                .map(|_| 1)?,
+            };
+            if applied == 0 {
+                tx.commit()?;
+                return Ok(None);
+            }
+            let user = user_where(&tx, "id", &user_id)?;
+            tx.commit()?;
+            Ok(user)
         })
         .await
     }
@@ -181,7 +269,7 @@ impl UserStore for SqliteStore {
                 params![user_id, hash, millis(now)],
             )?;
             tx.execute("DELETE FROM sessions WHERE user_id = ?1", [&user_id])?;
-            tx.execute("DELETE FROM one_time_codes WHERE user_id = ?1", [&user_id])?;
+            tx.execute("DELETE FROM code_challenges WHERE user_id = ?1", [&user_id])?;
             tx.commit()
         })
         .await

@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+"""Out-of-process benchmark: every PRODUCT.md §7 ratio in one run, load from wrk.
+
+Usage (from the repository root; builds the release binary if needed):
+
+    python3 bench/wrk.py                   # SQLite, 10 s per measurement
+    python3 bench/wrk.py --seconds 5       # shorter
+    python3 bench/wrk.py --store mongodb   # against a SecantusDB started here (.venv)
+
+The server runs as its own process (the release binary, bcrypt cost 12, log mail
+transport) and wrk (-t2, a separate process) drives it, so the load generator does not
+share the server's runtime. It prints, in one run:
+
+- requests/s of GET /health and the ratio of each authenticated read (verify-token,
+  users/me, the battery), of recording an interaction (one user, and 32 users), and of a
+  history page of 50 to it;
+- the bcrypt bound (cores / one cost-12 hash) and login throughput against it;
+- other users' p99 (GET /users/me) alone and during a login flood;
+- peak RSS (VmHWM) after 256 and after 2,000 connections;
+- with --store mongodb and a server that exposes them on /metrics, MongoDB round trips
+  per request.
+
+Python standard library only; wrk comes from Debian's package (`apt-get install wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery staple"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port} after {seconds} s")
+
+
+class Client:
+    """A keep-alive HTTP/1.1 client for the set-up steps."""
+
+    def __init__(self, port: int):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def call(self, method: str, path: str, body=None, token: str | None = None,
+             form: bool = False):
+        headers = {}
+        data = None
+        if body is not None:
+            if form:
+                data = urllib.parse.urlencode(body)
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+            else:
+                data = json.dumps(body)
+                headers["Content-Type"] = "application/json"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.conn.request(method, path, body=data, headers=headers)
+        response = self.conn.getresponse()
+        raw = response.read()
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            payload = raw.decode(errors="replace")
+        return response.status, payload
+
+
+class Server:
+    def __init__(self, binary: Path, database_url: str, workdir: Path):
+        self.port = free_port()
+        self.log_path = workdir / "server.log"
+        self.log = open(self.log_path, "w")
+        env = dict(os.environ)
+        env.update({
+            "ENVIRONMENT": "development",
+            "PORT": str(self.port),
+            "HOST": "127.0.0.1",
+            "DATABASE_URL": database_url,
+            "DATA_DIR": str(workdir),
+            "EMAIL_TRANSPORT": "log",
+            "LOG_FORMAT": "json",
+            "RUST_LOG": "warn",
+            "NO_COLOR": "1",
+            "AUTH_RATE_LIMIT_PER_MINUTE": "100000000",
+        })
+        # The server may raise its own descriptor limit to the hard one; make the hard
+        # limit generous for the 2,000-connection step.
+        self.proc = subprocess.Popen(
+            [str(binary), "serve"], cwd=workdir, env=env, stdout=self.log,
+            stderr=subprocess.STDOUT, preexec_fn=raise_nofile)
+        wait_port(self.port)
+
+    def peak_rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def code_for(self, email: str, seconds: float = 20.0) -> str:
+        """The newest code the log transport printed for `email`."""
+        deadline = time.monotonic() + seconds
+        pattern = re.compile(r"(\d{6}) is your \S+ verification code")
+        while time.monotonic() < deadline:
+            codes = [m.group(1)
+                     for line in self.log_path.read_text(errors="replace").splitlines()
+                     if email in line
+                     for m in [pattern.search(line)] if m]
+            if codes:
+                return codes[-1]
+            time.sleep(0.05)
+        raise SystemExit(f"no code was logged for {email} (see {self.log_path})")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+
+
+def make_users(server: Server, count: int, prefix: str) -> list[dict]:
+    """Registers and verifies `count` users in parallel; returns email, id and tokens."""
+    users: list[dict] = [None] * count  # type: ignore[list-item]
+    errors: list[str] = []
+
+    def one(index: int) -> None:
+        try:
+            client = Client(server.port)
+            email = f"{prefix}-{index}-{os.getpid()}@bench.example.com"
+            status, body = client.call("POST", "/auth/register",
+                                       {"email": email, "password": PASSWORD})
+            if status != 202:
+                raise RuntimeError(f"register {status} {body}")
+            code = server.code_for(email)
+            status, body = client.call("POST", "/auth/verify-otp", {"email": email, "code": code})
+            if status != 200:
+                raise RuntimeError(f"verify-otp {status} {body}")
+            users[index] = {"email": email, "id": body["user"]["id"],
+                            "token": body["access_token"]}
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit(f"setting up users failed: {errors[0]}")
+    return users
+
+
+WRK_LUA = r"""
+local tokens = {%(tokens)s}
+local bodies = {%(bodies)s}
+local method = "%(method)s"
+local path = "%(path)s"
+local content_type = "%(content_type)s"
+local counter = 0
+function setup(thread)
+  thread:set("offset", counter)
+  counter = counter + 1
+end
+local i = 0
+function request()
+  i = i + 1
+  local headers = {}
+  local n = #tokens
+  if n > 0 then
+    headers["Authorization"] = "Bearer " .. tokens[((i + offset * 7) %% n) + 1]
+  end
+  local body = nil
+  local m = #bodies
+  if m > 0 then
+    body = bodies[((i + offset * 7) %% m) + 1]
+    headers["Content-Type"] = content_type
+  end
+  return wrk.format(method, path, headers, body)
+end
+"""
+
+
+def lua_string(s: str) -> str:
+    return json.dumps(s)  # JSON string escapes are valid Lua string escapes here
+
+
+def wrk(port: int, path: str, seconds: float, connections: int, *, method: str = "GET",
+        tokens: list[str] | None = None, bodies: list[str] | None = None,
+        content_type: str = "application/json", threads: int = 2,
+        timeout: str = "10s") -> dict:
+    """Runs wrk; returns requests/s, p50/p99 (ms) and the non-2xx count."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_LUA % {
+            "tokens": ",".join(lua_string(t) for t in (tokens or [])),
+            "bodies": ",".join(lua_string(b) for b in (bodies or [])),
+            "method": method,
+            "path": path,
+            "content_type": content_type,
+        })
+    try:
+        out = subprocess.run(
+            ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+             "--latency", f"--timeout={timeout}", "-s", script.name,
+             f"http://127.0.0.1:{port}{path}"],
+            capture_output=True, text=True, check=True, preexec_fn=raise_nofile).stdout
+    finally:
+        os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"rps": rps, "p50": pct("50"), "p99": pct("99"),
+            "non2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": sum(map(int, errors.groups())) if errors else 0,
+            "raw": out}
+
+
+def bcrypt_seconds(server: Server, user: dict) -> float:
+    """Median time of a single login (one cost-12 verification) with nothing else running."""
+    client = Client(server.port)
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        status, body = client.call("POST", "/auth/login",
+                                   {"username": user["email"], "password": PASSWORD},
+                                   form=True)
+        times.append(time.perf_counter() - started)
+        if status != 200:
+            raise SystemExit(f"login failed: {status} {body}")
+    return sorted(times)[len(times) // 2]
+
+
+def start_mongo(workdir: Path) -> tuple[subprocess.Popen, str]:
+    python = ROOT / ".venv" / "bin" / "secantusd-py"
+    if not python.exists():
+        raise SystemExit("--store mongodb needs .venv with SecantusDB (run scripts/test once)")
+    port = free_port()
+    proc = subprocess.Popen([str(python), "--port", str(port), "--storage-path", ":memory:"],
+                            stdout=open(workdir / "mongo.log", "w"), stderr=subprocess.STDOUT)
+    wait_port(port)
+    return proc, f"mongodb://127.0.0.1:{port}/introgy_bench"
+
+
+def mongo_round_trips(port: int) -> dict[str, float] | None:
+    """Round trips per request from /metrics, if the server exposes them."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        if response.status != 200:
+            return None
+        text = response.read().decode()
+    except OSError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        m = re.match(r'introgy_store_round_trips_per_request\{route="([^"]+)"[^}]*\}\s+([\d.]+)', line)
+        if m:
+            found[m.group(1)] = float(m.group(2))
+    return found or None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--store", choices=["sqlite", "mongodb"], default="sqlite")
+    parser.add_argument("--binary", type=Path, default=ROOT / "target" / "release" / "introgy")
+    parser.add_argument("--no-build", action="store_true", help="use --binary as it is")
+    args = parser.parse_args()
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "introgy"],
+                       cwd=ROOT, check=True)
+    workdir = Path(tempfile.mkdtemp(prefix="introgy-wrk-"))
+    mongo = None
+    if args.store == "mongodb":
+        mongo, database_url = start_mongo(workdir)
+    else:
+        database_url = f"sqlite:{workdir / 'introgy.db'}"
+    server = Server(args.binary, database_url, workdir)
+    s, c = args.seconds, args.connections
+    rows: list[tuple[str, float, str]] = []
+    try:
+        readers = make_users(server, 32, "reader")
+        login_users = make_users(server, 16, "login")
+        history_user = readers[0]
+        setup = Client(server.port)
+        for i in range(1000):
+            status, body = setup.call("POST", "/social-battery/me/record",
+                                      {"type": "depletion" if i % 2 else "recharge",
+                                       "energy_impact": 1 + i % 20, "name": f"event {i}"},
+                                      token=history_user["token"])
+            if status != 201:
+                raise SystemExit(f"seeding history failed: {status} {body}")
+        tokens = [u["token"] for u in readers]
+        record_body = json.dumps({"type": "depletion", "energy_impact": 1, "name": "bench"})
+
+        def measure(label, path, **kw):
+            result = wrk(server.port, path, s, kw.pop("connections", c), **kw)
+            if result["non2xx"] or result["socket_errors"]:
+                print(f"warning: {label}: {result['non2xx']} non-2xx, "
+                      f"{result['socket_errors']} socket errors", file=sys.stderr)
+            return result
+
+        health = measure("health", "/health")
+        rows.append(("GET /health", health["rps"], ""))
+        for label, path, toks in [
+            ("GET /auth/verify-token", "/auth/verify-token", tokens),
+            ("GET /users/me", "/users/me", tokens),
+            ("GET /social-battery/me", "/social-battery/me", tokens),
+            ("POST .../record, one user", "/social-battery/me/record", tokens[1:2]),
+            ("POST .../record, 32 users", "/social-battery/me/record", tokens),
+            ("GET .../activity?limit=50", "/social-battery/me/activity?limit=50",
+             [history_user["token"]]),
+        ]:
+            post = "record" in path
+            r = measure(label, path, tokens=toks, method="POST" if post else "GET",
+                        bodies=[record_body] if post else None)
+            rows.append((label, r["rps"], f"{100 * r['rps'] / health['rps']:.1f}% of /health"))
+
+        hash_s = bcrypt_seconds(server, login_users[0])
+        cores = os.cpu_count() or 1
+        bound = cores / hash_s
+        login_bodies = [urllib.parse.urlencode({"username": u["email"], "password": PASSWORD})
+                        for u in login_users]
+        login = measure("login", "/auth/login", method="POST", bodies=login_bodies,
+                        content_type="application/x-www-form-urlencoded", connections=8)
+
+        alone = measure("users/me alone", "/users/me", tokens=tokens, connections=4)
+        flood_result: dict = {}
+
+        def flood():
+            flood_result.update(wrk(server.port, "/auth/login", s + 2, 16, method="POST",
+                                    bodies=login_bodies,
+                                    content_type="application/x-www-form-urlencoded"))
+
+        flooder = threading.Thread(target=flood)
+        flooder.start()
+        time.sleep(1.0)  # let the flood fill the hashing queue first
+        during = measure("users/me during flood", "/users/me", tokens=tokens, connections=4)
+        flooder.join()
+
+        measure("256 connections", "/users/me", tokens=tokens, connections=256)
+        rss_256 = server.peak_rss_mib()
+        measure("2,000 connections", "/users/me", tokens=tokens, connections=2000,
+                timeout="30s")
+        rss_2000 = server.peak_rss_mib()
+        trips = mongo_round_trips(server.port) if args.store == "mongodb" else None
+    finally:
+        server.stop()
+        if mongo:
+            mongo.terminate()
+            mongo.wait()
+
+    print()
+    print(f"store: {args.store}; wrk -t2 -c{c}, {s:g} s per row; {os.cpu_count()} cores")
+    print(f"{'':34}{'req/s':>10}")
+    for label, rps, note in rows:
+        print(f"{label:34}{rps:10.0f}    {note}")
+    print()
+    print(f"one cost-12 login alone: {hash_s * 1000:.0f} ms; bound with {cores} cores: "
+          f"{bound:.1f} logins/s")
+    print(f"login, 8 connections, 16 accounts: {login['rps']:.1f} logins/s = "
+          f"{100 * login['rps'] / bound:.0f}% of the bound")
+    print(f"GET /users/me p99, 4 connections: alone {alone['p99']:.2f} ms, during a login "
+          f"flood {during['p99']:.2f} ms ({during['p99'] / alone['p99']:.1f}x; "
+          f"{flood_result.get('rps', 0):.1f} logins/s in the flood)")
+    print(f"peak RSS: {rss_256:.1f} MiB after 256 connections, {rss_2000:.1f} MiB after 2,000")
+    if args.store == "mongodb":
+        if trips:
+            for route, n in sorted(trips.items()):
+                print(f"MongoDB round trips per request, {route}: {n:.2f}")
+        else:
+            print("MongoDB round trips: not exposed by this server's /metrics")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
