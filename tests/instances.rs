@@ -475,6 +475,14 @@ fn check_reports_whether_several_writes_run_as_transactions() {
         mongo_url().trim_end_matches('/'),
         introgy::auth::random_hex(6)
     );
+    // `check` looks at an existing database only: create it first.
+    let init = Command::new(env!("CARGO_BIN_EXE_introgy"))
+        .args(["init", "--database-url", &database_url])
+        .current_dir(dir.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
     let check = |transactions: &str| {
         let output = Command::new(env!("CARGO_BIN_EXE_introgy"))
             .args(["check", "--database-url", &database_url])

@@ -35,9 +35,15 @@ async fn store(config: &Config) -> Result<(String, String), String> {
         }
         DatabaseConfig::Mongo { url, db } => {
             let url = secrecy::ExposeSecret::expose_secret(url);
-            let store = MongoStore::open(url, db, config.store_timeout, OpenMode::Populated)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
+            let store = MongoStore::open_with(
+                url,
+                db,
+                config.store_timeout,
+                OpenMode::Populated,
+                config.mongo_transactions,
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
             store.ping().await.map_err(|e| e.to_string())?;
             let several = store.several_writes().await.map_err(|e| e.to_string())?;
             Ok(("mongodb answers".to_owned(), several))

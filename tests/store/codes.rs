@@ -373,7 +373,11 @@ async fn mongodb_without_transactions_stores_the_code_before_its_mail() {
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(
         s.store.codes_of(&user.id).await.unwrap(),
-        [CodeChallenge::of(&code(&user.id, OtpPurpose::VerifyEmail, "h"))]
+        [CodeChallenge::of(&code(
+            &user.id,
+            OtpPurpose::VerifyEmail,
+            "h"
+        ))]
     );
     assert_eq!(
         s.store.several_writes().await.unwrap(),
