@@ -37,8 +37,9 @@ use std::time::Duration;
 
 pub use account::{AccountStore, DeviceSession, OtherSessions, MAX_LISTED_SESSIONS};
 pub use battery::{
-    BatteryEvent, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter, IdempotencyKey,
-    NewBatteryEvent, RecordOutcome,
+    replay_correction, BatteryEvent, BatteryStore, BatterySummary, CorrectedFields, Correction,
+    CorrectionOutcome, HistoryCursor, HistoryFilter, IdempotencyKey, NewBatteryEvent,
+    RecordOutcome, Replayed,
 };
 pub use codes::{Admission, CodeChallenge, CodeStore, OneTimeCode, SignupChoice};
 pub use housekeeping::Housekeeping;
