@@ -877,14 +877,22 @@ fn request_fields(event: &BatteryEvent) -> serde_json::Map<String, serde_json::V
     put("energy_impact", serde_json::json!(record.energy_impact));
     put("sleep_quality", serde_json::json!(record.sleep_quality));
     put("level", serde_json::json!(record.level));
-    put("duration_minutes", serde_json::json!(record.duration_minutes));
+    put(
+        "duration_minutes",
+        serde_json::json!(record.duration_minutes),
+    );
     put(
         "occurred_at",
-        serde_json::json!(record.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        serde_json::json!(record
+            .occurred_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
     );
     put("notes", serde_json::json!(record.notes));
     put("people_count", serde_json::json!(record.people_count));
-    put("interaction_type", serde_json::json!(record.interaction_type));
+    put(
+        "interaction_type",
+        serde_json::json!(record.interaction_type),
+    );
     fields
 }
 
@@ -932,10 +940,9 @@ fn patched(
 /// `PATCH`) the whole record it asks for, canonical as for `record`.
 fn correction_fingerprint(id: &str, fields: Option<&NewBatteryEvent>) -> ApiResult<String> {
     Ok(match fields {
-        Some(event) => crate::auth::sha256_hex(&format!(
-            "patch/v1:{id}:{}",
-            fingerprint(event, true)?
-        )),
+        Some(event) => {
+            crate::auth::sha256_hex(&format!("patch/v1:{id}:{}", fingerprint(event, true)?))
+        }
         None => crate::auth::sha256_hex(&format!("delete/v1:{id}")),
     })
 }
@@ -1005,8 +1012,7 @@ pub async fn correct(
         .await?
         .ok_or_else(record_not_found)?;
     let fields = patched(&existing, body)?;
-    let req: RecordRequest =
-        parse_json(serde_json::Value::Object(fields).to_string().as_bytes())?;
+    let req: RecordRequest = parse_json(serde_json::Value::Object(fields).to_string().as_bytes())?;
     let event = parse_record(req, now, received)?;
     let key = correction_key(&headers, now, &id, Some(&event))?;
     let correction = Correction::Replace(CorrectedFields {

@@ -152,7 +152,13 @@ async fn correcting_a_record_replays_every_later_one_as_if_recorded_that_way(s: 
     assert_eq!(returned.level_after.value(), 0, "clamped");
     let levels = |h: &[BatteryEvent]| -> Vec<(i32, i32, i32)> {
         h.iter()
-            .map(|e| (e.level_before.value(), e.level_after.value(), e.energy_delta))
+            .map(|e| {
+                (
+                    e.level_before.value(),
+                    e.level_after.value(),
+                    e.energy_delta,
+                )
+            })
             .collect()
     };
     assert_eq!(levels(&corrected), levels(&expected));
@@ -184,7 +190,13 @@ async fn deleting_a_record_replays_every_later_one_without_it(s: &TestStore) {
     assert!(after.iter().all(|e| e.id != target.id));
     let levels = |h: &[BatteryEvent]| -> Vec<(i32, i32, i32)> {
         h.iter()
-            .map(|e| (e.level_before.value(), e.level_after.value(), e.energy_delta))
+            .map(|e| {
+                (
+                    e.level_before.value(),
+                    e.level_after.value(),
+                    e.energy_delta,
+                )
+            })
             .collect()
     };
     assert_eq!(levels(&after), levels(&expected));
@@ -263,7 +275,11 @@ async fn parallel_records_and_corrections_lose_no_update(s: &TestStore) {
         );
     }
     let after = assert_consistent(s, &user.id).await;
-    assert_eq!(after.len(), 10 + RECORDS - CORRECTIONS / 2, "no record lost");
+    assert_eq!(
+        after.len(),
+        10 + RECORDS - CORRECTIONS / 2,
+        "no record lost"
+    );
     for c in (0..CORRECTIONS).filter(|c| c % 2 == 1) {
         let corrected = after.iter().find(|e| e.id == early[c].id).unwrap();
         assert_eq!(corrected.interaction, drain(1 + (c as i64 * 11) % 60));

@@ -489,7 +489,11 @@ impl MongoStore {
     /// After a record's own advance of the user matched nothing: either another writer
     /// rolled the user forward over it (the event as stored is the answer), or a
     /// correction moved the level under it (compute it again and advance).
-    async fn settle_record(&self, user_id: &str, recorded: &BatteryEvent) -> StoreResult<BatteryEvent> {
+    async fn settle_record(
+        &self,
+        user_id: &str,
+        recorded: &BatteryEvent,
+    ) -> StoreResult<BatteryEvent> {
         for _ in 0..MAX_RETRIES {
             let Some(position) = self.position(user_id).await? else {
                 return Err(StoreError::Other(anyhow::anyhow!(
@@ -638,8 +642,8 @@ impl MongoStore {
             };
             let mut filter = at_position(user_id, seq, version);
             filter.insert("battery_replay", doc! { "$exists": false });
-            let replay_bson = mongodb::bson::to_bson(&replay)
-                .map_err(|e| StoreError::Other(e.into()))?;
+            let replay_bson =
+                mongodb::bson::to_bson(&replay).map_err(|e| StoreError::Other(e.into()))?;
             let moved = self
                 .run(self.c(USERS).update_one(
                     filter,

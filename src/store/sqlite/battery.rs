@@ -14,9 +14,8 @@ use super::{millis, unreadable, Fields, Key, SqliteStore};
 use crate::battery::{self, InteractionKind, KindTotals, Totals};
 use crate::store::battery::{stored_level, InteractionColumns};
 use crate::store::{
-    replay_correction, BatteryEvent, BatteryStore, BatterySummary, Correction,
-    CorrectionOutcome, HistoryCursor, HistoryFilter, IdempotencyKey, NewBatteryEvent,
-    RecordOutcome, StoreResult,
+    replay_correction, BatteryEvent, BatteryStore, BatterySummary, Correction, CorrectionOutcome,
+    HistoryCursor, HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome, StoreResult,
 };
 
 pub(super) const EVENT_COLUMNS: &str = "id, user_id, seq, kind, energy_impact, sleep_quality, \
@@ -136,7 +135,11 @@ fn seen_key(
 }
 
 /// One event of `user_id` by id.
-fn event_by_id(conn: &Connection, user_id: &str, id: &str) -> rusqlite::Result<Option<BatteryEvent>> {
+fn event_by_id(
+    conn: &Connection,
+    user_id: &str,
+    id: &str,
+) -> rusqlite::Result<Option<BatteryEvent>> {
     conn.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM battery_events WHERE id = ?1 AND user_id = ?2"
     ))?
@@ -192,7 +195,8 @@ fn remember_key(
 impl BatteryStore for SqliteStore {
     async fn battery_event(&self, user_id: &str, id: &str) -> StoreResult<Option<BatteryEvent>> {
         let (user_id, id) = (user_id.to_owned(), id.to_owned());
-        self.read(move |conn| event_by_id(conn, &user_id, &id)).await
+        self.read(move |conn| event_by_id(conn, &user_id, &id))
+            .await
     }
 
     /// One transaction on the one writer: records and other corrections wait for it.
@@ -247,7 +251,11 @@ impl BatteryStore for SqliteStore {
                 tx.prepare_cached("DELETE FROM battery_events WHERE id = ?1")?
                     .execute([&target.id])?;
             }
-            for (old, new) in events.iter().filter(|e| e.id != target.id || correction != Correction::Delete).zip(&replayed.events) {
+            for (old, new) in events
+                .iter()
+                .filter(|e| e.id != target.id || correction != Correction::Delete)
+                .zip(&replayed.events)
+            {
                 if old != new {
                     upsert_event(&tx, new)?;
                 }
@@ -267,7 +275,11 @@ impl BatteryStore for SqliteStore {
             Ok(match correction {
                 Correction::Delete => CorrectionOutcome::Deleted,
                 Correction::Replace(_) => CorrectionOutcome::Corrected(
-                    replayed.events.into_iter().next().expect("the corrected record"),
+                    replayed
+                        .events
+                        .into_iter()
+                        .next()
+                        .expect("the corrected record"),
                 ),
             })
         })
