@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clap::Parser;
+use introgy::battery::{EnergyImpact, Interaction};
 use introgy::config::{Config, ConfigArgs};
 use introgy::email::MemoryTransport;
 use introgy::startup::Application;
 use introgy::store::sqlite::SqliteStore;
-use introgy::battery::{EnergyImpact, Interaction};
 use introgy::store::{
     BatteryStore, CorrectedFields, Correction, HistoryCursor, HistoryFilter, NewUser, Store,
     UserStore,

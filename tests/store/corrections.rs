@@ -387,3 +387,91 @@ async fn another_users_record_cannot_be_corrected(s: &TestStore) {
     );
     assert_consistent(s, &owner.id).await;
 }
+
+/// On MongoDB a correction moves the user first and writes the later records after
+/// (docs/mongodb.md, "Corrections of the battery history"). If its writer stops in
+/// between, the plan stays on the user and the next correction finishes it.
+#[tokio::test]
+#[ignore = "needs INTROGY_TEST_MONGO_URL; scripts/test runs it with --include-ignored"]
+async fn a_correction_that_stopped_half_way_is_finished_by_the_next_one_on_mongodb() {
+    use futures::TryStreamExt;
+    use mongodb::bson::{doc, oid::ObjectId, Document};
+
+    let s = TestStore::mongodb().await;
+    let user = s.user().await;
+    for i in 0..6 {
+        record(&s, &user.id, &event(i)).await;
+    }
+    let all = history(&s, &user.id).await;
+    let events = s.mongo().collection::<Document>("battery_events");
+    let users = s.mongo().collection::<Document>("IntrogyUsers");
+    let before: Vec<Document> = events
+        .find(doc! { "user_id": &user.id })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut fields = fields_of(&event(1));
+    fields.interaction = drain(90);
+    s.store
+        .correct_interaction(
+            &user.id,
+            &all[1].id,
+            &Correction::Replace(fields),
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    let corrected = assert_consistent(&s, &user.id).await;
+
+    // Back to the moment after the user moved: every event as before, the plan on the user.
+    let user_key = doc! { "_id": ObjectId::parse_str(&user.id).unwrap() };
+    let moved = users.find_one(user_key.clone()).await.unwrap().unwrap();
+    let version = moved.get_i64("battery_version").unwrap();
+    let replacement = events
+        .find_one(doc! { "_id": &all[1].id })
+        .await
+        .unwrap()
+        .unwrap();
+    for old in before {
+        events
+            .replace_one(doc! { "_id": old.get_str("_id").unwrap() }, old.clone())
+            .await
+            .unwrap();
+    }
+    users
+        .update_one(
+            user_key,
+            doc! { "$set": { "battery_replay": {
+                "version": version,
+                "target": &all[1].id,
+                "replacement": replacement,
+                "from_seq": all[1].seq,
+                "through_seq": all[5].seq,
+                "start_level": all[1].level_before.value(),
+            } } },
+        )
+        .await
+        .unwrap();
+    let stale = history(&s, &user.id).await;
+    assert_ne!(stale, corrected, "the later records lag behind the plan");
+
+    // The next correction (here one that changes nothing) finishes the plan first.
+    let last = &all[5];
+    let same = CorrectedFields {
+        interaction: last.interaction,
+        name: last.name.clone(),
+        duration_minutes: last.duration_minutes,
+        occurred_at: last.occurred_at,
+        notes: last.notes.clone(),
+        people_count: last.people_count,
+        interaction_type: last.interaction_type,
+    };
+    s.store
+        .correct_interaction(&user.id, &last.id, &Correction::Replace(same), None, t0())
+        .await
+        .unwrap();
+    assert_eq!(assert_consistent(&s, &user.id).await, corrected);
+}
