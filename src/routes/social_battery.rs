@@ -863,6 +863,43 @@ pub async fn activity(
     }))
 }
 
+/// The body of a `PATCH`: any fields of a `record` request (camelCase aliases as there);
+/// `null` clears a field. The record that results must be valid as a whole (this type is
+/// the documentation; the handler lays the body over the record and parses that).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "documentation of the PATCH body; the handler parses a RecordRequest"
+)]
+pub struct RecordPatch {
+    #[serde(rename = "type")]
+    kind: Option<InteractionKind>,
+    /// 1–200 characters after trimming; required for `depletion` and `recharge`.
+    #[schema(max_length = 200)]
+    name: Option<String>,
+    /// 1–100, for `depletion` and `recharge`.
+    #[schema(minimum = 1, maximum = 100)]
+    energy_impact: Option<i64>,
+    /// For `sleep`.
+    sleep_quality: Option<SleepQuality>,
+    /// 0–100, for `set`.
+    #[schema(minimum = 0, maximum = 100)]
+    level: Option<i64>,
+    /// 1–10080.
+    #[schema(minimum = 1, maximum = 10080)]
+    duration_minutes: Option<i64>,
+    /// RFC 3339; not in the future.
+    occurred_at: Option<DateTime<Utc>>,
+    /// At most 2000 characters.
+    #[schema(max_length = 2000)]
+    notes: Option<String>,
+    /// 0–10000.
+    #[schema(minimum = 0, maximum = 10000)]
+    people_count: Option<i64>,
+    interaction_type: Option<Channel>,
+}
+
 /// A record's fields as a `record` request body would give them (nulls left out).
 fn request_fields(event: &BatteryEvent) -> serde_json::Map<String, serde_json::Value> {
     let record = ActivityRecord::from(event.clone());
@@ -988,7 +1025,7 @@ fn record_not_found() -> ApiError {
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
             description = "Makes retries safe: the same key and request within 24 h answer the record as it is and change nothing (1–255 visible ASCII characters)"),
     ),
-    request_body(content = Object, description = "Any fields of a `record` request (`RecordRequest`); the result must be a valid record."),
+    request_body = RecordPatch,
     security(("bearer" = []), ("oauth2" = [])),
     responses(
         (status = 200, description = "The corrected record", body = ActivityRecord),

@@ -493,21 +493,22 @@ impl MongoStore {
         &self,
         user_id: &str,
         recorded: &BatteryEvent,
-    ) -> StoreResult<BatteryEvent> {
+    ) -> StoreResult<RecordOutcome> {
         for _ in 0..MAX_RETRIES {
             let Some(position) = self.position(user_id).await? else {
-                return Err(StoreError::Other(anyhow::anyhow!(
-                    "the user went away while recording"
-                )));
+                // The account was deleted meanwhile, its history with it.
+                return Ok(RecordOutcome::UserMissing);
             };
             if position.seq() >= recorded.seq {
+                // As stored: the writer that rolled the user forward may have computed
+                // it again. Deleted since by a correction: what this writer recorded.
                 let raw = self
                     .run(self.raw(EVENTS).find_one(doc! { "_id": &recorded.id }))
                     .await?;
-                return match raw {
-                    Some(raw) => read(EVENTS, &raw, EventDoc::into_event),
-                    None => Ok(recorded.clone()),
-                };
+                return Ok(RecordOutcome::Recorded(match raw {
+                    Some(raw) => read(EVENTS, &raw, EventDoc::into_event)?,
+                    None => recorded.clone(),
+                }));
             }
             self.roll_forward(user_id, recorded.seq - 1).await?;
         }
@@ -910,9 +911,7 @@ impl BatteryStore for MongoStore {
                 return Ok(RecordOutcome::Recorded(recorded));
             }
             // Rolled forward by another writer, or a correction moved the level first.
-            return Ok(RecordOutcome::Recorded(
-                self.settle_record(user_id, &recorded).await?,
-            ));
+            return self.settle_record(user_id, &recorded).await;
         }
         let _ = release().await;
         Err(StoreError::Unavailable(anyhow::anyhow!(
