@@ -343,13 +343,15 @@ fn at_seq(user_id: &str, seq: i64) -> Document {
     filter
 }
 
-/// Matches a user whose battery is at `seq` and `version` (absent counts as 0 for both).
+/// Matches a user whose battery is at `seq` and `version` (absent counts as 0 for both;
+/// so does a `null` version, as a typed user document without one may write it).
 fn at_position(user_id: &str, seq: i64, version: i64) -> Document {
     let mut filter = at_seq(user_id, seq);
     let version_clause = if version == 0 {
         doc! { "$or": [
             { "battery_version": 0_i64 },
             { "battery_version": { "$exists": false } },
+            { "battery_version": Bson::Null },
         ] }
     } else {
         doc! { "battery_version": version }
