@@ -947,10 +947,11 @@ impl BatteryStore for MongoStore {
             }
         }
         let outcome = self.correct_claimed(user_id, id, correction).await;
-        if let (Some(key), Ok(CorrectionOutcome::NotFound) | Err(StoreError::Unavailable(_))) =
-            (key, &outcome)
-        {
-            // Nothing was corrected: the key is free again.
+        if let (Some(key), Ok(CorrectionOutcome::NotFound) | Err(_)) = (key, &outcome) {
+            // Nothing was corrected, or perhaps only part of it: the key is free again,
+            // so a retry with it corrects (again) rather than answer a replay of a
+            // correction that may not have happened. Applying a correction twice ends
+            // in the same state.
             let _ = self.release_key(user_id, key, id).await;
         }
         outcome
