@@ -3,6 +3,9 @@
 //! 1. Store level (SQLite): reading the battery and a history page for a user with
 //!    1,000 and with 1,000,000 recorded interactions, side by side (`BENCH_EVENTS`
 //!    overrides the large size).
+//!    Then correcting the history (`correct_interaction`): replacing the newest record,
+//!    replacing the record 100 from the end, and deleting the newest record, for both
+//!    users: the cost follows the number of later records, not the history's length.
 //! 2. HTTP level (the real server, release build, in-process load): requests per second
 //!    for `GET /health`, `GET /social-battery/me`, `GET .../activity`, and
 //!    `POST .../record` for one user and for many users, with the ratios PRODUCT.md §7
@@ -17,11 +20,15 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clap::Parser;
+use introgy::battery::{EnergyImpact, Interaction};
 use introgy::config::{Config, ConfigArgs};
 use introgy::email::MemoryTransport;
 use introgy::startup::Application;
 use introgy::store::sqlite::SqliteStore;
-use introgy::store::{BatteryStore, HistoryCursor, HistoryFilter, NewUser, Store, UserStore};
+use introgy::store::{
+    BatteryStore, CorrectedFields, Correction, HistoryCursor, HistoryFilter, NewUser, Store,
+    UserStore,
+};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -194,6 +201,66 @@ async fn store_level(dir: &std::path::Path) {
         }
         println!("{label:<44} {:>14.1} {:>14.1}", results[0], results[1]);
     }
+    corrections(&store, [(&small_user, 1_000), (&large_user, large)]).await;
+}
+
+/// Corrections of the newest records and of one 100 records back, at both sizes.
+async fn corrections(store: &SqliteStore, users: [(&String, i64); 2]) {
+    let replace = |impact: i64| {
+        Correction::Replace(CorrectedFields {
+            interaction: Interaction::Depletion(EnergyImpact::new(impact).unwrap()),
+            name: Some("bench".into()),
+            duration_minutes: 60,
+            occurred_at: Utc::now() - chrono::Duration::days(1),
+            notes: None,
+            people_count: None,
+            interaction_type: None,
+        })
+    };
+    for (label, depth, iterations) in [
+        ("correct the newest record", 0, 2_000),
+        ("correct the record 100 from the end", 100, 200),
+    ] {
+        let mut results = Vec::new();
+        for (user, n) in users {
+            let id = format!("{user}-{}", n - depth);
+            let mut i = 0;
+            let us = time_us(iterations, || {
+                i += 1;
+                let (correction, id) = (replace(1 + i % 20), id.clone());
+                async move {
+                    store
+                        .correct_interaction(user, &id, &correction, None, Utc::now())
+                        .await
+                        .unwrap();
+                }
+            })
+            .await;
+            results.push(us);
+        }
+        println!("{label:<44} {:>14.1} {:>14.1}", results[0], results[1]);
+    }
+    // Each run deletes the newest record left (warm-up included: 440 of them).
+    let mut results = Vec::new();
+    for (user, n) in users {
+        let mut next = n;
+        let us = time_us(400, || {
+            let id = format!("{user}-{next}");
+            next -= 1;
+            async move {
+                store
+                    .correct_interaction(user, &id, &Correction::Delete, None, Utc::now())
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+        results.push(us);
+    }
+    println!(
+        "{:<44} {:>14.1} {:>14.1}",
+        "delete the newest record", results[0], results[1]
+    );
 }
 
 struct Server {

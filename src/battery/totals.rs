@@ -46,6 +46,18 @@ impl std::ops::Add for Totals {
     }
 }
 
+impl std::ops::Sub for Totals {
+    type Output = Totals;
+    fn sub(self, other: Totals) -> Totals {
+        Totals {
+            count: self.count - other.count,
+            total_positive: self.total_positive - other.total_positive,
+            total_negative: self.total_negative - other.total_negative,
+            level_sum: self.level_sum - other.level_sum,
+        }
+    }
+}
+
 /// [`Totals`] per interaction kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KindTotals([Totals; 4]);
@@ -78,6 +90,16 @@ impl KindTotals {
                 only
             }
         }
+    }
+
+    /// These totals with `old` taken out and `new` put in, kind by kind (a correction
+    /// replaces some interactions' contributions).
+    pub fn replaced(self, old: &KindTotals, new: &KindTotals) -> Self {
+        let mut out = self;
+        for kind in InteractionKind::ALL {
+            out.set(kind, self.get(kind) - old.get(kind) + new.get(kind));
+        }
+        out
     }
 
     /// Over every kind.

@@ -1,4 +1,5 @@
-//! `/social-battery/{user_id}`: the current level, recording interactions, history.
+//! `/social-battery/{user_id}`: the current level, recording interactions, history and
+//! its corrections (`PATCH`/`DELETE .../activity/{id}`).
 //!
 //! A user sees only their own battery: `me` and the caller's own id work, any other id
 //! answers 404 whether or not it exists (SECURITY.md 22).
@@ -30,7 +31,8 @@ use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, Vali
 use crate::extract::{parse_json, ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
 use crate::store::{
-    BatteryEvent, HistoryCursor, HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome,
+    BatteryEvent, CorrectedFields, Correction, CorrectionOutcome, HistoryCursor, HistoryFilter,
+    IdempotencyKey, NewBatteryEvent, RecordOutcome,
 };
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -50,6 +52,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_battery))
         .routes(routes!(record))
         .routes(routes!(activity))
+        .routes(routes!(correct, delete_record))
 }
 
 /// Other spellings serde accepts, declared in the document (see `docs::finish`).
@@ -686,13 +689,7 @@ pub async fn record(
     {
         RecordOutcome::Recorded(event) => (event, false),
         RecordOutcome::Replayed(event) => (event, true),
-        RecordOutcome::KeyReused => {
-            return Err(ApiError::validation(FieldError {
-                loc: vec!["header".into(), "Idempotency-Key".into()],
-                msg: "this key was already used with a different request".into(),
-                kind: "value_error.idempotency_key_reused".into(),
-            }))
-        }
+        RecordOutcome::KeyReused => return Err(key_reused()),
         RecordOutcome::UserMissing => return Err(ApiError::NotFound("Social battery".into())),
     };
     let battery = BatterySnapshot::from(event.level_after);
@@ -859,6 +856,270 @@ pub async fn activity(
             average_level: summary.average_level,
         },
     }))
+}
+
+/// The body of a `PATCH`: any fields of a `record` request (camelCase aliases as there);
+/// `null` clears a field. The record that results must be valid as a whole (this type is
+/// the documentation; the handler lays the body over the record and parses that).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "documentation of the PATCH body; the handler parses a RecordRequest"
+)]
+pub struct RecordPatch {
+    #[serde(rename = "type")]
+    kind: Option<InteractionKind>,
+    /// 1–200 characters after trimming; required for `depletion` and `recharge`.
+    #[schema(max_length = 200)]
+    name: Option<String>,
+    /// 1–100, for `depletion` and `recharge`.
+    #[schema(minimum = 1, maximum = 100)]
+    energy_impact: Option<i64>,
+    /// For `sleep`.
+    sleep_quality: Option<SleepQuality>,
+    /// 0–100, for `set`.
+    #[schema(minimum = 0, maximum = 100)]
+    level: Option<i64>,
+    /// 1–10080.
+    #[schema(minimum = 1, maximum = 10080)]
+    duration_minutes: Option<i64>,
+    /// RFC 3339; not in the future.
+    occurred_at: Option<DateTime<Utc>>,
+    /// At most 2000 characters.
+    #[schema(max_length = 2000)]
+    notes: Option<String>,
+    /// 0–10000.
+    #[schema(minimum = 0, maximum = 10000)]
+    people_count: Option<i64>,
+    interaction_type: Option<Channel>,
+}
+
+/// A record's fields as a `record` request body would give them (nulls left out).
+fn request_fields(event: &BatteryEvent) -> serde_json::Map<String, serde_json::Value> {
+    let record = ActivityRecord::from(event.clone());
+    let mut fields = serde_json::Map::new();
+    let mut put = |name: &str, value: serde_json::Value| {
+        if !value.is_null() {
+            fields.insert(name.to_owned(), value);
+        }
+    };
+    put("type", serde_json::json!(record.kind));
+    put("name", serde_json::json!(record.name));
+    put("energy_impact", serde_json::json!(record.energy_impact));
+    put("sleep_quality", serde_json::json!(record.sleep_quality));
+    put("level", serde_json::json!(record.level));
+    put(
+        "duration_minutes",
+        serde_json::json!(record.duration_minutes),
+    );
+    put(
+        "occurred_at",
+        serde_json::json!(record
+            .occurred_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+    );
+    put("notes", serde_json::json!(record.notes));
+    put("people_count", serde_json::json!(record.people_count));
+    put(
+        "interaction_type",
+        serde_json::json!(record.interaction_type),
+    );
+    fields
+}
+
+/// The fields that only some types take: a patch that changes `type` drops the old
+/// type's ones (a `depletion` becoming a `sleep` loses its `energy_impact`).
+const TYPE_FIELDS: [&str; 3] = ["energy_impact", "sleep_quality", "level"];
+
+/// `patch` laid over `event`'s fields: the whole record a `PATCH` asks for, to be
+/// validated like a `record` request. A field set to `null` is cleared.
+fn patched(
+    event: &BatteryEvent,
+    patch: serde_json::Value,
+) -> ApiResult<serde_json::Map<String, serde_json::Value>> {
+    let serde_json::Value::Object(patch) = patch else {
+        return Err(ApiError::validation(FieldError {
+            loc: vec!["body".into()],
+            msg: "must be a JSON object of record fields".into(),
+            kind: "type_error.dict".into(),
+        }));
+    };
+    let mut fields = request_fields(event);
+    let aliases = ALIASES[0].1;
+    let canonical = |key: &str| -> String {
+        aliases
+            .iter()
+            .find(|(alias, _)| *alias == key)
+            .map_or(key, |(_, name)| *name)
+            .to_owned()
+    };
+    let type_changes = patch
+        .get("type")
+        .is_some_and(|kind| Some(kind) != fields.get("type"));
+    if type_changes {
+        for field in TYPE_FIELDS {
+            fields.remove(field);
+        }
+    }
+    for (key, value) in patch {
+        fields.insert(canonical(&key), value);
+    }
+    Ok(fields)
+}
+
+/// What a correction's `Idempotency-Key` is bound to: the method, the record and (for a
+/// `PATCH`) the whole record it asks for, canonical as for `record`.
+fn correction_fingerprint(id: &str, fields: Option<&NewBatteryEvent>) -> ApiResult<String> {
+    Ok(match fields {
+        Some(event) => {
+            crate::auth::sha256_hex(&format!("patch/v1:{id}:{}", fingerprint(event, true)?))
+        }
+        None => crate::auth::sha256_hex(&format!("delete/v1:{id}")),
+    })
+}
+
+fn correction_key(
+    headers: &HeaderMap,
+    now: DateTime<Utc>,
+    id: &str,
+    fields: Option<&NewBatteryEvent>,
+) -> ApiResult<Option<IdempotencyKey>> {
+    Ok(match idempotency_key(headers)? {
+        Some(key) => Some(IdempotencyKey {
+            key,
+            request_hash: correction_fingerprint(id, fields)?,
+            not_before: now - Duration::hours(IDEMPOTENCY_WINDOW_HOURS),
+        }),
+        None => None,
+    })
+}
+
+fn key_reused() -> ApiError {
+    ApiError::validation(FieldError {
+        loc: vec!["header".into(), "Idempotency-Key".into()],
+        msg: "this key was already used with a different request".into(),
+        kind: "value_error.idempotency_key_reused".into(),
+    })
+}
+
+fn record_not_found() -> ApiError {
+    ApiError::NotFound("Activity record".into())
+}
+
+/// Correct one of your records. Takes any fields of `record` (a partial update; `null`
+/// clears a field; changing `type` drops the old type's own fields) and validates the
+/// whole resulting record as `record` does. The record keeps its id, its place in
+/// acceptance order and `recorded_at`; it and every later record are applied again from
+/// its `level_before` (clamping included), and the level follows. Honours
+/// `Idempotency-Key` like `record`.
+#[utoipa::path(patch, path = "/social-battery/{user_id}/activity/{id}", tag = "social-battery",
+    params(
+        ("user_id" = String, Path, description = "`me` or your own user id"),
+        ("id" = String, Path, description = "The record's id"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "Makes retries safe: the same key and request within 24 h answer the record as it is and change nothing (1–255 visible ASCII characters)"),
+    ),
+    request_body = RecordPatch,
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "The corrected record", body = ActivityRecord),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "Not your battery, or no such record of yours", body = ErrorBody),
+        (status = 422, description = "The corrected record is invalid, or a reused idempotency key", body = ValidationErrorBody),
+    ))]
+pub async fn correct(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiPath((user_id, id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> ApiResult<Response> {
+    own_battery(&auth, &user_id)?;
+    let (now, received) = (state.clock.now(), std::time::Instant::now());
+    idempotency_key(&headers)?;
+    let existing = state
+        .store
+        .battery_event(&auth.user_id, &id)
+        .await?
+        .ok_or_else(record_not_found)?;
+    let fields = patched(&existing, body)?;
+    let req: RecordRequest = parse_json(serde_json::Value::Object(fields).to_string().as_bytes())?;
+    let event = parse_record(req, now, received)?;
+    let key = correction_key(&headers, now, &id, Some(&event))?;
+    let correction = Correction::Replace(CorrectedFields {
+        interaction: event.interaction,
+        name: event.name,
+        duration_minutes: event.duration_minutes,
+        occurred_at: event.occurred_at,
+        notes: event.notes,
+        people_count: event.people_count,
+        interaction_type: event.interaction_type,
+    });
+    let outcome = state
+        .store
+        .correct_interaction(&auth.user_id, &id, &correction, key.as_ref(), now)
+        .await?;
+    let (record, replayed) = match outcome {
+        CorrectionOutcome::Corrected(record) => (record, false),
+        CorrectionOutcome::Replayed(Some(record)) => (record, true),
+        CorrectionOutcome::KeyReused => return Err(key_reused()),
+        CorrectionOutcome::Replayed(None)
+        | CorrectionOutcome::NotFound
+        | CorrectionOutcome::Deleted => return Err(record_not_found()),
+    };
+    let mut response = Json(ActivityRecord::from(record)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Delete one of your records: every later record is applied again without it (clamping
+/// included), and the level follows. Honours `Idempotency-Key`: a repeat answers 204 again.
+#[utoipa::path(delete, path = "/social-battery/{user_id}/activity/{id}", tag = "social-battery",
+    params(
+        ("user_id" = String, Path, description = "`me` or your own user id"),
+        ("id" = String, Path, description = "The record's id"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "Makes retries safe: the same key and request within 24 h answer 204 again and change nothing (1–255 visible ASCII characters)"),
+    ),
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 204, description = "Deleted (or a replayed delete)"),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "Not your battery, or no such record of yours", body = ErrorBody),
+        (status = 422, description = "A reused idempotency key", body = ValidationErrorBody),
+    ))]
+pub async fn delete_record(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiPath((user_id, id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    own_battery(&auth, &user_id)?;
+    let now = state.clock.now();
+    let key = correction_key(&headers, now, &id, None)?;
+    let outcome = state
+        .store
+        .correct_interaction(&auth.user_id, &id, &Correction::Delete, key.as_ref(), now)
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    match outcome {
+        CorrectionOutcome::Deleted => {}
+        CorrectionOutcome::Replayed(_) => {
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        CorrectionOutcome::KeyReused => return Err(key_reused()),
+        CorrectionOutcome::NotFound | CorrectionOutcome::Corrected(_) => {
+            return Err(record_not_found())
+        }
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

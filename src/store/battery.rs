@@ -173,6 +173,10 @@ pub struct BatteryPosition {
     /// When step `seq` was recorded (none before the first): the next record is stamped
     /// no earlier (see [`NewBatteryEvent::stamp`]).
     pub updated_at: Option<DateTime<Utc>>,
+    /// How many corrections moved the level at `seq` (MongoDB's `battery_version`; always
+    /// 0 on SQLite, whose writes are serialised): a record from this position advances
+    /// the user only if no correction came in between.
+    pub version: i64,
 }
 
 /// A client's `Idempotency-Key` for one record request.
@@ -195,6 +199,127 @@ pub enum RecordOutcome {
     KeyReused,
     /// The user does not exist (any more).
     UserMissing,
+}
+
+/// The fields of a recorded interaction that a correction may change (all but `id`,
+/// `seq` and `recorded_at`: a corrected record keeps its place in acceptance order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorrectedFields {
+    pub interaction: Interaction,
+    pub name: Option<String>,
+    pub duration_minutes: i32,
+    pub occurred_at: DateTime<Utc>,
+    pub notes: Option<String>,
+    pub people_count: Option<i32>,
+    pub interaction_type: Option<Channel>,
+}
+
+impl CorrectedFields {
+    /// `event` with these fields and the levels of `applied`.
+    pub fn applied_to(&self, event: &BatteryEvent, applied: Applied) -> BatteryEvent {
+        BatteryEvent {
+            interaction: self.interaction,
+            name: self.name.clone(),
+            duration_minutes: self.duration_minutes,
+            occurred_at: self.occurred_at,
+            notes: self.notes.clone(),
+            people_count: self.people_count,
+            interaction_type: self.interaction_type,
+            level_before: applied.level_before,
+            level_after: applied.level_after,
+            energy_delta: applied.energy_delta,
+            ..event.clone()
+        }
+    }
+}
+
+/// A correction of one recorded interaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Correction {
+    /// The record becomes these fields (validated as a whole by the caller).
+    Replace(CorrectedFields),
+    /// The record goes.
+    Delete,
+}
+
+/// What `correct_interaction` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CorrectionOutcome {
+    /// The record as corrected (its later records and the level replayed).
+    Corrected(BatteryEvent),
+    /// The record is gone (its later records and the level replayed).
+    Deleted,
+    /// The same key and request were seen before: nothing changed; the record as it is
+    /// now (`None` when it no longer exists, as after a replayed delete).
+    Replayed(Option<BatteryEvent>),
+    /// The key was used before with a different request: nothing changed.
+    KeyReused,
+    /// No record of that id in this user's history.
+    NotFound,
+}
+
+/// The replay of a correction: `events` (the corrected record and every later one, in
+/// `seq` order, as stored) applied again from the corrected record's `level_before`, with
+/// the correction in place of the record. Pure, so both stores compute the same thing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replayed {
+    /// Every event of the range that remains, with its new levels.
+    pub events: Vec<BatteryEvent>,
+    /// The level after the last of them (the new current level).
+    pub level: BatteryLevel,
+    /// Per kind, the totals of the range as it was stored ...
+    pub before: crate::battery::KindTotals,
+    /// ... and as replayed (the running totals take out one and put in the other).
+    pub after: crate::battery::KindTotals,
+}
+
+/// Replays `events` (the target first, then every later record, ascending `seq`) with
+/// `correction` applied to the first. Cost: the number of events given.
+pub fn replay_correction(events: &[BatteryEvent], correction: &Correction) -> Replayed {
+    use crate::battery::{KindTotals, Totals};
+    let mut before = KindTotals::default();
+    let mut after = KindTotals::default();
+    let mut out = Vec::with_capacity(events.len());
+    let Some(first) = events.first() else {
+        return Replayed {
+            events: out,
+            level: crate::battery::INITIAL_LEVEL,
+            before,
+            after,
+        };
+    };
+    let mut level = first.level_before;
+    for (i, event) in events.iter().enumerate() {
+        let kind = event.interaction.kind();
+        before.set(kind, before.get(kind) + Totals::of(&event.applied()));
+        let corrected = if i == 0 {
+            match correction {
+                Correction::Delete => continue,
+                Correction::Replace(fields) => {
+                    let applied = crate::battery::apply(level, &fields.interaction);
+                    fields.applied_to(event, applied)
+                }
+            }
+        } else {
+            let applied = crate::battery::apply(level, &event.interaction);
+            BatteryEvent {
+                level_before: applied.level_before,
+                level_after: applied.level_after,
+                energy_delta: applied.energy_delta,
+                ..event.clone()
+            }
+        };
+        let kind = corrected.interaction.kind();
+        after.set(kind, after.get(kind) + Totals::of(&corrected.applied()));
+        level = corrected.level_after;
+        out.push(corrected);
+    }
+    Replayed {
+        events: out,
+        level,
+        before,
+        after,
+    }
 }
 
 /// A place in the timeline: history is ordered by `occurred_at`, newest first, and
@@ -281,6 +406,23 @@ pub trait BatteryStore: Send + Sync {
         after: Option<HistoryCursor>,
         limit: u32,
     ) -> StoreResult<Vec<BatteryEvent>>;
+    /// One record of `user_id`'s history by id (`None` for another user's).
+    async fn battery_event(&self, user_id: &str, id: &str) -> StoreResult<Option<BatteryEvent>>;
+    /// Corrects (replaces or deletes) one record of `user_id`'s history and replays every
+    /// later record from it (clamping included): their `level_before`, `level_after` and
+    /// `energy_delta`, the running totals and the current level become what they would
+    /// have been. Atomic with respect to records and other corrections of the user (none
+    /// is lost, none is applied to a stale level). Costs the number of records from the
+    /// corrected one on, whatever came before. With a key, a repeat of the same request
+    /// changes nothing (`now` dates the key).
+    async fn correct_interaction(
+        &self,
+        user_id: &str,
+        id: &str,
+        correction: &Correction,
+        key: Option<&IdempotencyKey>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CorrectionOutcome>;
     /// Totals over the filtered history; without a time filter from the running
     /// totals, in O(1).
     async fn battery_summary(

@@ -41,8 +41,9 @@ use std::time::Duration;
 
 pub use account::{AccountStore, DeviceSession, OtherSessions, MAX_LISTED_SESSIONS};
 pub use battery::{
-    BatteryEvent, BatteryPosition, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter,
-    IdempotencyKey, NewBatteryEvent, RecordOutcome,
+    replay_correction, BatteryEvent, BatteryPosition, BatteryStore, BatterySummary,
+    CorrectedFields, Correction, CorrectionOutcome, HistoryCursor, HistoryFilter, IdempotencyKey,
+    NewBatteryEvent, RecordOutcome, Replayed,
 };
 pub use caller::{Caller, CallerStore};
 pub use codes::{Admission, CodeChallenge, CodeStore, OneTimeCode, SignupChoice};

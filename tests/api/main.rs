@@ -6,6 +6,7 @@ mod chaos_proxy;
 mod cli;
 mod codes;
 mod connections;
+mod corrections;
 mod crash;
 mod docs_and_meta;
 mod durability;

@@ -37,7 +37,7 @@ fn interaction(i: usize) -> Interaction {
     }
 }
 
-fn event(i: usize) -> NewBatteryEvent {
+pub(crate) fn event(i: usize) -> NewBatteryEvent {
     NewBatteryEvent {
         id: introgy::auth::new_object_id(),
         interaction: interaction(i),

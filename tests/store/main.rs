@@ -10,6 +10,7 @@
 mod account;
 mod battery;
 mod codes;
+mod corrections;
 mod corrupt;
 mod housekeeping;
 mod limits;

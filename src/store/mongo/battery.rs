@@ -8,7 +8,19 @@
 //! the two steps leaves an event ahead of its user; the next record for that user rolls
 //! the user forward from it before going on, so nothing is lost. Keys are claimed by
 //! inserting the key document first (unique `_id`), so parallel requests with one key
-//! record one event. An event is stamped (`recorded_at`) after reading the position its
+//! record one event.
+//!
+//! Corrections take part in the same protocol through `battery_version` on the user: a
+//! correction advances it together with the new level and running totals (precondition:
+//! the `battery_seq` and `battery_version` it read), and a record advances the user only
+//! from the `(battery_seq, battery_version)` its event was computed against (each event
+//! keeps that `version`). A record that raced a correction finds the version moved, so
+//! its event is computed again from the corrected level before the user advances: no
+//! update is lost and none is applied to a stale level. The later records' new levels are
+//! written after the user document moved (their plan, `battery_replay`, is on it), by the
+//! correction itself or, if it stopped half-way, by the next correction of that user;
+//! every event write is conditional on an older `version`, so a late writer never
+//! overwrites a newer replay. An event is stamped (`recorded_at`) after reading the position its
 //! insert claims, never earlier than the previous event's, so acceptance order and
 //! `recorded_at` agree. History is read in timeline order (`occurred_at`, then `seq`).
 
@@ -24,15 +36,18 @@ use serde::{Deserialize, Serialize};
 use super::users::level_of;
 use super::{bdt, decode, read, user_filter, utc, MongoStore};
 use super::{EVENTS, IDEMPOTENCY, MAX_RETRIES, USERS};
-use crate::battery::{self, Applied, Channel, InteractionKind, KindTotals, SleepQuality, Totals};
+use crate::battery::{
+    self, Applied, BatteryLevel, Channel, InteractionKind, KindTotals, SleepQuality, Totals,
+};
 use crate::store::battery::{stored_level, InteractionColumns};
 use crate::store::{
-    BatteryEvent, BatteryPosition, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter,
-    IdempotencyKey, NewBatteryEvent, RecordOutcome, StoreError, StoreResult,
+    replay_correction, BatteryEvent, BatteryPosition, BatteryStore, BatterySummary, Correction,
+    CorrectionOutcome, HistoryCursor, HistoryFilter, IdempotencyKey, NewBatteryEvent,
+    RecordOutcome, StoreError, StoreResult,
 };
 
 /// A document of `battery_events`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct EventDoc {
     #[serde(rename = "_id")]
     id: String,
@@ -52,9 +67,18 @@ pub(super) struct EventDoc {
     notes: Option<String>,
     people_count: Option<i32>,
     interaction_type: Option<Channel>,
+    /// The user's `battery_version` the levels were computed against (absent: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<i64>,
 }
 
 impl EventDoc {
+    /// This document, its levels computed against the user's `battery_version` `version`.
+    fn versioned(mut self, version: i64) -> Self {
+        self.version = Some(version);
+        self
+    }
+
     /// The one [`BatteryEvent`] → document mapping.
     pub(super) fn of(event: &BatteryEvent) -> Self {
         let columns = InteractionColumns::from(&event.interaction);
@@ -76,6 +100,7 @@ impl EventDoc {
             notes: event.notes.clone(),
             people_count: event.people_count,
             interaction_type: event.interaction_type,
+            version: None,
         }
     }
 
@@ -128,9 +153,85 @@ struct PositionDoc {
     #[serde(default)]
     social_battery_level: Option<Bson>,
     battery_seq: Option<i64>,
+    /// Advanced by every correction (absent: 0).
+    #[serde(default)]
+    battery_version: Option<i64>,
+    /// A correction whose later records are still being replayed.
+    #[serde(default)]
+    battery_replay: Option<ReplayDoc>,
+    /// The running totals (read by corrections only).
+    #[serde(default)]
+    battery_stats: Option<BTreeMap<String, TotalsDoc>>,
     /// The previous event's `recorded_at`.
     #[serde(default)]
     battery_updated_at: Option<mongodb::bson::DateTime>,
+}
+
+impl PositionDoc {
+    /// The level at `battery_seq`.
+    fn level(&self, user_id: &str) -> StoreResult<BatteryLevel> {
+        level_of(self.battery_level, self.social_battery_level.as_ref())
+            .map_err(|reason| StoreError::corrupt(USERS, user_id, reason))
+    }
+
+    fn seq(&self) -> i64 {
+        self.battery_seq.unwrap_or(0)
+    }
+
+    fn version(&self) -> i64 {
+        self.battery_version.unwrap_or(0)
+    }
+
+    /// The running totals as stored.
+    fn totals(&self, user_id: &str) -> StoreResult<KindTotals> {
+        let mut totals = KindTotals::default();
+        for (kind, stored) in self.battery_stats.iter().flatten() {
+            let kind: InteractionKind = kind.parse().map_err(|reason| {
+                StoreError::corrupt(USERS, user_id, format_args!("battery_stats: {reason}"))
+            })?;
+            totals.set(
+                kind,
+                Totals {
+                    count: stored.count,
+                    total_positive: stored.total_positive,
+                    total_negative: stored.total_negative,
+                    level_sum: stored.level_sum,
+                },
+            );
+        }
+        Ok(totals)
+    }
+}
+
+/// The fields of the user document a battery write reads.
+fn position_fields() -> Document {
+    doc! {
+        "battery_level": 1, "social_battery_level": 1, "battery_seq": 1,
+        "battery_version": 1, "battery_updated_at": 1,
+    }
+}
+
+/// A correction's plan for the later records, kept on the user document
+/// (`battery_replay`) until they are written: replay the events `from_seq..=through_seq`
+/// from `start_level`, with `target` replaced by `replacement` or deleted. Everything in
+/// it is fixed when the user document moves, so finishing it is idempotent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReplayDoc {
+    /// The user's `battery_version` the correction moved to.
+    version: i64,
+    target: String,
+    replacement: Option<EventDoc>,
+    from_seq: i64,
+    through_seq: i64,
+    start_level: i32,
+}
+
+/// Matches an event whose levels were computed against a version older than `version`.
+fn older_than(id: &str, version: i64) -> Document {
+    doc! { "_id": id, "$or": [
+        { "version": { "$lt": version } },
+        { "version": { "$exists": false } },
+    ] }
 }
 
 /// The running totals of a user document: `battery_stats.<kind>`.
@@ -141,7 +242,7 @@ struct StatsDoc {
 }
 
 /// [`Totals`] as stored (in `battery_stats.<kind>` and out of aggregations).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct TotalsDoc {
     count: i64,
     total_positive: i64,
@@ -248,6 +349,34 @@ fn at_seq(user_id: &str, seq: i64) -> Document {
     filter
 }
 
+/// Matches a user whose battery is at `seq` and `version` (absent counts as 0 for both;
+/// so does a `null` version, as a typed user document without one may write it).
+fn at_position(user_id: &str, seq: i64, version: i64) -> Document {
+    let mut filter = at_seq(user_id, seq);
+    let version_clause = if version == 0 {
+        doc! { "$or": [
+            { "battery_version": 0_i64 },
+            { "battery_version": { "$exists": false } },
+            { "battery_version": Bson::Null },
+        ] }
+    } else {
+        doc! { "battery_version": version }
+    };
+    match filter.remove("$or") {
+        Some(seq_clause) => {
+            filter.insert(
+                "$and",
+                vec![
+                    Bson::Document(doc! { "$or": seq_clause }),
+                    Bson::Document(version_clause),
+                ],
+            );
+        }
+        None => filter.extend(version_clause),
+    }
+    filter
+}
+
 /// The query of a history filter. Each bound on `occurred_at` is a clause of its own
 /// under `$and`: MongoDB plans that exactly like one `{$gte, $lte}` range, while
 /// SecantusDB (the test server) drops boundary values of a range on a compound index's
@@ -302,9 +431,29 @@ impl MongoStore {
         Ok(totals)
     }
 
+    /// The battery fields of a user document; `None` for a missing user.
+    async fn position(&self, user_id: &str) -> StoreResult<Option<PositionDoc>> {
+        let raw = self
+            .run(
+                self.raw(USERS)
+                    .find_one(user_filter(user_id))
+                    .projection(position_fields()),
+            )
+            .await?;
+        raw.map(|raw| decode(USERS, &raw)).transpose()
+    }
+
     /// Moves a user whose battery is stuck at `seq` forward by the event at `seq + 1`
-    /// (its writer stopped between inserting the event and updating the user).
+    /// (its writer stopped between inserting the event and updating the user, or is
+    /// computing it again after a correction). The event's levels are computed again
+    /// from the user's current position first unless they were computed against it.
     async fn roll_forward(&self, user_id: &str, seq: i64) -> StoreResult<()> {
+        let Some(position) = self.position(user_id).await? else {
+            return Ok(());
+        };
+        if position.seq() != seq {
+            return Ok(());
+        }
         let next = self
             .run(
                 self.raw(EVENTS)
@@ -314,16 +463,293 @@ impl MongoStore {
         let Some(raw) = next else {
             return Ok(());
         };
+        let stored: EventDoc = decode(EVENTS, &raw)?;
+        let computed_against = stored.version.unwrap_or(0);
         let event = read(EVENTS, &raw, EventDoc::into_event)?;
+        let version = position.version();
+        let applied = battery::apply(position.level(user_id)?, &event.interaction);
+        if computed_against != version || applied != event.applied() {
+            self.run(self.c(EVENTS).update_one(
+                older_than(&event.id, version),
+                doc! { "$set": {
+                    "level_before": applied.level_before.value(),
+                    "level_after": applied.level_after.value(),
+                    "energy_delta": applied.energy_delta,
+                    "version": version,
+                } },
+            ))
+            .await?;
+        }
         let update = advance_update(
             event.seq,
             event.interaction.kind(),
-            &event.applied(),
+            &applied,
             event.recorded_at,
         );
-        self.run(self.c(USERS).update_one(at_seq(user_id, seq), update))
-            .await?;
+        self.run(
+            self.c(USERS)
+                .update_one(at_position(user_id, seq, version), update),
+        )
+        .await?;
         Ok(())
+    }
+
+    /// After a record's own advance of the user matched nothing: either another writer
+    /// rolled the user forward over it (the event as stored is the answer), or a
+    /// correction moved the level under it (compute it again and advance).
+    async fn settle_record(
+        &self,
+        user_id: &str,
+        recorded: &BatteryEvent,
+    ) -> StoreResult<RecordOutcome> {
+        for _ in 0..MAX_RETRIES {
+            let Some(position) = self.position(user_id).await? else {
+                // The account was deleted meanwhile, its history with it.
+                return Ok(RecordOutcome::UserMissing);
+            };
+            if position.seq() >= recorded.seq {
+                // As stored: the writer that rolled the user forward may have computed
+                // it again. Deleted since by a correction: what this writer recorded.
+                let raw = self
+                    .run(self.raw(EVENTS).find_one(doc! { "_id": &recorded.id }))
+                    .await?;
+                return Ok(RecordOutcome::Recorded(match raw {
+                    Some(raw) => read(EVENTS, &raw, EventDoc::into_event)?,
+                    None => recorded.clone(),
+                }));
+            }
+            self.roll_forward(user_id, recorded.seq - 1).await?;
+        }
+        Err(StoreError::Unavailable(anyhow::anyhow!(
+            "battery write contention"
+        )))
+    }
+
+    /// Writes a correction's later records (see [`ReplayDoc`]) and takes the plan off the
+    /// user. Idempotent; each write only replaces what an older version wrote.
+    async fn finish_replay(&self, user_id: &str, replay: &ReplayDoc) -> StoreResult<()> {
+        let cursor = self
+            .run(
+                self.raw(EVENTS)
+                    .find(doc! { "user_id": user_id, "seq": {
+                        "$gte": replay.from_seq, "$lte": replay.through_seq,
+                    } })
+                    .sort(doc! { "seq": 1 }),
+            )
+            .await?;
+        let events = self.read_all(EVENTS, cursor, EventDoc::into_event).await?;
+        let replacement = match &replay.replacement {
+            Some(doc) => Some(
+                doc.clone()
+                    .into_event()
+                    .map_err(|reason| StoreError::corrupt(USERS, user_id, reason))?,
+            ),
+            None => None,
+        };
+        let mut level = stored_level(replay.start_level.into())
+            .map_err(|reason| StoreError::corrupt(USERS, user_id, reason))?;
+        for event in events {
+            let base = if event.id == replay.target {
+                match &replacement {
+                    Some(replacement) => replacement.clone(),
+                    None => continue,
+                }
+            } else {
+                event
+            };
+            let applied = battery::apply(level, &base.interaction);
+            level = applied.level_after;
+            let new = BatteryEvent {
+                level_before: applied.level_before,
+                level_after: applied.level_after,
+                energy_delta: applied.energy_delta,
+                ..base
+            };
+            self.run(self.typed::<EventDoc>(EVENTS).replace_one(
+                older_than(&new.id, replay.version),
+                EventDoc::of(&new).versioned(replay.version),
+            ))
+            .await?;
+        }
+        if replacement.is_none() {
+            self.run(
+                self.c(EVENTS)
+                    .delete_one(older_than(&replay.target, replay.version)),
+            )
+            .await?;
+        }
+        let mut done = user_filter(user_id);
+        done.insert("battery_replay.version", replay.version);
+        self.run(
+            self.c(USERS)
+                .update_one(done, doc! { "$unset": { "battery_replay": "" } }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The correction itself, once its key (if any) is claimed.
+    async fn correct_claimed(
+        &self,
+        user_id: &str,
+        id: &str,
+        correction: &Correction,
+    ) -> StoreResult<CorrectionOutcome> {
+        for _ in 0..MAX_RETRIES {
+            let Some(position) = self.position_with_stats(user_id).await? else {
+                return Ok(CorrectionOutcome::NotFound);
+            };
+            if let Some(replay) = &position.battery_replay {
+                // Another correction's later records are still to be written: finish
+                // them, so the events read below are final.
+                self.finish_replay(user_id, replay).await?;
+                continue;
+            }
+            let target = self
+                .run(
+                    self.raw(EVENTS)
+                        .find_one(doc! { "_id": id, "user_id": user_id }),
+                )
+                .await?;
+            let Some(raw) = target else {
+                return Ok(CorrectionOutcome::NotFound);
+            };
+            let target = read(EVENTS, &raw, EventDoc::into_event)?;
+            let (seq, version) = (position.seq(), position.version());
+            if target.seq > seq {
+                // A record still moving the user forward: settle it first.
+                self.roll_forward(user_id, seq).await?;
+                continue;
+            }
+            let cursor = self
+                .run(
+                    self.raw(EVENTS)
+                        .find(doc! { "user_id": user_id, "seq": {
+                            "$gte": target.seq, "$lte": seq,
+                        } })
+                        .sort(doc! { "seq": 1 }),
+                )
+                .await?;
+            let events = self.read_all(EVENTS, cursor, EventDoc::into_event).await?;
+            if events.first().map(|e| &e.id) != Some(&target.id) {
+                continue;
+            }
+            let replayed = replay_correction(&events, correction);
+            let totals = position
+                .totals(user_id)?
+                .replaced(&replayed.before, &replayed.after);
+            let replay = ReplayDoc {
+                version: version + 1,
+                target: target.id.clone(),
+                replacement: match correction {
+                    Correction::Delete => None,
+                    Correction::Replace(_) => replayed.events.first().map(EventDoc::of),
+                },
+                from_seq: target.seq,
+                through_seq: seq,
+                start_level: target.level_before.value(),
+            };
+            let mut filter = at_position(user_id, seq, version);
+            filter.insert("battery_replay", doc! { "$exists": false });
+            let replay_bson =
+                mongodb::bson::to_bson(&replay).map_err(|e| StoreError::Other(e.into()))?;
+            let moved = self
+                .run(self.c(USERS).update_one(
+                    filter,
+                    doc! { "$set": {
+                        "battery_level": replayed.level.value(),
+                        "battery_stats": stats_document(&totals),
+                        "battery_version": version + 1,
+                        "battery_replay": replay_bson,
+                    } },
+                ))
+                .await?;
+            if moved.matched_count == 0 {
+                // A record or another correction moved first: read again.
+                continue;
+            }
+            self.finish_replay(user_id, &replay).await?;
+            return Ok(match correction {
+                Correction::Delete => CorrectionOutcome::Deleted,
+                Correction::Replace(_) => CorrectionOutcome::Corrected(
+                    replayed
+                        .events
+                        .into_iter()
+                        .next()
+                        .expect("a replaced record remains"),
+                ),
+            });
+        }
+        Err(StoreError::Unavailable(anyhow::anyhow!(
+            "battery correction contention"
+        )))
+    }
+
+    /// The position with the running totals and any unfinished replay.
+    async fn position_with_stats(&self, user_id: &str) -> StoreResult<Option<PositionDoc>> {
+        let mut projection = position_fields();
+        projection.insert("battery_stats", 1);
+        projection.insert("battery_replay", 1);
+        let raw = self
+            .run(
+                self.raw(USERS)
+                    .find_one(user_filter(user_id))
+                    .projection(projection),
+            )
+            .await?;
+        raw.map(|raw| decode(USERS, &raw)).transpose()
+    }
+
+    /// Claims `key` for a correction of `target`; `Err(outcome)` when the request was seen.
+    async fn claim_correction_key(
+        &self,
+        user_id: &str,
+        key: &IdempotencyKey,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<(), CorrectionOutcome>> {
+        let keys = self.typed::<KeyDoc>(IDEMPOTENCY);
+        let claim = KeyDoc {
+            id: format!("{user_id}:{}", key.key),
+            user_id: user_id.to_owned(),
+            request_hash: key.request_hash.clone(),
+            event_id: target.to_owned(),
+            created_at: bdt(now),
+        };
+        for _ in 0..MAX_RETRIES {
+            match self.run(keys.insert_one(&claim)).await {
+                Ok(_) => return Ok(Ok(())),
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+            let Some(raw) = self
+                .run(self.raw(IDEMPOTENCY).find_one(doc! { "_id": &claim.id }))
+                .await?
+            else {
+                continue;
+            };
+            let existing: KeyDoc = decode(IDEMPOTENCY, &raw)?;
+            if utc(existing.created_at).map_or(true, |at| at < key.not_before) {
+                let taken = self
+                    .run(keys.replace_one(
+                        doc! { "_id": &claim.id, "created_at": existing.created_at },
+                        &claim,
+                    ))
+                    .await?;
+                if taken.matched_count == 1 {
+                    return Ok(Ok(()));
+                }
+                continue;
+            }
+            if existing.request_hash != key.request_hash {
+                return Ok(Err(CorrectionOutcome::KeyReused));
+            }
+            let now = self.battery_event(user_id, &existing.event_id).await?;
+            return Ok(Err(CorrectionOutcome::Replayed(now)));
+        }
+        Err(StoreError::Unavailable(anyhow::anyhow!(
+            "idempotency key contention"
+        )))
     }
 
     /// Claims an idempotency key for `event_id`; `Err(outcome)` when the request was seen.
@@ -439,27 +865,12 @@ impl MongoStore {
             }
         };
         for _ in 0..MAX_RETRIES {
-            let user = self
-                .run(
-                    self.raw(USERS)
-                        .find_one(user_filter(user_id))
-                        .projection(doc! {
-                            "battery_level": 1, "social_battery_level": 1, "battery_seq": 1,
-                            "battery_updated_at": 1,
-                        }),
-                )
-                .await?;
-            let Some(raw) = user else {
+            let Some(position) = self.position(user_id).await? else {
                 release().await?;
                 return Ok(RecordOutcome::UserMissing);
             };
-            let position: PositionDoc = decode(USERS, &raw)?;
-            let level = level_of(
-                position.battery_level,
-                position.social_battery_level.as_ref(),
-            )
-            .map_err(|reason| StoreError::corrupt(USERS, user_id, reason))?;
-            let seq = position.battery_seq.unwrap_or(0);
+            let level = position.level(user_id)?;
+            let (seq, version) = (position.seq(), position.version());
             let applied = battery::apply(level, &event.interaction);
             // Stamped after reading the position that the insert below claims: if the
             // insert wins step `seq + 1`, the previous event is the one read here.
@@ -471,7 +882,7 @@ impl MongoStore {
             match self
                 .run(
                     self.typed::<EventDoc>(EVENTS)
-                        .insert_one(EventDoc::of(&recorded)),
+                        .insert_one(EventDoc::of(&recorded).versioned(version)),
                 )
                 .await
             {
@@ -490,18 +901,22 @@ impl MongoStore {
                 // event (or, if there is none, takes the claim over).
                 Err(e) => return Err(e),
             }
-            // If this matches nothing, a concurrent writer already rolled us forward.
-            self.run(self.c(USERS).update_one(
-                at_seq(user_id, seq),
-                advance_update(
-                    recorded.seq,
-                    recorded.interaction.kind(),
-                    &applied,
-                    recorded.recorded_at,
-                ),
-            ))
-            .await?;
-            return Ok(RecordOutcome::Recorded(recorded));
+            let advanced = self
+                .run(self.c(USERS).update_one(
+                    at_position(user_id, seq, version),
+                    advance_update(
+                        recorded.seq,
+                        recorded.interaction.kind(),
+                        &applied,
+                        recorded.recorded_at,
+                    ),
+                ))
+                .await?;
+            if advanced.matched_count == 1 {
+                return Ok(RecordOutcome::Recorded(recorded));
+            }
+            // Rolled forward by another writer, or a correction moved the level first.
+            return self.settle_record(user_id, &recorded).await;
         }
         let _ = release().await;
         Err(StoreError::Unavailable(anyhow::anyhow!(
@@ -567,14 +982,16 @@ impl BatteryStore for MongoStore {
         writes.push(
             InsertOneModel::builder()
                 .namespace(self.namespace(EVENTS))
-                .document(to_document(&EventDoc::of(&recorded))?)
+                .document(to_document(
+                    &EventDoc::of(&recorded).versioned(seen.version),
+                )?)
                 .build()
                 .into(),
         );
         writes.push(
             UpdateOneModel::builder()
                 .namespace(self.namespace(USERS))
-                .filter(at_seq(user_id, seen.seq))
+                .filter(at_position(user_id, seen.seq, seen.version))
                 .update(UpdateModifications::Document(advance_update(
                     recorded.seq,
                     recorded.interaction.kind(),
@@ -585,9 +1002,10 @@ impl BatteryStore for MongoStore {
                 .into(),
         );
         match self.bulk_write(writes).await {
-            // If the update matched nothing, a concurrent writer already rolled us
-            // forward (see `record_claimed`).
-            Ok(Ok(())) => Ok(RecordOutcome::Recorded(recorded)),
+            Ok(Ok(1)) => Ok(RecordOutcome::Recorded(recorded)),
+            // The update matched nothing: rolled forward by another writer, or a
+            // correction moved the level since `seen` (see `record_claimed`).
+            Ok(Ok(_)) => self.settle_record(user_id, &recorded).await,
             Ok(Err(failed)) if failed.duplicate && failed.index < step => {
                 self.record_interaction(user_id, event, key).await
             }
@@ -612,6 +1030,42 @@ impl BatteryStore for MongoStore {
                 Err(e)
             }
         }
+    }
+
+    async fn battery_event(&self, user_id: &str, id: &str) -> StoreResult<Option<BatteryEvent>> {
+        let raw = self
+            .run(
+                self.raw(EVENTS)
+                    .find_one(doc! { "_id": id, "user_id": user_id }),
+            )
+            .await?;
+        raw.map(|raw| read(EVENTS, &raw, EventDoc::into_event))
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn correct_interaction(
+        &self,
+        user_id: &str,
+        id: &str,
+        correction: &Correction,
+        key: Option<&IdempotencyKey>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CorrectionOutcome> {
+        if let Some(key) = key {
+            if let Err(outcome) = self.claim_correction_key(user_id, key, id, now).await? {
+                return Ok(outcome);
+            }
+        }
+        let outcome = self.correct_claimed(user_id, id, correction).await;
+        if let (Some(key), Ok(CorrectionOutcome::NotFound) | Err(_)) = (key, &outcome) {
+            // Nothing was corrected, or perhaps only part of it: the key is free again,
+            // so a retry with it corrects (again) rather than answer a replay of a
+            // correction that may not have happened. Applying a correction twice ends
+            // in the same state.
+            let _ = self.release_key(user_id, key, id).await;
+        }
+        outcome
     }
 
     async fn battery_history(

@@ -48,6 +48,7 @@ impl CallerStore for MongoStore {
         };
         let document: UserDoc = decode(USERS, user)?;
         let seq = document.battery_seq.unwrap_or(0);
+        let version = document.battery_version.unwrap_or(0);
         let corrupt = |reason: String| StoreError::corrupt(USERS, name_of(USERS, user), reason);
         let user = document.into_user().map_err(corrupt)?;
         let level = stored_level(user.battery_level.into()).map_err(corrupt)?;
@@ -59,6 +60,7 @@ impl CallerStore for MongoStore {
                 level,
                 seq,
                 updated_at,
+                version,
             },
         }))
     }

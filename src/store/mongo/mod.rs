@@ -441,15 +441,16 @@ impl MongoStore {
 
     /// One ordered `bulkWrite` command across collections (MongoDB 8.0+; see
     /// [`ServerFeatures::client_bulk_write`]): one round trip. A write that fails stops
-    /// the ones after it and is reported by its index.
+    /// the ones after it and is reported by its index. Done, it answers how many
+    /// documents its updates matched.
     async fn bulk_write(
         &self,
         writes: Vec<mongodb::options::WriteModel>,
-    ) -> StoreResult<Result<(), FailedWrite>> {
+    ) -> StoreResult<Result<i64, FailedWrite>> {
         let client = self.db.client().clone();
         self.run_named("bulk_write", true, async move {
             let error = match client.bulk_write(writes).await {
-                Ok(_) => return Ok(Ok(())),
+                Ok(done) => return Ok(Ok(done.matched_count)),
                 Err(error) => error,
             };
             let failed = match error.kind.as_ref() {

@@ -49,6 +49,10 @@ pub(super) struct UserDoc {
     /// The battery's step; written by the battery code, not by profile writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub battery_seq: Option<i64>,
+    /// Advanced by every correction of the history (battery.rs); written by the battery
+    /// code only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_version: Option<i64>,
     pub battery_updated_at: Option<mongodb::bson::DateTime>,
     pub created_at: mongodb::bson::DateTime,
     pub updated_at: Option<mongodb::bson::DateTime>,
@@ -106,6 +110,7 @@ impl UserDoc {
             battery_level: Some(user.battery_level),
             social_battery_level: None,
             battery_seq: None,
+            battery_version: None,
             battery_updated_at: user.battery_updated_at.map(bdt),
             created_at: bdt(user.created_at),
             updated_at: Some(bdt(user.updated_at)),

@@ -6,7 +6,7 @@
 //! the `(user_id, occurred_at, seq)` and `(user_id, kind, occurred_at, seq)` indexes.
 
 use async_trait::async_trait;
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
@@ -14,8 +14,8 @@ use super::{millis, unreadable, Fields, Key, SqliteStore};
 use crate::battery::{self, InteractionKind, KindTotals, Totals};
 use crate::store::battery::{stored_level, InteractionColumns};
 use crate::store::{
-    BatteryEvent, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter, IdempotencyKey,
-    NewBatteryEvent, RecordOutcome, StoreResult,
+    replay_correction, BatteryEvent, BatteryStore, BatterySummary, Correction, CorrectionOutcome,
+    HistoryCursor, HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome, StoreResult,
 };
 
 pub(super) const EVENT_COLUMNS: &str = "id, user_id, seq, kind, energy_impact, sleep_quality, \
@@ -134,8 +134,158 @@ fn seen_key(
     Ok(original.map(RecordOutcome::Replayed))
 }
 
+/// One event of `user_id` by id.
+fn event_by_id(
+    conn: &Connection,
+    user_id: &str,
+    id: &str,
+) -> rusqlite::Result<Option<BatteryEvent>> {
+    conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM battery_events WHERE id = ?1 AND user_id = ?2"
+    ))?
+    .query_row([id, user_id], event_from_row)
+    .optional()
+}
+
+/// Adds `totals` (possibly negative) to the running totals of `kind`.
+fn add_stats(
+    conn: &Connection,
+    user_id: &str,
+    kind: InteractionKind,
+    totals: Totals,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO battery_stats (user_id, kind, count, total_positive, total_negative, level_sum) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (user_id, kind) DO UPDATE SET count = count + excluded.count, \
+         total_positive = total_positive + excluded.total_positive, \
+         total_negative = total_negative + excluded.total_negative, \
+         level_sum = level_sum + excluded.level_sum",
+    )?
+    .execute(params![
+        user_id,
+        kind.as_str(),
+        totals.count,
+        totals.total_positive,
+        totals.total_negative,
+        totals.level_sum
+    ])
+    .map(drop)
+}
+
+/// Remembers `key` for the request it was first used with, bound to `event_id`.
+fn remember_key(
+    conn: &Connection,
+    user_id: &str,
+    key: &IdempotencyKey,
+    event_id: &str,
+    at: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash, event_id, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (user_id, key) DO UPDATE SET \
+         request_hash = excluded.request_hash, event_id = excluded.event_id, \
+         created_at = excluded.created_at",
+    )?
+    .execute(params![user_id, key.key, key.request_hash, event_id, at])
+    .map(drop)
+}
+
 #[async_trait]
 impl BatteryStore for SqliteStore {
+    async fn battery_event(&self, user_id: &str, id: &str) -> StoreResult<Option<BatteryEvent>> {
+        let (user_id, id) = (user_id.to_owned(), id.to_owned());
+        self.read(move |conn| event_by_id(conn, &user_id, &id))
+            .await
+    }
+
+    /// One transaction on the one writer: records and other corrections wait for it.
+    #[tracing::instrument(skip_all)]
+    async fn correct_interaction(
+        &self,
+        user_id: &str,
+        id: &str,
+        correction: &Correction,
+        key: Option<&IdempotencyKey>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CorrectionOutcome> {
+        let (user_id, id, correction, key) = (
+            user_id.to_owned(),
+            id.to_owned(),
+            correction.clone(),
+            key.cloned(),
+        );
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(key) = &key {
+                let seen: Option<(String, String)> = tx
+                    .prepare_cached(
+                        "SELECT request_hash, event_id FROM idempotency_keys \
+                         WHERE user_id = ?1 AND key = ?2 AND created_at >= ?3",
+                    )?
+                    .query_row(params![user_id, key.key, millis(key.not_before)], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                if let Some((hash, event_id)) = seen {
+                    if hash != key.request_hash {
+                        return Ok(CorrectionOutcome::KeyReused);
+                    }
+                    let now = event_by_id(&tx, &user_id, &event_id)?;
+                    return Ok(CorrectionOutcome::Replayed(now));
+                }
+            }
+            let Some(target) = event_by_id(&tx, &user_id, &id)? else {
+                return Ok(CorrectionOutcome::NotFound);
+            };
+            // The corrected record and every later one: the primary key's range.
+            let events: Vec<BatteryEvent> = tx
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM battery_events \
+                     WHERE user_id = ?1 AND seq >= ?2 ORDER BY seq"
+                ))?
+                .query_map(params![user_id, target.seq], event_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let replayed = replay_correction(&events, &correction);
+            if correction == Correction::Delete {
+                tx.prepare_cached("DELETE FROM battery_events WHERE id = ?1")?
+                    .execute([&target.id])?;
+            }
+            for (old, new) in events
+                .iter()
+                .filter(|e| e.id != target.id || correction != Correction::Delete)
+                .zip(&replayed.events)
+            {
+                if old != new {
+                    upsert_event(&tx, new)?;
+                }
+            }
+            for kind in InteractionKind::ALL {
+                let change = replayed.after.get(kind) - replayed.before.get(kind);
+                if change != Totals::default() {
+                    add_stats(&tx, &user_id, kind, change)?;
+                }
+            }
+            tx.prepare_cached("UPDATE users SET battery_level = ?2 WHERE id = ?1")?
+                .execute(params![user_id, replayed.level.value()])?;
+            if let Some(key) = &key {
+                remember_key(&tx, &user_id, key, &target.id, millis(now))?;
+            }
+            tx.commit()?;
+            Ok(match correction {
+                Correction::Delete => CorrectionOutcome::Deleted,
+                Correction::Replace(_) => CorrectionOutcome::Corrected(
+                    replayed
+                        .events
+                        .into_iter()
+                        .next()
+                        .expect("the corrected record"),
+                ),
+            })
+        })
+        .await
+    }
+
     #[tracing::instrument(skip_all)]
     async fn record_interaction(
         &self,

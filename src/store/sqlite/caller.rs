@@ -39,6 +39,7 @@ impl CallerStore for SqliteStore {
                         level,
                         seq,
                         updated_at: user.battery_updated_at,
+                        version: 0,
                     },
                     user,
                 })
