@@ -689,7 +689,10 @@ pub async fn record(
         .record_interaction(&auth.user_id, &event, key.as_ref())
         .await?
     {
-        RecordOutcome::Recorded(event) => (event, false),
+        RecordOutcome::Recorded(event) => {
+            crate::nudges::after_record(&state, &event);
+            (event, false)
+        }
         RecordOutcome::Replayed(event) => (event, true),
         RecordOutcome::KeyReused => {
             return Err(ApiError::validation(FieldError {

@@ -8,6 +8,7 @@
 //! | sessions and refresh tokens | [`SessionStore`] | [`Session`], [`RefreshToken`] |
 //! | devices, password change | [`AccountStore`] | [`DeviceSession`], [`OtherSessions`] |
 //! | mail outbox and mail budget | [`MailStore`] | [`OutboxMail`], [`MailResult`], [`MailStatus`] |
+//! | mail nudges: claims, recipients, unsubscribing | [`NudgeStore`] | [`NudgeClaim`], [`NudgeList`], [`NudgeRecipient`] |
 //! | social battery | [`BatteryStore`] | [`BatteryEvent`], [`NewBatteryEvent`], [`RecordOutcome`] |
 //! | moving between stores | [`MigrationStore`] | [`StoreCounts`] |
 //! | housekeeping | [`Housekeeping`] | – |
@@ -28,6 +29,7 @@ mod housekeeping;
 mod mail;
 mod migration;
 pub mod mongo;
+mod nudges;
 mod sessions;
 pub mod sqlite;
 mod users;
@@ -44,6 +46,7 @@ pub use codes::{Admission, CodeChallenge, CodeStore, OneTimeCode, SignupChoice};
 pub use housekeeping::Housekeeping;
 pub use mail::{MailResult, MailStatus, MailStore, OutboxMail, OutboxStats, SendLimits};
 pub use migration::{MigrationStore, StoreCounts};
+pub use nudges::{NudgeClaim, NudgeList, NudgeRecipient, NudgeStore};
 pub use sessions::{RefreshToken, Rotation, Session, SessionStore, SEALED_CHILD_KEPT};
 pub use users::{
     NewUser, ProfilePatch, ProfileValue, SignupAttempt, SignupOutcome, User, UserStore,
@@ -95,6 +98,7 @@ pub trait Store:
     + SessionStore
     + AccountStore
     + MailStore
+    + NudgeStore
     + BatteryStore
     + MigrationStore
     + Housekeeping
@@ -110,6 +114,7 @@ impl<T> Store for T where
         + SessionStore
         + AccountStore
         + MailStore
+        + NudgeStore
         + BatteryStore
         + MigrationStore
         + Housekeeping

@@ -26,6 +26,7 @@ mod codes;
 mod housekeeping;
 mod mail;
 mod migration;
+mod nudges;
 mod sessions;
 mod users;
 
@@ -50,6 +51,7 @@ const MAIL_SENDS: &str = "mail_sends";
 const EVENTS: &str = "battery_events";
 const IDEMPOTENCY: &str = "idempotency_keys";
 const OUTBOX: &str = "mail_outbox";
+const NUDGE_CLAIMS: &str = "nudge_claims";
 
 /// How many times an optimistic write is retried under contention.
 const MAX_RETRIES: usize = 200;
@@ -403,6 +405,10 @@ impl MongoStore {
             (
                 IDEMPOTENCY,
                 index(doc! { "created_at": 1 }, false, Some(86_400)),
+            ),
+            (
+                NUDGE_CLAIMS,
+                index(doc! { "expires_at": 1 }, false, Some(0)),
             ),
         ];
         for (collection, model) in plan {

@@ -44,6 +44,7 @@ mod codes;
 mod housekeeping;
 mod mail;
 mod migration;
+mod nudges;
 mod sessions;
 mod users;
 
@@ -55,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_history_order.sql"),
     include_str!("../migrations/0005_signup_attempts.sql"),
     include_str!("../migrations/0006_session_devices.sql"),
+    include_str!("../migrations/0008_nudge_claims.sql"),
 ];
 
 const READERS: usize = 4;

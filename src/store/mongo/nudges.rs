@@ -1,0 +1,157 @@
+//! Nudge claims in `nudge_claims` ([`ClaimDoc`]: `_id` is `<list>:<period>:<user id>`,
+//! so the unique `_id` is the claim; TTL-indexed on `expires_at`), recipients found by
+//! `preferences.notifications.<list>` in the users collection.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mongodb::bson::{doc, Bson, RawBsonRef};
+use serde::{Deserialize, Serialize};
+
+use super::{bdt, user_filter, user_key, MongoStore, NUDGE_CLAIMS, USERS};
+use crate::store::{
+    MailStore, NudgeClaim, NudgeList, NudgeRecipient, NudgeStore, OutboxMail, StoreError,
+    StoreResult,
+};
+
+/// A document of `nudge_claims`.
+#[derive(Debug, Serialize, Deserialize)]
+struct ClaimDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    user_id: String,
+    list: String,
+    period: String,
+    claimed_at: mongodb::bson::DateTime,
+    expires_at: mongodb::bson::DateTime,
+}
+
+#[async_trait]
+impl NudgeStore for MongoStore {
+    async fn claim_nudge(&self, claim: &NudgeClaim, mail: &OutboxMail) -> StoreResult<bool> {
+        let document = ClaimDoc {
+            id: format!("{}:{}:{}", claim.list.as_str(), claim.period, claim.user_id),
+            user_id: claim.user_id.clone(),
+            list: claim.list.as_str().to_owned(),
+            period: claim.period.clone(),
+            claimed_at: bdt(claim.claimed_at),
+            expires_at: bdt(claim.expires_at),
+        };
+        // The insert is the claim: the unique `_id` lets exactly one of parallel claims
+        // in. The mail follows; an interruption between the two loses this nudge (at
+        // most once, never twice).
+        match self
+            .run(self.typed::<ClaimDoc>(NUDGE_CLAIMS).insert_one(document))
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.enqueue_mail(mail).await?;
+        Ok(true)
+    }
+
+    async fn nudge_recipients(
+        &self,
+        list: NudgeList,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<NudgeRecipient>> {
+        let mut filter = doc! {
+            format!("preferences.notifications.{}", list.as_str()): true,
+            "is_verified": true,
+        };
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$gt": user_key(after) });
+        }
+        let mut cursor = self
+            .run(
+                self.raw(USERS)
+                    .find(filter)
+                    .projection(doc! { "email": 1 })
+                    .sort(doc! { "_id": 1 })
+                    .limit(i64::from(limit)),
+            )
+            .await?;
+        let found = self
+            .run(async {
+                let mut out = Vec::new();
+                while cursor.advance().await? {
+                    let raw = cursor.current();
+                    let id = match raw.get("_id").ok().flatten() {
+                        Some(RawBsonRef::ObjectId(oid)) => Some(oid.to_hex()),
+                        Some(RawBsonRef::String(s)) => Some(s.to_owned()),
+                        _ => None,
+                    };
+                    let email = raw.get_str("email").ok().map(str::to_owned);
+                    out.push((id, email));
+                }
+                Ok(out)
+            })
+            .await?;
+        found
+            .into_iter()
+            .map(|(id, email)| match (id, email) {
+                (Some(user_id), Some(email)) => Ok(NudgeRecipient { user_id, email }),
+                (id, _) => Err(StoreError::corrupt(
+                    USERS,
+                    id.unwrap_or_else(|| "(no _id)".into()),
+                    "no readable _id or email",
+                )),
+            })
+            .collect()
+    }
+
+    async fn unsubscribe(
+        &self,
+        user_id: &str,
+        list: NudgeList,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let users = self.c(USERS);
+        // A dotted `$set` creates `notifications` when it is missing and keeps the other
+        // preferences; it cannot go through a `notifications` that is not an object, so
+        // such a value (legacy data) is replaced as a whole.
+        let mut filter = user_filter(user_id);
+        filter.insert(
+            "$or",
+            vec![
+                Bson::Document(doc! { "preferences.notifications": { "$type": "object" } }),
+                Bson::Document(doc! { "preferences.notifications": { "$exists": false } }),
+            ],
+        );
+        let nested = self
+            .run(users.update_one(
+                filter,
+                doc! { "$set": {
+                    format!("preferences.notifications.{}", list.as_str()): false,
+                    "updated_at": bdt(now),
+                } },
+            ))
+            .await?;
+        if nested.matched_count == 1 {
+            return Ok(true);
+        }
+        let replaced = self
+            .run(users.update_one(
+                user_filter(user_id),
+                doc! { "$set": {
+                    "preferences.notifications": { list.as_str(): false },
+                    "updated_at": bdt(now),
+                } },
+            ))
+            .await?;
+        Ok(replaced.matched_count == 1)
+    }
+
+    async fn purge_nudge_claims(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        // The TTL index removes them too, within a minute or so of expiring.
+        let deleted = self
+            .run(
+                self.c(NUDGE_CLAIMS)
+                    .delete_many(doc! { "expires_at": { "$lte": bdt(now) } }),
+            )
+            .await?;
+        Ok(deleted.deleted_count)
+    }
+}
