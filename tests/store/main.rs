@@ -13,6 +13,7 @@ mod codes;
 mod corrupt;
 mod housekeeping;
 mod mail;
+mod nudges;
 mod sessions;
 mod signup;
 mod users;
