@@ -71,8 +71,16 @@ async fn of_parallel_claims_of_one_nudge_exactly_one_wins_and_queues_one_mail(s:
         }
     })
     .await;
-    assert_eq!(outcomes.iter().filter(|won| **won).count(), 1, "{outcomes:?}");
-    assert_eq!(s.store.outbox_stats().await.unwrap().pending, 1, "one mail queued");
+    assert_eq!(
+        outcomes.iter().filter(|won| **won).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        s.store.outbox_stats().await.unwrap().pending,
+        1,
+        "one mail queued"
+    );
     let claimed = s.store.claim_mail(at(1), at(61), 50).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].recipient, user.email);
@@ -87,12 +95,27 @@ async fn claims_of_other_periods_lists_and_users_are_independent(s: &TestStore) 
         claim(&bob.id, NudgeList::LowBattery, "2026-03-01"),
     ];
     for c in &claims {
-        assert!(s.store.claim_nudge(c, &mail("x@example.com")).await.unwrap(), "{c:?}");
+        assert!(
+            s.store
+                .claim_nudge(c, &mail("x@example.com"))
+                .await
+                .unwrap(),
+            "{c:?}"
+        );
     }
     for c in &claims {
-        assert!(!s.store.claim_nudge(c, &mail("x@example.com")).await.unwrap(), "{c:?} again");
+        assert!(
+            !s.store
+                .claim_nudge(c, &mail("x@example.com"))
+                .await
+                .unwrap(),
+            "{c:?} again"
+        );
     }
-    assert_eq!(s.store.outbox_stats().await.unwrap().pending, claims.len() as u64);
+    assert_eq!(
+        s.store.outbox_stats().await.unwrap().pending,
+        claims.len() as u64
+    );
 }
 
 async fn recipients_are_the_verified_users_opted_in_paged_by_id(s: &TestStore) {
@@ -106,7 +129,12 @@ async fn recipients_are_the_verified_users_opted_in_paged_by_id(s: &TestStore) {
     verified_with(s, json!({"notifications": {"weekly_summary": "true"}})).await;
     verified_with(s, json!({"theme": "dark"})).await;
     let unverified = s.user().await;
-    with_preferences(s, &unverified, json!({"notifications": {"weekly_summary": true}})).await;
+    with_preferences(
+        s,
+        &unverified,
+        json!({"notifications": {"weekly_summary": true}}),
+    )
+    .await;
 
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
@@ -129,7 +157,10 @@ async fn recipients_are_the_verified_users_opted_in_paged_by_id(s: &TestStore) {
         .collect();
     expected.sort();
     let got: Vec<(String, String)> = seen.into_iter().map(|r| (r.user_id, r.email)).collect();
-    assert_eq!(got, expected, "every opted-in verified user once, in id order");
+    assert_eq!(
+        got, expected,
+        "every opted-in verified user once, in id order"
+    );
 
     let low = s
         .store
@@ -188,7 +219,11 @@ async fn unsubscribing_turns_one_list_off_and_keeps_the_other_preferences(s: &Te
 
     assert!(!s
         .store
-        .unsubscribe(&introgy::auth::new_object_id(), NudgeList::LowBattery, at(5))
+        .unsubscribe(
+            &introgy::auth::new_object_id(),
+            NudgeList::LowBattery,
+            at(5)
+        )
         .await
         .unwrap());
 }
