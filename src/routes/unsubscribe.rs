@@ -85,12 +85,11 @@ pub async fn confirm_page(
     ))
 }
 
-/// Unsubscribes from the list the token names (RFC 8058 one-click; no sign-in). The
-/// request body, if any, is ignored. Doing it twice, or for an account deleted since,
-/// answers the same: no more of these mails.
+/// Unsubscribes from the list the token names (RFC 8058 one-click; no sign-in). Mail
+/// clients send `List-Unsubscribe=One-Click` as a form; the body, whatever it is, is not
+/// read. Doing it twice, or for an account deleted since, answers the same: no more of
+/// these mails.
 #[utoipa::path(post, path = "/unsubscribe", tag = "nudges", params(UnsubscribeQuery),
-    request_body(content = Option<String>, content_type = "application/x-www-form-urlencoded",
-        description = "`List-Unsubscribe=One-Click` (RFC 8058); not read"),
     responses(
         (status = 200, description = "Unsubscribed: a page saying so", body = String, content_type = "text/html"),
         (status = 400, description = "The token is not valid (altered, foreign, or for an unknown list) or has expired", body = ErrorBody),
