@@ -135,6 +135,15 @@ mod tests {
         check_preferences(value.as_object().unwrap())
     }
 
+    /// `value` has exactly one problem, at `preferences.<path>`.
+    fn assert_one_error_at(value: &Value, path: &[&str]) {
+        let errors = check(value.clone());
+        assert_eq!(errors.len(), 1, "{value}: {errors:?}");
+        let mut loc: Vec<Value> = vec!["body".into(), "preferences".into()];
+        loc.extend(path.iter().map(|k| Value::from(*k)));
+        assert_eq!(errors[0].loc, loc, "{value}");
+    }
+
     #[test]
     fn keys_are_checked_at_any_depth() {
         assert!(
@@ -153,11 +162,7 @@ mod tests {
             (json!({"n": [{"a.b": 1}]}), vec!["n", "a.b"]),
         ];
         for (value, path) in cases {
-            let errors = check(value.clone());
-            assert_eq!(errors.len(), 1, "{value}: {errors:?}");
-            let mut loc: Vec<Value> = vec!["body".into(), "preferences".into()];
-            loc.extend(path.iter().map(|k| Value::from(*k)));
-            assert_eq!(errors[0].loc, loc, "{value}");
+            assert_one_error_at(&value, &path);
         }
         assert!(!check(json!({"k".repeat(65): 1})).is_empty());
         assert!(check(json!({"k".repeat(64): 1})).is_empty());
@@ -187,11 +192,7 @@ mod tests {
             ),
         ];
         for (value, path) in cases {
-            let errors = check(value.clone());
-            assert_eq!(errors.len(), 1, "{value}: {errors:?}");
-            let mut loc: Vec<Value> = vec!["body".into(), "preferences".into()];
-            loc.extend(path.iter().map(|k| Value::from(*k)));
-            assert_eq!(errors[0].loc, loc, "{value}");
+            assert_one_error_at(&value, &path);
         }
     }
 

@@ -76,6 +76,26 @@ const SOURCES: &[(&str, &str)] = &[
 /// The `Content-ID` of the weekly summary's chart.
 pub const CHART_CONTENT_ID: &str = "week-chart@introgy";
 
+/// A rendered mail of `kind` from its subject and `(html, text)` parts; not a list mail,
+/// no images.
+fn assemble(
+    to: &Email,
+    kind: &MailKind,
+    subject: String,
+    (html, text): (String, String),
+) -> OutgoingMail {
+    OutgoingMail {
+        to: to.as_str().to_owned(),
+        subject,
+        html,
+        text,
+        kind: kind.name(),
+        message_id: format!("<{}@introgy>", crate::auth::random_hex(16)),
+        list_unsubscribe: None,
+        inline_images: Vec::new(),
+    }
+}
+
 pub struct Templates {
     env: Environment<'static>,
     frontend_url: String,
@@ -179,16 +199,11 @@ impl Templates {
             unsubscribe_url => unsubscribe_url,
             ..ctx
         };
-        let (html, text) = self.both_parts(kind.template(), &ctx)?;
+        let parts = self.both_parts(kind.template(), &ctx)?;
         Ok(OutgoingMail {
-            to: to.as_str().to_owned(),
-            subject,
-            html,
-            text,
-            kind: kind.name(),
-            message_id: format!("<{}@introgy>", crate::auth::random_hex(16)),
             list_unsubscribe: Some(unsubscribe_url),
             inline_images: images,
+            ..assemble(to, kind, subject, parts)
         })
     }
 
@@ -267,17 +282,8 @@ impl Templates {
             others_signed_out => others_signed_out,
             subject => subject,
         };
-        let (html, text) = self.both_parts(kind.template(), &ctx)?;
-        Ok(OutgoingMail {
-            to: to.as_str().to_owned(),
-            subject,
-            html,
-            text,
-            kind: kind.name(),
-            message_id: format!("<{}@introgy>", crate::auth::random_hex(16)),
-            list_unsubscribe: None,
-            inline_images: Vec::new(),
-        })
+        let parts = self.both_parts(kind.template(), &ctx)?;
+        Ok(assemble(to, kind, subject, parts))
     }
 }
 

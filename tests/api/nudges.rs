@@ -40,6 +40,17 @@ async fn drop_level(app: &TestApp, user: &TestUser, from: i64, to: i64) {
     assert_eq!(level, json!(to));
 }
 
+/// Moves the app's clock to just after the next UTC midnight, so a test about "the same
+/// day" never straddles one.
+fn start_of_a_day(app: &TestApp) {
+    let now = app.state.clock.now();
+    let next = (now.date_naive() + chrono::TimeDelta::days(1))
+        .and_hms_opt(0, 1, 0)
+        .unwrap()
+        .and_utc();
+    app.advance((next - now).num_seconds());
+}
+
 /// The token of a mail's `List-Unsubscribe` URL.
 fn token_of(mail: &OutgoingMail) -> String {
     let url = mail
@@ -85,6 +96,7 @@ async fn crossing_20_sends_one_mail_a_day_with_its_unsubscribe_headers() {
     let app = spawn_app().await;
     let user = app.signup().await;
     opt_in(&app, &user, json!({"low_battery": true})).await;
+    start_of_a_day(&app);
 
     // Down to 20 is not low: nothing.
     drop_level(&app, &user, 60, 20).await;
@@ -125,6 +137,7 @@ async fn parallel_crossings_send_one_mail() {
     let app = spawn_app().await;
     let user = app.signup().await;
     opt_in(&app, &user, json!({"low_battery": true})).await;
+    start_of_a_day(&app);
     // Ten records at once, each a set to 50 and a drain: several of them cross 20.
     let tasks: Vec<_> = (0..10)
         .map(|i| {

@@ -4,9 +4,10 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, Bson, RawBsonRef};
+use mongodb::bson::{doc, Bson};
 use serde::{Deserialize, Serialize};
 
+use super::users::id_text;
 use super::{bdt, user_filter, user_key, MongoStore, NUDGE_CLAIMS, USERS};
 use crate::store::{
     MailStore, NudgeClaim, NudgeList, NudgeRecipient, NudgeStore, OutboxMail, StoreError,
@@ -23,6 +24,23 @@ struct ClaimDoc {
     period: String,
     claimed_at: mongodb::bson::DateTime,
     expires_at: mongodb::bson::DateTime,
+}
+
+/// The projection of a user document a recipient needs.
+#[derive(Debug, Deserialize)]
+struct RecipientDoc {
+    #[serde(rename = "_id")]
+    id: Bson,
+    email: String,
+}
+
+impl RecipientDoc {
+    fn into_recipient(self) -> Result<NudgeRecipient, String> {
+        Ok(NudgeRecipient {
+            user_id: id_text(&self.id)?,
+            email: self.email,
+        })
+    }
 }
 
 #[async_trait]
@@ -64,7 +82,7 @@ impl NudgeStore for MongoStore {
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": user_key(after) });
         }
-        let mut cursor = self
+        let cursor = self
             .run(
                 self.raw(USERS)
                     .find(filter)
@@ -73,33 +91,8 @@ impl NudgeStore for MongoStore {
                     .limit(i64::from(limit)),
             )
             .await?;
-        let found = self
-            .run(async {
-                let mut out = Vec::new();
-                while cursor.advance().await? {
-                    let raw = cursor.current();
-                    let id = match raw.get("_id").ok().flatten() {
-                        Some(RawBsonRef::ObjectId(oid)) => Some(oid.to_hex()),
-                        Some(RawBsonRef::String(s)) => Some(s.to_owned()),
-                        _ => None,
-                    };
-                    let email = raw.get_str("email").ok().map(str::to_owned);
-                    out.push((id, email));
-                }
-                Ok(out)
-            })
-            .await?;
-        found
-            .into_iter()
-            .map(|(id, email)| match (id, email) {
-                (Some(user_id), Some(email)) => Ok(NudgeRecipient { user_id, email }),
-                (id, _) => Err(StoreError::corrupt(
-                    USERS,
-                    id.unwrap_or_else(|| "(no _id)".into()),
-                    "no readable _id or email",
-                )),
-            })
-            .collect()
+        self.read_all(USERS, cursor, RecipientDoc::into_recipient)
+            .await
     }
 
     async fn unsubscribe(
