@@ -57,9 +57,10 @@ pub struct NudgeRecipient {
 pub trait NudgeStore: Send + Sync {
     /// Claims `(user, list, period)` and queues `mail` with it. `false`, and nothing
     /// queued, when the claim was taken already: of any number of parallel claims
-    /// (several instances, parallel records), exactly one wins. On SQLite claim and mail
-    /// are one transaction; on MongoDB the claim is written first, so an interruption
-    /// between the two loses that nudge rather than sending it twice.
+    /// (several instances, parallel records), exactly one wins. Claim and mail are one
+    /// transaction on SQLite, and on MongoDB where the deployment has transactions;
+    /// otherwise the claim is written first, so an interruption between the two loses
+    /// that nudge rather than sending it twice.
     async fn claim_nudge(&self, claim: &NudgeClaim, mail: &OutboxMail) -> StoreResult<bool>;
     /// Verified users opted in to `list` (`preferences.notifications.<list>` is `true`),
     /// ordered by id, the first `limit` after `after` (a keyset page).

@@ -14,6 +14,7 @@ store_tests!(
     recipients_are_the_verified_users_opted_in_paged_by_id,
     unsubscribing_turns_one_list_off_and_keeps_the_other_preferences,
     expired_claims_are_purged_and_can_be_claimed_again,
+    a_claim_whose_mail_is_refused_is_not_taken,
 );
 
 fn claim(user_id: &str, list: NudgeList, period: &str) -> NudgeClaim {
@@ -236,4 +237,32 @@ async fn expired_claims_are_purged_and_can_be_claimed_again(s: &TestStore) {
     assert!(!s.store.claim_nudge(&c, &mail(&user.email)).await.unwrap());
     assert_eq!(s.store.purge_nudge_claims(at(86_400)).await.unwrap(), 1);
     assert!(s.store.claim_nudge(&c, &mail(&user.email)).await.unwrap());
+}
+
+/// A mail that cannot be queued (its id is taken) against claim and mail as one
+/// transaction (SQLite; MongoDB where the server has them): the claim is not taken
+/// either, so the nudge can still go out.
+async fn a_claim_whose_mail_is_refused_is_not_taken(s: &TestStore) {
+    let user = s.user().await;
+    let taken = mail(&user.email);
+    s.store.enqueue_mail(&taken).await.unwrap();
+    let c = claim(&user.id, NudgeList::WeeklySummary, "2026-W09");
+    assert!(s.store.claim_nudge(&c, &taken).await.is_err());
+    assert!(s.store.claim_nudge(&c, &mail(&user.email)).await.unwrap());
+}
+
+/// `MONGO_TRANSACTIONS=off` (and a standalone server): ordered writes, the claim first.
+/// Parallel claims still have one winner; a refused mail leaves the claim taken (that
+/// nudge is lost, never sent twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs INTROGY_TEST_MONGO_URL; scripts/test runs it with --include-ignored"]
+async fn mongodb_without_transactions_claims_once_and_claims_before_the_mail() {
+    let s = TestStore::mongodb_with_transactions(false).await;
+    of_parallel_claims_of_one_nudge_exactly_one_wins_and_queues_one_mail(&s).await;
+    let user = s.user().await;
+    let taken = mail(&user.email);
+    s.store.enqueue_mail(&taken).await.unwrap();
+    let c = claim(&user.id, NudgeList::WeeklySummary, "2026-W09");
+    assert!(s.store.claim_nudge(&c, &taken).await.is_err());
+    assert!(!s.store.claim_nudge(&c, &mail(&user.email)).await.unwrap());
 }

@@ -4,14 +4,15 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use mongodb::action::Action;
 use mongodb::bson::{doc, Bson};
 use serde::{Deserialize, Serialize};
 
+use super::mail::MailDoc;
 use super::users::id_text;
-use super::{bdt, user_filter, user_key, MongoStore, NUDGE_CLAIMS, USERS};
+use super::{bdt, user_filter, user_key, MongoStore, NUDGE_CLAIMS, OUTBOX, USERS};
 use crate::store::{
-    MailStore, NudgeClaim, NudgeList, NudgeRecipient, NudgeStore, OutboxMail, StoreError,
-    StoreResult,
+    NudgeClaim, NudgeList, NudgeRecipient, NudgeStore, OutboxMail, StoreError, StoreResult,
 };
 
 /// A document of `nudge_claims`.
@@ -55,18 +56,50 @@ impl NudgeStore for MongoStore {
             expires_at: bdt(claim.expires_at),
         };
         // The insert is the claim: the unique `_id` lets exactly one of parallel claims
-        // in. The mail follows; an interruption between the two loses this nudge (at
-        // most once, never twice).
-        match self
-            .run(self.typed::<ClaimDoc>(NUDGE_CLAIMS).insert_one(document))
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::Conflict(_)) => return Ok(false),
-            Err(e) => return Err(e),
+        // in. Claim and mail are one transaction where the server has them
+        // (topology.rs); without, the claim first, so an interruption between the two
+        // loses this nudge (at most once, never twice).
+        let queued = MailDoc::of(mail);
+        let claimed = self
+            .several_writes(
+                "claim_nudge",
+                (self, &document, &queued),
+                |session, context| {
+                    let (store, claim, mail) = *context;
+                    Box::pin(async move {
+                        let mut session = session;
+                        store
+                            .typed::<ClaimDoc>(NUDGE_CLAIMS)
+                            .insert_one(claim)
+                            .optional(session.as_deref_mut(), |write, s| write.session(s))
+                            .await?;
+                        store
+                            .typed::<MailDoc>(OUTBOX)
+                            .insert_one(mail)
+                            .optional(session, |write, s| write.session(s))
+                            .await?;
+                        Ok(())
+                    })
+                },
+            )
+            .await;
+        match claimed {
+            Ok(()) => Ok(true),
+            // The claim was taken already (the mail ids are random), unless the mail's
+            // id is what was taken: that is an error, not a lost race.
+            Err(StoreError::Conflict(reason)) => {
+                let mail_taken = self
+                    .run(self.c(OUTBOX).count_documents(doc! { "_id": &mail.id }))
+                    .await?
+                    > 0;
+                if mail_taken {
+                    Err(StoreError::Conflict(reason))
+                } else {
+                    Ok(false)
+                }
+            }
+            Err(e) => Err(e),
         }
-        self.enqueue_mail(mail).await?;
-        Ok(true)
     }
 
     async fn nudge_recipients(
