@@ -247,6 +247,11 @@ pub struct ConfigArgs {
     #[arg(long, env = "FRONTEND_URL", default_value = "https://introgy.ai")]
     pub frontend_url: String,
 
+    /// This service's public base URL, for links in mail that it answers itself (the
+    /// unsubscribe link), e.g. https://api.introgy.app [default: FRONTEND_URL + /api].
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// Comma-separated allowed CORS origins [default: FRONTEND_URL, plus
     /// localhost:3000/5173/8000 in development].
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
@@ -375,6 +380,8 @@ pub struct MailConfig {
     pub from_email: String,
     pub from_name: String,
     pub frontend_url: String,
+    /// This service's own public base URL (no trailing slash).
+    pub public_url: String,
 }
 
 /// The validated settings the application runs with.
@@ -499,6 +506,15 @@ impl Config {
                 "FRONTEND_URL must start with http:// or https:// (got {frontend_url:?})"
             )));
         }
+        let public_url = match non_empty(args.public_url.clone()) {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("{frontend_url}/api"),
+        };
+        if !(public_url.starts_with("https://") || public_url.starts_with("http://")) {
+            return Err(ConfigError(format!(
+                "PUBLIC_URL must start with http:// or https:// (got {public_url:?})"
+            )));
+        }
         if !args.from_email.contains('@') {
             return Err(ConfigError(format!(
                 "FROM_EMAIL must be an email address (got {:?})",
@@ -564,6 +580,7 @@ impl Config {
                 from_email: args.from_email.trim().to_owned(),
                 from_name: args.email_from_name.trim().to_owned(),
                 frontend_url,
+                public_url,
             },
             cors_origins,
             access_token_ttl: Duration::from_secs(args.access_token_ttl_seconds),

@@ -15,6 +15,8 @@
 //! - [`store`]: one trait per aggregate (users, codes, sessions, mail, battery, limits,
 //!   migration, housekeeping), [`store::Store`] their sum, and the SQLite and MongoDB backends.
 //! - [`email`]: templates and mail transports.
+//! - [`nudges`]: opt-in mails (low battery, weekly summary with a chart), their
+//!   scheduler and unsubscribe tokens.
 //! - [`background`]: work that runs after a response, counted for shutdown and tests.
 //! - [`metrics`]: Prometheus series, `/metrics`, and the stores' recent write outcomes.
 //! - [`telemetry`]: logs (text or JSON lines, colour only on a terminal).
@@ -34,6 +36,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod metrics;
+pub mod nudges;
 pub mod routes;
 pub mod startup;
 pub mod store;

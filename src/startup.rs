@@ -90,6 +90,8 @@ pub struct AppState {
     pub clock: Clock,
     /// Durable mail queue and its delivery worker.
     pub outbox: Outbox,
+    /// Signs and checks the unsubscribe links of nudge mails.
+    pub unsubscribe: Arc<crate::nudges::UnsubscribeKey>,
     pub started_at: Instant,
 }
 
@@ -143,6 +145,7 @@ impl Application {
         let state = AppState {
             otp: Arc::new(OtpHasher::from_signing_secret(&secret)),
             refresh_seal: Arc::new(Sealer::new(&secret, "introgy/refresh-child-key/v1")),
+            unsubscribe: Arc::new(crate::nudges::UnsubscribeKey::from_signing_secret(&secret)),
             keys: Arc::new(keys),
             hasher: PasswordHasher::new(config.bcrypt_cost, config.hash_concurrency),
             store,
@@ -250,6 +253,7 @@ impl Application {
 
 fn spawn_background_tasks(state: &AppState) {
     tokio::spawn(state.outbox.clone().run());
+    tokio::spawn(crate::nudges::weekly::run(state.clone()));
     // Compute the dummy bcrypt hash now, so the first login of an unknown address costs
     // what every other one costs.
     let hasher = state.hasher.clone();
@@ -280,6 +284,11 @@ pub async fn housekeeping(state: &AppState) {
         Ok(0) => {}
         Ok(removed) => tracing::info!(removed, "purged expired records"),
         Err(e) => tracing::warn!(error = %e, "purge of expired records failed"),
+    }
+    match state.store.purge_nudge_claims(state.clock.now()).await {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "purged expired nudge claims"),
+        Err(e) => tracing::warn!(error = %e, "purge of expired nudge claims failed"),
     }
 }
 

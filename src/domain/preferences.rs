@@ -5,6 +5,12 @@
 //! carry no control characters other than tab, LF and CR; objects and arrays nest at most
 //! [`MAX_PREFERENCES_DEPTH`] levels below `preferences` (MongoDB refuses documents nested
 //! past 100). The 16 KiB limit on the merged object is checked where the merge happens.
+//!
+//! One key the service reads itself: `notifications`, the mail nudges a user opts in to
+//! (see [`crate::nudges`]). When given it is an object (or `null`, which removes it);
+//! its `low_battery` and `weekly_summary`, when present, are booleans (absent is off);
+//! other keys in it are the client's. Being a top-level key, it is replaced as a whole
+//! by the shallow merge: send every list you want on.
 
 use serde_json::{Map, Value};
 
@@ -38,11 +44,35 @@ fn error(path: &[&str], msg: String, kind: &str) -> FieldError {
     }
 }
 
+/// The preferences key holding the mail nudges a user opts in to.
+pub const NOTIFICATIONS: &str = "notifications";
+/// The lists under [`NOTIFICATIONS`] (booleans).
+pub const NOTIFICATION_LISTS: [&str; 2] = ["low_battery", "weekly_summary"];
+
 /// Every problem in a preferences patch, each located by its path.
 pub fn check_preferences(patch: &Map<String, Value>) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let mut path = Vec::new();
     check_object(patch, &mut path, 1, &mut errors);
+    match patch.get(NOTIFICATIONS) {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(lists)) => {
+            for list in NOTIFICATION_LISTS {
+                if lists.get(list).is_some_and(|v| !v.is_boolean()) {
+                    errors.push(error(
+                        &[NOTIFICATIONS, list],
+                        "must be true or false".into(),
+                        "type_error.bool",
+                    ));
+                }
+            }
+        }
+        Some(_) => errors.push(error(
+            &[NOTIFICATIONS],
+            "must be an object such as {\"low_battery\": true, \"weekly_summary\": false}".into(),
+            "type_error.dict",
+        )),
+    }
     errors
 }
 
@@ -105,6 +135,15 @@ mod tests {
         check_preferences(value.as_object().unwrap())
     }
 
+    /// `value` has exactly one problem, at `preferences.<path>`.
+    fn assert_one_error_at(value: &Value, path: &[&str]) {
+        let errors = check(value.clone());
+        assert_eq!(errors.len(), 1, "{value}: {errors:?}");
+        let mut loc: Vec<Value> = vec!["body".into(), "preferences".into()];
+        loc.extend(path.iter().map(|k| Value::from(*k)));
+        assert_eq!(errors[0].loc, loc, "{value}");
+    }
+
     #[test]
     fn keys_are_checked_at_any_depth() {
         assert!(
@@ -123,14 +162,38 @@ mod tests {
             (json!({"n": [{"a.b": 1}]}), vec!["n", "a.b"]),
         ];
         for (value, path) in cases {
-            let errors = check(value.clone());
-            assert_eq!(errors.len(), 1, "{value}: {errors:?}");
-            let mut loc: Vec<Value> = vec!["body".into(), "preferences".into()];
-            loc.extend(path.iter().map(|k| Value::from(*k)));
-            assert_eq!(errors[0].loc, loc, "{value}");
+            assert_one_error_at(&value, &path);
         }
         assert!(!check(json!({"k".repeat(65): 1})).is_empty());
         assert!(check(json!({"k".repeat(64): 1})).is_empty());
+    }
+
+    #[test]
+    fn notifications_is_an_object_of_booleans() {
+        assert!(
+            check(json!({"notifications": {"low_battery": true, "weekly_summary": false}}))
+                .is_empty()
+        );
+        assert!(check(json!({"notifications": {"push": "daily"}})).is_empty());
+        assert!(check(json!({"notifications": null})).is_empty());
+        let cases = [
+            (json!({"notifications": true}), vec!["notifications"]),
+            (
+                json!({"notifications": ["low_battery"]}),
+                vec!["notifications"],
+            ),
+            (
+                json!({"notifications": {"low_battery": "yes"}}),
+                vec!["notifications", "low_battery"],
+            ),
+            (
+                json!({"notifications": {"weekly_summary": 1}}),
+                vec!["notifications", "weekly_summary"],
+            ),
+        ];
+        for (value, path) in cases {
+            assert_one_error_at(&value, &path);
+        }
     }
 
     #[test]

@@ -45,6 +45,17 @@ pub enum MailKind {
     PasswordUpdated {
         others_signed_out: bool,
     },
+    /// A record took the level below 20 (opt-in, at most one a day).
+    LowBattery {
+        level: u8,
+        /// Signed, for the unsubscribe link ([`crate::nudges::token`]).
+        unsubscribe_token: String,
+    },
+    /// The week just ended, with its chart (opt-in, one a week).
+    WeeklySummary {
+        summary: crate::nudges::weekly::WeekSummary,
+        unsubscribe_token: String,
+    },
 }
 
 impl MailKind {
@@ -65,6 +76,8 @@ impl MailKind {
             Self::SignupIncomplete => "signup_incomplete",
             Self::PasswordChanged => "password_changed",
             Self::PasswordUpdated { .. } => "password_updated",
+            Self::LowBattery { .. } => "low_battery",
+            Self::WeeklySummary { .. } => "weekly_summary",
         }
     }
 }
@@ -80,6 +93,22 @@ pub struct OutgoingMail {
     pub kind: &'static str,
     /// Stable id (`<...@introgy>`), so a retried send is recognisable downstream.
     pub message_id: String,
+    /// The one-click unsubscribe URL of a list mail: sent as `List-Unsubscribe` with
+    /// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+    pub list_unsubscribe: Option<String>,
+    /// Images the HTML shows with `cid:` URLs (multipart/related).
+    pub inline_images: Vec<InlineImage>,
+}
+
+/// An image carried inside a mail and shown by its HTML part as `cid:<content_id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineImage {
+    /// Without angle brackets, e.g. `week-chart@introgy`.
+    pub content_id: String,
+    /// e.g. `image/png`.
+    pub content_type: &'static str,
+    pub filename: String,
+    pub data: Vec<u8>,
 }
 
 /// Renders and sends mail.
@@ -102,7 +131,11 @@ impl Mailer {
         Ok(Self {
             transport,
             from,
-            templates: Arc::new(Templates::new(&config.frontend_url, &config.from_name)?),
+            templates: Arc::new(Templates::new(
+                &config.frontend_url,
+                &config.public_url,
+                &config.from_name,
+            )?),
         })
     }
 

@@ -60,6 +60,17 @@ enum Payload {
     PasswordUpdated {
         others_signed_out: bool,
     },
+    /// A nudge: the token in it only turns that list off, so it is stored as is.
+    LowBattery {
+        level: u8,
+        unsubscribe_token: String,
+    },
+    /// The week's numbers; the chart is drawn from them at delivery, so the outbox keeps
+    /// a few hundred bytes rather than the image.
+    WeeklySummary {
+        summary: crate::nudges::weekly::WeekSummary,
+        unsubscribe_token: String,
+    },
 }
 
 struct Inner {
@@ -135,6 +146,20 @@ impl Outbox {
             MailKind::PasswordChanged => Payload::PasswordChanged,
             MailKind::PasswordUpdated { others_signed_out } => Payload::PasswordUpdated {
                 others_signed_out: *others_signed_out,
+            },
+            MailKind::LowBattery {
+                level,
+                unsubscribe_token,
+            } => Payload::LowBattery {
+                level: *level,
+                unsubscribe_token: unsubscribe_token.clone(),
+            },
+            MailKind::WeeklySummary {
+                summary,
+                unsubscribe_token,
+            } => Payload::WeeklySummary {
+                summary: summary.clone(),
+                unsubscribe_token: unsubscribe_token.clone(),
             },
         };
         let now = self.inner.clock.now();
@@ -250,6 +275,20 @@ impl Outbox {
             Ok(Payload::PasswordUpdated { others_signed_out }) => {
                 Some(MailKind::PasswordUpdated { others_signed_out })
             }
+            Ok(Payload::LowBattery {
+                level,
+                unsubscribe_token,
+            }) => Some(MailKind::LowBattery {
+                level,
+                unsubscribe_token,
+            }),
+            Ok(Payload::WeeklySummary {
+                summary,
+                unsubscribe_token,
+            }) => Some(MailKind::WeeklySummary {
+                summary,
+                unsubscribe_token,
+            }),
             Err(_) => None,
         };
         let Some(kind) = kind else {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use lettre::message::{Mailbox, MultiPart};
+use base64::Engine;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::authentication::Mechanism;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, TlsParameters};
@@ -110,18 +112,45 @@ fn build_message(from: &Mailbox, mail: &OutgoingMail) -> Result<Message, SendErr
             mask_email(&mail.to)
         ))
     })?;
-    Message::builder()
+    let mut builder = Message::builder()
         .from(from.clone())
         .to(to)
         .subject(mail.subject.clone())
-        .message_id(Some(mail.message_id.clone()))
-        .multipart(MultiPart::alternative_plain_html(
-            mail.text.clone(),
-            mail.html.clone(),
-        ))
-        .map_err(|e| {
-            SendError::Permanent(anyhow::Error::new(e).context("Failed to build the message"))
-        })
+        .message_id(Some(mail.message_id.clone()));
+    if let Some(url) = &mail.list_unsubscribe {
+        // RFC 8058 one-click: mail clients POST `List-Unsubscribe=One-Click` to the URL.
+        builder = builder
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                format!("<{url}>"),
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".to_owned(),
+            ));
+    }
+    let body = if mail.inline_images.is_empty() {
+        MultiPart::alternative_plain_html(mail.text.clone(), mail.html.clone())
+    } else {
+        // alternative(text, related(html, images...)): clients that show HTML find the
+        // images by their Content-ID; text-only clients never see them.
+        let mut related = MultiPart::related().singlepart(SinglePart::html(mail.html.clone()));
+        for image in &mail.inline_images {
+            let content_type = ContentType::parse(image.content_type).map_err(|e| {
+                SendError::Permanent(anyhow::anyhow!("bad content type of an inline image: {e}"))
+            })?;
+            related = related.singlepart(
+                Attachment::new_inline(image.content_id.clone())
+                    .body(image.data.clone(), content_type),
+            );
+        }
+        MultiPart::alternative()
+            .singlepart(SinglePart::plain(mail.text.clone()))
+            .multipart(related)
+    };
+    builder.multipart(body).map_err(|e| {
+        SendError::Permanent(anyhow::Error::new(e).context("Failed to build the message"))
+    })
 }
 
 /// SMTP through lettre: STARTTLS, implicit TLS or plain; AUTH when a user is set.
@@ -305,7 +334,7 @@ impl MailTransport for SendGridTransport {
     }
 
     async fn send(&self, from: &Mailbox, mail: &OutgoingMail) -> Result<(), SendError> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "personalizations": [{"to": [{"email": mail.to}]}],
             "from": {"email": from.email.to_string(), "name": from.name},
             "subject": mail.subject,
@@ -315,6 +344,26 @@ impl MailTransport for SendGridTransport {
             ],
             "headers": {"Message-ID": mail.message_id},
         });
+        if let Some(url) = &mail.list_unsubscribe {
+            body["headers"]["List-Unsubscribe"] = format!("<{url}>").into();
+            body["headers"]["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click".into();
+        }
+        if !mail.inline_images.is_empty() {
+            // SendGrid builds the multipart/related body from inline attachments.
+            body["attachments"] = mail
+                .inline_images
+                .iter()
+                .map(|image| {
+                    serde_json::json!({
+                        "content": base64::engine::general_purpose::STANDARD.encode(&image.data),
+                        "type": image.content_type,
+                        "filename": image.filename,
+                        "disposition": "inline",
+                        "content_id": image.content_id,
+                    })
+                })
+                .collect();
+        }
         let response = self
             .client
             .post(&self.url)

@@ -42,6 +42,7 @@ media type). A method a path does not have answers 405 with `Allow`; an unknown 
         (name = "auth", description = "Accounts, one-time codes, sessions"),
         (name = "users", description = "Your profile, and finding other users"),
         (name = "social-battery", description = "Your social battery and its history"),
+        (name = "nudges", description = "Opt-in mails (preferences.notifications) and their unsubscribe link"),
         (name = "meta", description = "Service information and health"),
     )
 )]

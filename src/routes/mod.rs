@@ -8,6 +8,7 @@ pub mod docs;
 pub mod meta;
 pub mod schema;
 pub mod social_battery;
+pub mod unsubscribe;
 pub mod users;
 
 use axum::Router;
@@ -29,6 +30,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(account::router())
         .merge(social_battery::router())
+        .merge(unsubscribe::router())
 }
 
 /// Routes served at the root only, not under `/api`.

@@ -259,9 +259,31 @@ pub fn preferences(max_key_chars: usize, max_bytes: usize) -> Object {
             max_key_chars - 1
         )))
         .build();
+    let list = |what: &str| {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::Boolean))
+            .description(Some(what))
+            .build()
+    };
+    let notifications = ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property(
+            "low_battery",
+            list("A mail when a record takes the battery below 20 (at most one a UTC day)."),
+        )
+        .property(
+            "weekly_summary",
+            list("A summary of each ISO week (UTC) with a chart of the level, sent after it ends."),
+        )
+        .description(Some(
+            "Mail nudges the user opts in to; absent or `false` is off. Replaced as a whole \
+             by the merge, like any top-level key. Each mail has a one-click unsubscribe link.",
+        ))
+        .build();
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
         .property_names(Some(key))
+        .property(crate::domain::preferences::NOTIFICATIONS, notifications)
         .description(Some(format!(
             "Merged shallowly into the stored object; a key set to `null` is removed. Keys, \
              at any depth, are 1–{max_key_chars} characters without `.`, not starting with \

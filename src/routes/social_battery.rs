@@ -687,7 +687,10 @@ pub async fn record(
         .record_interaction_at(&auth.user_id, auth.battery, &event, key.as_ref())
         .await?
     {
-        RecordOutcome::Recorded(event) => (event, false),
+        RecordOutcome::Recorded(event) => {
+            crate::nudges::after_record(&state, &event);
+            (event, false)
+        }
         RecordOutcome::Replayed(event) => (event, true),
         RecordOutcome::KeyReused => return Err(key_reused()),
         RecordOutcome::UserMissing => return Err(ApiError::NotFound("Social battery".into())),

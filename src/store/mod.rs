@@ -8,6 +8,7 @@
 //! | sessions and refresh tokens | [`SessionStore`] | [`Session`], [`RefreshToken`] |
 //! | devices, password change | [`AccountStore`] | [`DeviceSession`], [`OtherSessions`] |
 //! | mail outbox and mail budget | [`MailStore`] | [`OutboxMail`], [`MailResult`], [`MailStatus`] |
+//! | mail nudges: claims, recipients, unsubscribing | [`NudgeStore`] | [`NudgeClaim`], [`NudgeList`], [`NudgeRecipient`] |
 //! | social battery | [`BatteryStore`] | [`BatteryEvent`], [`NewBatteryEvent`], [`RecordOutcome`] |
 //! | the authenticated read (sessions + users + battery) | [`CallerStore`] | [`Caller`] |
 //! | rate limits and budgets | [`LimitStore`] | [`Budget`], [`LimitKey`], [`Rate`], [`Window`], [`Slot`] |
@@ -32,6 +33,7 @@ pub mod limits;
 mod mail;
 mod migration;
 pub mod mongo;
+mod nudges;
 mod sessions;
 pub mod sqlite;
 mod users;
@@ -51,6 +53,7 @@ pub use housekeeping::Housekeeping;
 pub use limits::{Budget, LimitKey, LimitStore, Rate, Refused, Slot, Window};
 pub use mail::{MailResult, MailStatus, MailStore, OutboxMail, OutboxStats, SendLimits};
 pub use migration::{MigrationStore, StoreCounts};
+pub use nudges::{NudgeClaim, NudgeList, NudgeRecipient, NudgeStore};
 pub use sessions::{RefreshToken, Rotation, Session, SessionStore, SEALED_CHILD_KEPT};
 pub use users::{
     NewUser, ProfilePatch, ProfileValue, SignupAttempt, SignupOutcome, User, UserStore,
@@ -102,6 +105,7 @@ pub trait Store:
     + SessionStore
     + AccountStore
     + MailStore
+    + NudgeStore
     + BatteryStore
     + CallerStore
     + LimitStore
@@ -119,6 +123,7 @@ impl<T> Store for T where
         + SessionStore
         + AccountStore
         + MailStore
+        + NudgeStore
         + BatteryStore
         + CallerStore
         + LimitStore

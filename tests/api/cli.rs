@@ -219,6 +219,8 @@ fn mail_preview_writes_every_template_as_html_and_text() {
         "signup_incomplete",
         "password_changed",
         "password_updated",
+        "low_battery",
+        "weekly_summary",
     ] {
         let html = std::fs::read_to_string(out.join(format!("{name}.html"))).unwrap();
         let text = std::fs::read_to_string(out.join(format!("{name}.txt"))).unwrap();
@@ -227,6 +229,19 @@ fn mail_preview_writes_every_template_as_html_and_text() {
     }
     let code_mail = std::fs::read_to_string(out.join("verification_code.txt")).unwrap();
     assert!(code_mail.contains("048213") && code_mail.contains("10 minutes"));
+    // The summary's chart is written beside its page, which shows it.
+    let chart = std::fs::read(out.join("weekly_summary-2026-W48.png")).unwrap();
+    assert!(chart.starts_with(b"\x89PNG"));
+    let summary = std::fs::read_to_string(out.join("weekly_summary.html")).unwrap();
+    assert!(
+        summary.contains("src=\"weekly_summary-2026-W48.png\""),
+        "{summary}"
+    );
+    let low = std::fs::read_to_string(out.join("low_battery.txt")).unwrap();
+    assert!(
+        low.contains("https://staging.introgy.ai/api/unsubscribe?token="),
+        "{low}"
+    );
 }
 
 #[test]

@@ -16,6 +16,7 @@ mod helpers;
 mod input;
 mod login;
 mod memory;
+mod nudges;
 mod operations;
 mod outage;
 #[path = "../support/process.rs"]

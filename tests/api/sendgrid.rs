@@ -196,6 +196,42 @@ async fn sendgrid_receives_a_well_formed_request() {
 }
 
 #[tokio::test]
+async fn sendgrid_gets_the_weekly_chart_as_an_inline_attachment_and_the_unsubscribe_headers() {
+    let (mock, url) = start_mock().await;
+    let app = app_with_sendgrid(&url).await;
+    let summary = introgy::cli::mail::samples()
+        .into_iter()
+        .find(|k| k.name() == "weekly_summary")
+        .expect("a sample weekly summary");
+    let email = introgy::domain::Email::parse(&unique_email(), "email").unwrap();
+    app.state.outbox.enqueue(&email, &summary).await.unwrap();
+    wait_for_requests(&mock, 1).await;
+    let (_, body) = mock.requests.lock().unwrap()[0].clone();
+    let unsubscribe = body["headers"]["List-Unsubscribe"].as_str().unwrap();
+    assert!(
+        unsubscribe.starts_with('<') && unsubscribe.contains("/unsubscribe?token="),
+        "{unsubscribe}"
+    );
+    assert_eq!(
+        body["headers"]["List-Unsubscribe-Post"],
+        "List-Unsubscribe=One-Click"
+    );
+    let attachment = &body["attachments"][0];
+    assert_eq!(attachment["type"], "image/png");
+    assert_eq!(attachment["disposition"], "inline");
+    assert_eq!(attachment["content_id"], "week-chart@introgy");
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(attachment["content"].as_str().unwrap())
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+    assert!(body["content"][1]["value"]
+        .as_str()
+        .unwrap()
+        .contains("cid:week-chart@introgy"));
+}
+
+#[tokio::test]
 async fn a_400_is_permanent_the_mail_ends_dead_and_is_not_retried() {
     let (mock, url) = start_mock().await;
     mock.script.lock().unwrap().push_back(Reply::Status(400));

@@ -412,3 +412,58 @@ fn check_connects_with_starttls_and_auth() {
         "the password was printed"
     );
 }
+
+#[tokio::test]
+async fn a_weekly_summary_travels_over_smtp_with_its_inline_chart_and_unsubscribe_headers() {
+    let server = start_smtp_server().await;
+    let port = server.port.to_string();
+    let app = crate::helpers::spawn_app_with_configured_mail(&[
+        "--email-transport",
+        "smtp",
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-port",
+        &port,
+        "--smtp-tls",
+        "none",
+        "--from-email",
+        "hello@introgy.ai",
+        "--public-url",
+        "https://api.introgy.app",
+    ])
+    .await;
+    let summary = introgy::cli::mail::samples()
+        .into_iter()
+        .find(|k| k.name() == "weekly_summary")
+        .expect("a sample weekly summary");
+    let email = introgy::domain::Email::parse(&unique_email(), "email").unwrap();
+    app.state.outbox.enqueue(&email, &summary).await.unwrap();
+
+    let messages = wait_for_delivery(&server).await;
+    let raw = &messages[0];
+    assert!(
+        raw.contains("List-Unsubscribe: <https://api.introgy.app/unsubscribe?token="),
+        "{raw}"
+    );
+    assert!(raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+    // alternative(text, related(html, png)): each part after the one before it.
+    let order = [
+        "multipart/alternative",
+        "text/plain",
+        "multipart/related",
+        "text/html",
+        "Content-ID: <week-chart@introgy>",
+    ];
+    let mut from = 0;
+    for needle in order {
+        let at = raw[from..]
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle} after byte {from} in\n{raw}"));
+        from += at + needle.len();
+    }
+    assert!(raw.contains("image/png"), "{raw}");
+    assert!(
+        raw.contains("cid:week-chart@introgy"),
+        "the HTML shows the chart"
+    );
+}

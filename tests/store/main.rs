@@ -15,6 +15,7 @@ mod corrupt;
 mod housekeeping;
 mod limits;
 mod mail;
+mod nudges;
 mod sessions;
 mod signup;
 mod users;

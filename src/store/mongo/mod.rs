@@ -28,6 +28,7 @@ mod housekeeping;
 mod limits;
 mod mail;
 mod migration;
+mod nudges;
 mod sessions;
 mod topology;
 mod users;
@@ -57,6 +58,7 @@ const EVENTS: &str = "battery_events";
 const IDEMPOTENCY: &str = "idempotency_keys";
 const OUTBOX: &str = "mail_outbox";
 const LIMITS: &str = "limits";
+const NUDGE_CLAIMS: &str = "nudge_claims";
 
 /// How many times an optimistic write is retried under contention.
 const MAX_RETRIES: usize = 200;
@@ -588,6 +590,10 @@ impl MongoStore {
                 index(doc! { "created_at": 1 }, false, Some(86_400)),
             ),
             (LIMITS, index(doc! { "expires_at": 1 }, false, Some(0))),
+            (
+                NUDGE_CLAIMS,
+                index(doc! { "expires_at": 1 }, false, Some(0)),
+            ),
         ];
         for (collection, model) in plan {
             self.c(collection)

@@ -80,7 +80,7 @@ pub(super) fn level_of(
     }
 }
 
-fn id_text(id: &Bson) -> Result<String, String> {
+pub(super) fn id_text(id: &Bson) -> Result<String, String> {
     match id {
         Bson::ObjectId(oid) => Ok(oid.to_hex()),
         Bson::String(s) => Ok(s.clone()),

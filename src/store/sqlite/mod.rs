@@ -47,6 +47,7 @@ pub use housekeeping::SEVERAL_WRITES;
 mod limits;
 mod mail;
 mod migration;
+mod nudges;
 mod sessions;
 mod users;
 
@@ -58,6 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_history_order.sql"),
     include_str!("../migrations/0005_signup_attempts.sql"),
     include_str!("../migrations/0006_session_devices.sql"),
+    include_str!("../migrations/0008_nudge_claims.sql"),
 ];
 
 const READERS: usize = 4;
