@@ -334,21 +334,28 @@ impl<'a, 'r> Fields<'a, 'r> {
             .map_err(|e| self.corrupt(format_args!("{}: {e}", self.column(index))))
     }
 
-    /// A value stored by its name (`as_str`), read back with `FromStr`.
+    /// A value stored by its name (`as_str`), read back with `FromStr`. The text is
+    /// borrowed from the row, not copied (a history page reads several per row).
     fn parse<T>(&self, index: usize) -> rusqlite::Result<T>
     where
         T: std::str::FromStr<Err = String>,
     {
-        let raw: String = self.get(index)?;
-        raw.parse()
-            .map_err(|e| self.corrupt(format_args!("{}: {e}", self.column(index))))
+        self.parse_opt(index)?
+            .ok_or_else(|| self.corrupt(format_args!("{}: missing (NULL)", self.column(index))))
     }
 
     fn parse_opt<T>(&self, index: usize) -> rusqlite::Result<Option<T>>
     where
         T: std::str::FromStr<Err = String>,
     {
-        match self.get::<Option<String>>(index)? {
+        let value = self
+            .row
+            .get_ref(index)
+            .map_err(|e| self.corrupt(format_args!("{}: {e}", self.column(index))))?;
+        match value
+            .as_str_or_null()
+            .map_err(|e| self.corrupt(format_args!("{}: {e}", self.column(index))))?
+        {
             None => Ok(None),
             Some(raw) => raw
                 .parse()
