@@ -6,6 +6,8 @@ Usage (from the repository root; builds the release binary if needed):
     python3 bench/wrk.py                   # SQLite, 10 s per measurement
     python3 bench/wrk.py --seconds 5       # shorter
     python3 bench/wrk.py --store mongodb   # against a SecantusDB started here (.venv)
+    # A/B on a noisy machine: two binaries, run in turn three times, medians compared
+    python3 bench/wrk.py --quick --rounds 3 --binary /tmp/introgy-before --binary target/release/introgy
 
 The server runs as its own process (the release binary, bcrypt cost 12, log mail
 transport) and wrk (-t2, a separate process) drives it, so the load generator does not
@@ -66,7 +68,8 @@ class Client:
     """A keep-alive HTTP/1.1 client for the set-up steps."""
 
     def __init__(self, port: int):
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        # Generous: on a loaded machine a cost-12 hash queued behind others takes long.
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=180)
 
     def call(self, method: str, path: str, body=None, token: str | None = None,
              form: bool = False):
@@ -92,7 +95,7 @@ class Client:
 
 
 class Server:
-    def __init__(self, binary: Path, database_url: str, workdir: Path):
+    def __init__(self, binary: Path, database_url: str, workdir: Path, bcrypt_cost: int = 12):
         self.port = free_port()
         self.log_path = workdir / "server.log"
         self.log = open(self.log_path, "w")
@@ -108,6 +111,7 @@ class Server:
             "RUST_LOG": "warn",
             "NO_COLOR": "1",
             "AUTH_RATE_LIMIT_PER_MINUTE": "100000000",
+            "BCRYPT_COST": str(bcrypt_cost),
         })
         # The server may raise its own descriptor limit to the hard one; make the hard
         # limit generous for the 2,000-connection step.
@@ -115,6 +119,12 @@ class Server:
             [str(binary), "serve"], cwd=workdir, env=env, stdout=self.log,
             stderr=subprocess.STDOUT, preexec_fn=raise_nofile)
         wait_port(self.port)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server has used so far (from /proc)."""
+        with open(f"/proc/{self.proc.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mib(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as status:
@@ -163,8 +173,14 @@ def make_users(server: Server, count: int, prefix: str) -> list[dict]:
         try:
             client = Client(server.port)
             email = f"{prefix}-{index}-{os.getpid()}@bench.example.com"
-            status, body = client.call("POST", "/auth/register",
-                                       {"email": email, "password": PASSWORD})
+            # A loaded machine may answer 503 while cost-12 hashes queue: retry a while.
+            deadline = time.monotonic() + 120
+            while True:
+                status, body = client.call("POST", "/auth/register",
+                                           {"email": email, "password": PASSWORD})
+                if status != 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
             if status != 202:
                 raise RuntimeError(f"register {status} {body}")
             code = server.code_for(email)
@@ -176,11 +192,14 @@ def make_users(server: Server, count: int, prefix: str) -> list[dict]:
         except Exception as e:  # noqa: BLE001 (reported below)
             errors.append(str(e))
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # Four at a time: enough to overlap hashing, few enough not to time out in its queue.
+    for start in range(0, count, 4):
+        threads = [threading.Thread(target=one, args=(i,))
+                   for i in range(start, min(count, start + 4))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     if errors:
         raise SystemExit(f"setting up users failed: {errors[0]}")
     return users
@@ -242,6 +261,7 @@ def wrk(port: int, path: str, seconds: float, connections: int, *, method: str =
     finally:
         os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
 
     def pct(p: str) -> float:
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -252,7 +272,7 @@ def wrk(port: int, path: str, seconds: float, connections: int, *, method: str =
 
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {"rps": rps, "p50": pct("50"), "p99": pct("99"),
+    return {"rps": rps, "requests": requests, "p50": pct("50"), "p99": pct("99"),
             "non2xx": int(bad.group(1)) if bad else 0,
             "socket_errors": sum(map(int, errors.groups())) if errors else 0,
             "raw": out}
@@ -303,32 +323,23 @@ def mongo_round_trips(port: int) -> dict[str, float] | None:
     return found or None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--store", choices=["sqlite", "mongodb"], default="sqlite")
-    parser.add_argument("--binary", type=Path, default=ROOT / "target" / "release" / "introgy")
-    parser.add_argument("--no-build", action="store_true", help="use --binary as it is")
-    args = parser.parse_args()
-
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (apt-get install wrk)")
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "introgy"],
-                       cwd=ROOT, check=True)
+def run(binary: Path, args: argparse.Namespace) -> dict:
+    """One server, every row; returns the measurements (printed by `report`)."""
     workdir = Path(tempfile.mkdtemp(prefix="introgy-wrk-"))
     mongo = None
     if args.store == "mongodb":
         mongo, database_url = start_mongo(workdir)
     else:
         database_url = f"sqlite:{workdir / 'introgy.db'}"
-    server = Server(args.binary, database_url, workdir)
+    # --quick measures no login: cheap hashes make its set-up fast on a loaded machine
+    # (what it measures does not hash).
+    server = Server(binary, database_url, workdir, bcrypt_cost=4 if args.quick else 12)
     s, c = args.seconds, args.connections
-    rows: list[tuple[str, float, str]] = []
+    rows: list[tuple[str, float, str, float]] = []
+    found: dict = {"rows": rows}
     try:
-        readers = make_users(server, 32, "reader")
-        login_users = make_users(server, 16, "login")
+        readers = make_users(server, 4 if args.quick else 32, "reader")
+        login_users = [] if args.quick else make_users(server, 16, "login")
         history_user = readers[0]
         setup = Client(server.port)
         for i in range(1000):
@@ -342,31 +353,41 @@ def main() -> None:
         record_body = json.dumps({"type": "depletion", "energy_impact": 1, "name": "bench"})
 
         def measure(label, path, **kw):
+            cpu = server.cpu_seconds()
             result = wrk(server.port, path, s, kw.pop("connections", c), **kw)
+            # The server's CPU time per answered request: steadier than requests/s when
+            # other processes share the cores.
+            result["cpu_us"] = (1e6 * (server.cpu_seconds() - cpu)
+                                / max(1, result["requests"]))
             if result["non2xx"] or result["socket_errors"]:
                 print(f"warning: {label}: {result['non2xx']} non-2xx, "
                       f"{result['socket_errors']} socket errors", file=sys.stderr)
             return result
 
         health = measure("health", "/health")
-        rows.append(("GET /health", health["rps"], ""))
+        rows.append(("GET /health", health["rps"], "", health["cpu_us"]))
         for label, path, toks in [
             ("GET /auth/verify-token", "/auth/verify-token", tokens),
             ("GET /users/me", "/users/me", tokens),
             ("GET /social-battery/me", "/social-battery/me", tokens),
             ("POST .../record, one user", "/social-battery/me/record", tokens[1:2]),
-            ("POST .../record, 32 users", "/social-battery/me/record", tokens),
+            # Not the history user: the history row reads the same 1,000 events whatever
+            # the binary recorded before it.
+            (f"POST .../record, {len(tokens) - 1} users", "/social-battery/me/record",
+             tokens[1:]),
             ("GET .../activity?limit=50", "/social-battery/me/activity?limit=50",
              [history_user["token"]]),
         ]:
             post = "record" in path
             r = measure(label, path, tokens=toks, method="POST" if post else "GET",
                         bodies=[record_body] if post else None)
-            rows.append((label, r["rps"], f"{100 * r['rps'] / health['rps']:.1f}% of /health"))
+            rows.append((label, r["rps"], f"{100 * r['rps'] / health['rps']:.1f}% of /health",
+                         r["cpu_us"]))
+        if args.quick:
+            return found
 
         hash_s = bcrypt_seconds(server, login_users[0])
         cores = os.cpu_count() or 1
-        bound = cores / hash_s
         login_bodies = [urllib.parse.urlencode({"username": u["email"], "password": PASSWORD})
                         for u in login_users]
         login = measure("login", "/auth/login", method="POST", bodies=login_bodies,
@@ -391,34 +412,94 @@ def main() -> None:
         measure("2,000 connections", "/users/me", tokens=tokens, connections=2000,
                 timeout="30s")
         rss_2000 = server.peak_rss_mib()
-        trips = mongo_round_trips(server.port) if args.store == "mongodb" else None
+        found.update(hash_s=hash_s, cores=cores, bound=cores / hash_s, login=login,
+                     alone=alone, during=during, flood=flood_result, rss_256=rss_256,
+                     rss_2000=rss_2000)
+        if args.store == "mongodb":
+            found["trips"] = mongo_round_trips(server.port)
+        return found
     finally:
         server.stop()
         if mongo:
             mongo.terminate()
             mongo.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
 
+
+def report(binary: Path, found: dict, args: argparse.Namespace) -> None:
     print()
-    print(f"store: {args.store}; wrk -t2 -c{c}, {s:g} s per row; {os.cpu_count()} cores")
-    print(f"{'':34}{'req/s':>10}")
-    for label, rps, note in rows:
-        print(f"{label:34}{rps:10.0f}    {note}")
+    print(f"{binary}")
+    print(f"store: {args.store}; wrk -t2 -c{args.connections}, {args.seconds:g} s per row; "
+          f"{os.cpu_count()} cores")
+    print(f"{'':34}{'req/s':>10}{'CPU µs/req':>12}")
+    for label, rps, note, cpu_us in found["rows"]:
+        print(f"{label:34}{rps:10.0f}{cpu_us:12.0f}    {note}")
+    if args.quick:
+        return
     print()
-    print(f"one cost-12 login alone: {hash_s * 1000:.0f} ms; bound with {cores} cores: "
-          f"{bound:.1f} logins/s")
-    print(f"login, 8 connections, 16 accounts: {login['rps']:.1f} logins/s = "
-          f"{100 * login['rps'] / bound:.0f}% of the bound")
+    print(f"one cost-12 login alone: {found['hash_s'] * 1000:.0f} ms; bound with "
+          f"{found['cores']} cores: {found['bound']:.1f} logins/s")
+    print(f"login, 8 connections, 16 accounts: {found['login']['rps']:.1f} logins/s = "
+          f"{100 * found['login']['rps'] / found['bound']:.0f}% of the bound")
+    alone, during = found["alone"], found["during"]
     print(f"GET /users/me p99, 4 connections: alone {alone['p99']:.2f} ms, during a login "
           f"flood {during['p99']:.2f} ms ({during['p99'] / alone['p99']:.1f}x; "
-          f"{flood_result.get('rps', 0):.1f} logins/s in the flood)")
-    print(f"peak RSS: {rss_256:.1f} MiB after 256 connections, {rss_2000:.1f} MiB after 2,000")
+          f"{found['flood'].get('rps', 0):.1f} logins/s in the flood)")
+    print(f"peak RSS: {found['rss_256']:.1f} MiB after 256 connections, "
+          f"{found['rss_2000']:.1f} MiB after 2,000")
     if args.store == "mongodb":
-        if trips:
-            for route, n in sorted(trips.items()):
+        if found.get("trips"):
+            for route, n in sorted(found["trips"].items()):
                 print(f"MongoDB round trips per request, {route}: {n:.2f}")
         else:
             print("MongoDB round trips: not exposed by this server's /metrics")
-    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--store", choices=["sqlite", "mongodb"], default="sqlite")
+    parser.add_argument("--binary", type=Path, action="append",
+                        help="the server binary (default: target/release/introgy); give it "
+                             "twice or more to compare binaries, run in turn")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with several binaries: how many times each runs, interleaved "
+                             "(A B A B ...), so that a noisy machine hits them alike")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the throughput rows (4 users, bcrypt cost 4; no login, flood "
+                             "or RSS step)")
+    parser.add_argument("--no-build", action="store_true", help="use --binary as it is")
+    args = parser.parse_args()
+    binaries = args.binary or [ROOT / "target" / "release" / "introgy"]
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    if not args.no_build and not args.binary:
+        subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "introgy"],
+                       cwd=ROOT, check=True)
+    results: dict[Path, list[dict]] = {b: [] for b in binaries}
+    for _ in range(max(1, args.rounds)):
+        for binary in binaries:
+            found = run(binary, args)
+            results[binary].append(found)
+            report(binary, found, args)
+    if len(binaries) > 1 or args.rounds > 1:
+        print()
+        print("medians over the rounds: req/s (% of the same binary's /health), "
+              "server CPU µs per request")
+        labels = [row[0] for row in results[binaries[0]][0]["rows"]]
+        print(f"{'':34}" + "".join(f"{b.name[-24:]:>28}" for b in binaries))
+        for i, label in enumerate(labels):
+            cells = []
+            for binary in binaries:
+                values = sorted(r["rows"][i][1] for r in results[binary])
+                health = sorted(r["rows"][0][1] for r in results[binary])
+                median, base = values[len(values) // 2], health[len(health) // 2]
+                cpu = sorted(r["rows"][i][3] for r in results[binary])[len(values) // 2]
+                ratio = f"({100 * median / base:5.1f}%)" if i else " " * 8
+                cells.append(f"{median:8.0f} {ratio} {cpu:5.0f}µs")
+            print(f"{label:34}" + "".join(f"{cell:>28}" for cell in cells))
 
 
 if __name__ == "__main__":

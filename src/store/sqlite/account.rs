@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Row, TransactionBehavior};
+use rusqlite::{params, Row};
 
 use super::{millis, Fields, Key, SqliteStore};
 use crate::store::{AccountStore, DeviceSession, OtherSessions, StoreResult};
@@ -79,7 +79,7 @@ impl AccountStore for SqliteStore {
     ) -> StoreResult<bool> {
         let (user_id, hash, others) = (user_id.to_owned(), hash.to_owned(), others.clone());
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let changed = tx.execute(
                 "UPDATE users SET hashed_password = ?2, updated_at = ?3 WHERE id = ?1",
                 params![user_id, hash, millis(now)],

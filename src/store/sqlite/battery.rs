@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::types::Value;
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{millis, unreadable, Fields, Key, SqliteStore};
 use crate::battery::{self, InteractionKind, KindTotals, Totals};
@@ -295,7 +295,7 @@ impl BatteryStore for SqliteStore {
     ) -> StoreResult<RecordOutcome> {
         let (user_id, event, key) = (user_id.to_owned(), event.clone(), key.cloned());
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             if let Some(key) = &key {
                 if let Some(outcome) = seen_key(&tx, &user_id, key)? {
                     return Ok(outcome);

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{mail::insert_mail, mail::reserve_send, millis, Fields, Key, SqliteStore};
 use crate::domain::OtpPurpose;
@@ -142,7 +142,7 @@ impl CodeStore for SqliteStore {
     async fn put_challenge(&self, challenge: &CodeChallenge) -> StoreResult<()> {
         let challenge = challenge.clone();
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             replace_challenge(
                 &tx,
                 &challenge.user_id,
@@ -166,7 +166,7 @@ impl CodeStore for SqliteStore {
         let (email, code, mail) = (email.to_owned(), code.clone(), mail.clone());
         // One transaction: the budget, the code and its mail exist together or not at all.
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             if !reserve_send(&tx, &email, now, limits)? {
                 return Ok(false);
             }

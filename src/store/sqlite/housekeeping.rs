@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 
 use super::{millis, SqliteStore};
 use crate::store::housekeeping::{IDEMPOTENCY_KEPT, UNVERIFIED_KEPT};
@@ -42,7 +42,7 @@ impl Housekeeping for SqliteStore {
 
     async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let now_ms = millis(now);
             let mut removed = 0;
             removed += tx.execute(

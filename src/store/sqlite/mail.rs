@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, Row, TransactionBehavior};
+use rusqlite::{params, Connection, Row};
 
 use super::{millis, Fields, Key, SqliteStore, Unreadable};
 use crate::store::mail::SEND_WINDOW;
@@ -90,7 +90,7 @@ impl MailStore for SqliteStore {
     ) -> StoreResult<Vec<OutboxMail>> {
         // One statement on the one writer: a due mail is claimed by one caller only.
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let mut claimed = Vec::new();
             let mut unreadable = Vec::new();
             {
@@ -193,7 +193,7 @@ impl MailStore for SqliteStore {
         let email = email.to_owned();
         // Read, decide and insert in one transaction on the one writer.
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             if !reserve_send(&tx, &email, now, limits)? {
                 return Ok(false);
             }

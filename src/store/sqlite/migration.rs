@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 
 use super::battery::{event_from_row, upsert_event, EVENT_COLUMNS, KIND_TOTALS};
 use super::users::{upsert_user, user_from_row, USER_COLUMNS};
@@ -50,7 +50,7 @@ impl MigrationStore for SqliteStore {
     async fn import_events(&self, events: &[BatteryEvent]) -> StoreResult<()> {
         let events = events.to_vec();
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             for event in &events {
                 upsert_event(&tx, event)?;
             }
@@ -68,7 +68,7 @@ impl MigrationStore for SqliteStore {
     ) -> StoreResult<()> {
         let user_id = user_id.to_owned();
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             tx.execute(
                 "UPDATE users SET battery_level = ?2, battery_seq = ?3, battery_updated_at = ?4 WHERE id = ?1",
                 params![user_id, level, seq, updated_at.map(millis)],

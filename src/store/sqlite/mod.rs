@@ -1,19 +1,26 @@
 //! The embedded SQLite store: one file, WAL mode, migrations compiled into the binary
 //! and applied on open.
 //!
-//! SQLite allows one writer at a time, so writes go through a single connection: every
-//! write (and every multi-statement transaction) is serialised, which is what makes
-//! "count a guess", "consume a code" and "rotate a token" atomic. Reads use a small pool
-//! of read-only connections and run concurrently with the writer (WAL readers never wait
-//! for it). Database work runs on tokio's blocking pool, never on the async workers, and
-//! only once it has its connection: a call waiting for the writer or for a reader waits
-//! asynchronously and holds no thread.
+//! SQLite allows one writer at a time, so writes go through a single connection owned by
+//! one thread ([`Writer`]): every write (and every multi-statement transaction) is
+//! serialised, which is what makes "count a guess", "consume a code" and "rotate a token"
+//! atomic. The writer commits in groups: it takes every write waiting in its queue (up to
+//! [`MAX_BATCH`]), runs them one after the other inside one transaction, each in its own
+//! `SAVEPOINT` (a job that fails rolls back only itself), and answers each caller only
+//! after the one `COMMIT` succeeded. An answered write is as durable as a write committed
+//! alone (WAL, `synchronous = NORMAL`: it survives `kill -9`); under load the
+//! per-transaction costs (the lock, the WAL frames of shared pages) are paid once per
+//! group. Reads use a small pool of read-only connections and run concurrently with the
+//! writer (WAL readers never wait for it), on tokio's blocking pool, never on the async
+//! workers, and only once they have their connection: a call waiting for the writer or
+//! for a reader waits asynchronously and holds no thread.
 //!
 //! `STORE_TIMEOUT_SECONDS` bounds a call, and a 503 means "not applied": a write that has
-//! not got the writer within half the timeout is abandoned before it starts (it never
-//! runs later); a write that started is always waited for, and its own wait for SQLite's
-//! file lock (another process writing) is bounded by the busy timeout, the other half, so
-//! its real outcome is what the caller hears. Reads are simply abandoned at the timeout.
+//! not reached the writer within half the timeout is abandoned before it starts (it never
+//! runs later; nor does one whose caller went away while it waited); a write that started
+//! is always waited for, and its group's wait for SQLite's file lock (another process
+//! writing) is bounded by the busy timeout, the other half, so its real outcome is what
+//! the caller hears. Reads are simply abandoned at the timeout.
 //!
 //! The file that was opened is watched ([`FileWatch`]): deleted, moved or replaced, the
 //! store refuses reads and writes with a clear 503 and says so loudly in the log, instead
@@ -26,7 +33,7 @@
 //! lives in its own file.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,6 +57,9 @@ mod migration;
 mod nudges;
 mod sessions;
 mod users;
+mod writer;
+
+use writer::{Shared, Writer};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -68,14 +78,13 @@ const READERS: usize = 4;
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Inner {
-    /// The one write connection; whoever holds the lock may write.
-    writer: Arc<tokio::sync::Mutex<Connection>>,
+    /// The thread that owns the one write connection.
+    writer: Writer,
     /// Idle read connections; a permit of `reader_slots` guarantees one is here.
     readers: Mutex<Vec<Connection>>,
     reader_slots: Arc<Semaphore>,
-    file: FileWatch,
-    /// Set by [`SqliteStore::close`]: no more writes after the final checkpoint.
-    closed: AtomicBool,
+    /// The file watch and the closed flag, shared with the writer thread.
+    shared: Arc<Shared>,
 }
 
 /// SQLite-backed [`Store`](super::Store).
@@ -332,21 +341,28 @@ impl<'a, 'r> Fields<'a, 'r> {
             .map_err(|e| self.corrupt(format_args!("{}: {e}", self.column(index))))
     }
 
-    /// A value stored by its name (`as_str`), read back with `FromStr`.
+    /// A value stored by its name (`as_str`), read back with `FromStr`. The text is
+    /// borrowed from the row, not copied (a history page reads several per row).
     fn parse<T>(&self, index: usize) -> rusqlite::Result<T>
     where
         T: std::str::FromStr<Err = String>,
     {
-        let raw: String = self.get(index)?;
-        raw.parse()
-            .map_err(|e| self.corrupt(format_args!("{}: {e}", self.column(index))))
+        self.parse_opt(index)?
+            .ok_or_else(|| self.corrupt(format_args!("{}: missing (NULL)", self.column(index))))
     }
 
     fn parse_opt<T>(&self, index: usize) -> rusqlite::Result<Option<T>>
     where
         T: std::str::FromStr<Err = String>,
     {
-        match self.get::<Option<String>>(index)? {
+        let value = self
+            .row
+            .get_ref(index)
+            .map_err(|e| self.corrupt(format_args!("{}: {e}", self.column(index))))?;
+        match value
+            .as_str_or_null()
+            .map_err(|e| self.corrupt(format_args!("{}: {e}", self.column(index))))?
+        {
             None => Ok(None),
             Some(raw) => raw
                 .parse()
@@ -513,12 +529,17 @@ fn open_blocking(path: &Path, busy: Duration, mode: OpenMode) -> anyhow::Result<
             Ok(conn)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Inner {
-        writer: Arc::new(tokio::sync::Mutex::new(writer)),
-        readers: Mutex::new(readers),
-        reader_slots: Arc::new(Semaphore::new(READERS)),
+    let shared = Arc::new(Shared {
         file: FileWatch::new(path)?,
         closed: AtomicBool::new(false),
+        commits: AtomicU64::new(0),
+    });
+    Ok(Inner {
+        writer: Writer::start(writer, Arc::clone(&shared))
+            .context("Failed to start the SQLite writer thread")?,
+        readers: Mutex::new(readers),
+        reader_slots: Arc::new(Semaphore::new(READERS)),
+        shared,
     })
 }
 
@@ -558,7 +579,7 @@ impl SqliteStore {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 // One `stat`, but a stalled file system can block it: off the workers.
-                let _ = tokio::task::spawn_blocking(move || inner.file.check()).await;
+                let _ = tokio::task::spawn_blocking(move || inner.shared.file.check()).await;
             }
         });
     }
@@ -566,7 +587,7 @@ impl SqliteStore {
     /// Compares the database path with the opened file now (`/health`).
     async fn check_file(&self) -> StoreResult<()> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.file.check())
+        tokio::task::spawn_blocking(move || inner.shared.file.check())
             .await
             .unwrap_or_else(|join| Err(panicked(join)))
     }
@@ -600,7 +621,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.inner.file.last()?;
+        self.inner.shared.file.last()?;
         let inner = Arc::clone(&self.inner);
         let work = async move {
             let slot = Arc::clone(&inner.reader_slots)
@@ -626,34 +647,18 @@ impl SqliteStore {
         }
     }
 
-    /// A write: waits (asynchronously, holding no thread) for the writer until the start
-    /// deadline, and gives up there before anything ran. Once it has the writer it runs
-    /// to the end whatever happens to the caller, and the caller hears how it ended:
-    /// SQLite's busy timeout bounds its wait for another process's lock.
+    /// A write: queued for the writer thread (waiting asynchronously, holding no thread)
+    /// until the start deadline, and never run if it was not started by then. Once
+    /// started it runs to the end whatever happens to the caller, and the caller hears
+    /// how it ended: SQLite's busy timeout bounds its group's wait for another process's
+    /// lock.
     async fn run_write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let start_within = self.timeout.saturating_sub(busy_timeout(self.timeout));
-        let writer = Arc::clone(&self.inner.writer);
-        let Ok(mut conn) = tokio::time::timeout(start_within, writer.lock_owned()).await else {
-            return Err(StoreError::Unavailable(anyhow::anyhow!(
-                "the SQLite writer stayed busy for {start_within:?}; the write was abandoned before it started"
-            )));
-        };
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            if inner.closed.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable(anyhow::anyhow!(
-                    "the SQLite store is closed (the service is stopping)"
-                )));
-            }
-            inner.file.check()?;
-            f(&mut conn)
-        })
-        .await
-        .unwrap_or_else(|join| Err(panicked(join)))
+        self.inner.writer.submit(start_within, f).await
     }
 
     /// Runs `f` on one of the read connections.
@@ -680,34 +685,33 @@ impl SqliteStore {
     /// everything from the WAL into the database file (`wal_checkpoint(TRUNCATE)`), so
     /// that the `.db` file alone is complete once the service has stopped.
     pub async fn close(&self) -> StoreResult<()> {
-        self.inner.closed.store(true, Ordering::SeqCst);
-        let writer = Arc::clone(&self.inner.writer);
-        let conn = tokio::time::timeout(self.timeout, writer.lock_owned())
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable(anyhow::anyhow!(
-                    "the SQLite writer stayed busy at shutdown; the WAL was not checkpointed"
-                ))
-            })?;
-        let path = self.inner.file.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let (busy, frames, moved): (i64, i64, i64) = conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })
-                .map_err(map_err)?;
-            if busy != 0 {
-                return Err(StoreError::Unavailable(anyhow::anyhow!(
-                    "the final checkpoint of {} was blocked by another connection \
-                     ({moved} of {frames} WAL frames moved); the -wal file still holds the rest",
-                    path.display()
-                )));
-            }
-            tracing::info!(path = %path.display(), "SQLite checkpointed: the database file is complete");
-            Ok(())
+        self.inner.shared.closed.store(true, Ordering::SeqCst);
+        let path = self.inner.shared.file.path.clone();
+        let checkpoint = self
+            .inner
+            .writer
+            .alone(self.timeout, move |conn| -> StoreResult<()> {
+                let (busy, frames, moved): (i64, i64, i64) = conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                    .map_err(map_err)?;
+                if busy != 0 {
+                    return Err(StoreError::Unavailable(anyhow::anyhow!(
+                        "the final checkpoint of {} was blocked by another connection \
+                         ({moved} of {frames} WAL frames moved); the -wal file still holds the rest",
+                        path.display()
+                    )));
+                }
+                tracing::info!(path = %path.display(), "SQLite checkpointed: the database file is complete");
+                Ok(())
+            })
+            .await?;
+        checkpoint.unwrap_or_else(|| {
+            Err(StoreError::Unavailable(anyhow::anyhow!(
+                "the SQLite writer stayed busy at shutdown; the WAL was not checkpointed"
+            )))
         })
-        .await
-        .unwrap_or_else(|join| Err(panicked(join)))
     }
 }
 

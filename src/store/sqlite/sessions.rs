@@ -2,7 +2,7 @@
 //! their session by `ON DELETE CASCADE`).
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, Row};
 
 use super::{millis, Fields, Key, SqliteStore};
 use crate::store::sessions::SEALED_CHILD_KEPT;
@@ -51,7 +51,7 @@ impl SessionStore for SqliteStore {
     async fn insert_session(&self, session: &Session, first: &RefreshToken) -> StoreResult<()> {
         let (session, first) = (session.clone(), first.clone());
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             tx.execute(
                 "INSERT INTO sessions (id, user_id, created_at, expires_at, refreshed_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -104,7 +104,7 @@ impl SessionStore for SqliteStore {
         // One transaction on the one writer: the conditional update of the parent is the
         // single winner; the child exists exactly when the parent names it.
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let now = child.issued_at;
             let won = tx.execute(
                 "UPDATE refresh_tokens SET rotated_at = ?2, child_sealed = ?3                  WHERE token_hash = ?1 AND rotated_at IS NULL",

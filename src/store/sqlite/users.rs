@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::codes::{add_code, code_with_hash, consume};
 use super::mail::{insert_mail, reserve_send};
@@ -146,7 +146,7 @@ impl UserStore for SqliteStore {
         // One transaction on the one writer, running the same statements whatever the
         // address has, up to the last insert (SECURITY.md 29).
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let now = attempt.user.now;
             if !reserve_send(&tx, &attempt.user.email, now, attempt.limits)? {
                 return Ok(SignupOutcome::MailRefused);
@@ -202,7 +202,7 @@ impl UserStore for SqliteStore {
         // One transaction: the code goes, its attempt's password comes into force, the
         // address is verified.
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let purpose = OtpPurpose::VerifyEmail;
             let Some(code) = code_with_hash(&tx, &user_id, purpose, &code_hash)? else {
                 return Ok(None);
@@ -263,7 +263,7 @@ impl UserStore for SqliteStore {
         // One transaction: the new password, the revocation of every session (refresh
         // tokens go by cascade) and of every outstanding code.
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             tx.execute(
                 "UPDATE users SET hashed_password = ?2, is_verified = 1, updated_at = ?3 WHERE id = ?1",
                 params![user_id, hash, millis(now)],
@@ -284,7 +284,7 @@ impl UserStore for SqliteStore {
     ) -> StoreResult<Option<User>> {
         let (user_id, patch) = (user_id.to_owned(), patch.clone());
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             // Read the whole row: the merge needs the stored preferences, and a row that
             // cannot be read is reported rather than overwritten.
             let Some(current) = user_where(&tx, "id", &user_id)? else {
