@@ -216,7 +216,7 @@ impl BatteryStore for SqliteStore {
             key.cloned(),
         );
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             if let Some(key) = &key {
                 let seen: Option<(String, String)> = tx
                     .prepare_cached(

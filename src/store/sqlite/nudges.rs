@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 
 use super::mail::insert_mail;
 use super::{millis, SqliteStore};
@@ -16,7 +16,7 @@ impl NudgeStore for SqliteStore {
         // One transaction on the one writer: the claim and its mail exist together or
         // not at all, and a second claim finds the first.
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let inserted = tx.execute(
                 "INSERT INTO nudge_claims (user_id, list, period, claimed_at, expires_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
