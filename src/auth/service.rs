@@ -15,7 +15,7 @@ use super::confirm::PasswordCheck;
 use super::device::Device;
 use super::otp::{OtpHasher, MAX_CODE_ATTEMPTS};
 use super::{random_hex, random_token, sha256_hex, AuthUser};
-use crate::domain::{DisplayName, Email, OtpCode, OtpPurpose, Password};
+use crate::domain::{DisplayName, Email, OtpCode, OtpPurpose, Password, RequestablePurpose};
 use crate::email::MailKind;
 use crate::error::{ApiError, ApiResult};
 use crate::limits::{AccountKey, ClientIp};
@@ -74,7 +74,7 @@ fn invalid_refresh_token() -> ApiError {
     ApiError::unauthorized("invalid_refresh_token", "Invalid or expired refresh token")
 }
 
-fn to_chrono(d: std::time::Duration) -> ChronoDuration {
+pub(super) fn to_chrono(d: std::time::Duration) -> ChronoDuration {
     ChronoDuration::from_std(d).unwrap_or(ChronoDuration::MAX)
 }
 
@@ -174,6 +174,7 @@ fn signup_attempt(
                 password_hash,
                 display_name,
             }),
+            new_email: None,
             created_at: now,
             expires_at,
         },
@@ -189,7 +190,7 @@ fn signup_attempt(
 /// `POST /auth/send-verification-code`: all work happens after the response, so the
 /// answer takes the same time whatever the address has (SECURITY.md 9, 29). The work
 /// itself is one store step (budget, code, mail), so it is never half done.
-pub fn request_code(state: &AppState, client: ClientIp, email: Email, purpose: OtpPurpose) {
+pub fn request_code(state: &AppState, client: ClientIp, email: Email, purpose: RequestablePurpose) {
     let state = state.clone();
     let background = state.background.clone();
     background.spawn(async move {
@@ -200,13 +201,14 @@ pub fn request_code(state: &AppState, client: ClientIp, email: Email, purpose: O
 }
 
 /// Creates, stores and mails a code, within the per-address budget.
-#[tracing::instrument(skip_all, fields(email = %email.masked(), purpose = purpose.as_str()))]
+#[tracing::instrument(skip_all, fields(email = %email.masked(), purpose = OtpPurpose::from(requested).as_str()))]
 async fn issue_code(
     state: &AppState,
     client: ClientIp,
     email: &Email,
-    purpose: OtpPurpose,
+    requested: RequestablePurpose,
 ) -> anyhow::Result<()> {
+    let purpose = OtpPurpose::from(requested);
     let Some(user) = state.store.user_by_email(email.as_str()).await? else {
         tracing::info!("code requested for an address without an account; nothing sent");
         return Ok(());
@@ -234,17 +236,18 @@ async fn issue_code(
         purpose,
         code_hash: state.otp.hash(purpose, &user.id, &code),
         signup: None,
+        new_email: None,
         created_at: now,
         expires_at: now + to_chrono(state.config.otp_ttl),
     };
     let valid_minutes = state.config.otp_ttl.as_secs().div_ceil(60);
-    let kind = match purpose {
-        OtpPurpose::VerifyEmail => MailKind::VerificationCode {
+    let kind = match requested {
+        RequestablePurpose::VerifyEmail => MailKind::VerificationCode {
             code: code.as_str().to_owned(),
             valid_minutes,
             repeated: false,
         },
-        OtpPurpose::ResetPassword => MailKind::ResetCode {
+        RequestablePurpose::ResetPassword => MailKind::ResetCode {
             code: code.as_str().to_owned(),
             valid_minutes,
         },
@@ -291,7 +294,7 @@ async fn reserve_mail(state: &AppState, client: ClientIp, email: &Email) -> anyh
 /// hash of the one it matches. Every live code is compared, in constant time, with no
 /// early exit. `user_id` may match nothing (an unknown address): the store work is the
 /// same (SECURITY.md 29).
-async fn check_code(
+pub(super) async fn check_code(
     state: &AppState,
     user_id: &str,
     purpose: OtpPurpose,

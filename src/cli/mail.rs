@@ -47,6 +47,14 @@ pub fn samples() -> Vec<MailKind> {
         MailKind::PasswordUpdated {
             others_signed_out: true,
         },
+        MailKind::EmailChangeCode {
+            code: "265358".into(),
+            valid_minutes: 10,
+        },
+        MailKind::EmailChangeTaken,
+        MailKind::EmailChanged {
+            new_email: "a***@example.org".into(),
+        },
     ]
 }
 

@@ -45,6 +45,18 @@ pub enum MailKind {
     PasswordUpdated {
         others_signed_out: bool,
     },
+    /// To the address a signed-in user is moving to (`POST /users/me/email`): the code
+    /// that proves it.
+    EmailChangeCode {
+        code: String,
+        valid_minutes: u64,
+    },
+    /// To the owner of an address another account asked to move to: nothing changed.
+    EmailChangeTaken,
+    /// To the old address once the switch is made; `new_email` is masked (`a***@b.c`).
+    EmailChanged {
+        new_email: String,
+    },
 }
 
 impl MailKind {
@@ -65,6 +77,9 @@ impl MailKind {
             Self::SignupIncomplete => "signup_incomplete",
             Self::PasswordChanged => "password_changed",
             Self::PasswordUpdated { .. } => "password_updated",
+            Self::EmailChangeCode { .. } => "email_change_code",
+            Self::EmailChangeTaken => "email_change_taken",
+            Self::EmailChanged { .. } => "email_changed",
         }
     }
 }

@@ -60,6 +60,15 @@ enum Payload {
     PasswordUpdated {
         others_signed_out: bool,
     },
+    EmailChangeCode {
+        sealed_code: String,
+        valid_minutes: u64,
+    },
+    EmailChangeTaken,
+    EmailChanged {
+        /// Masked already.
+        new_email: String,
+    },
 }
 
 struct Inner {
@@ -135,6 +144,17 @@ impl Outbox {
             MailKind::PasswordChanged => Payload::PasswordChanged,
             MailKind::PasswordUpdated { others_signed_out } => Payload::PasswordUpdated {
                 others_signed_out: *others_signed_out,
+            },
+            MailKind::EmailChangeCode {
+                code,
+                valid_minutes,
+            } => Payload::EmailChangeCode {
+                sealed_code: self.seal(code),
+                valid_minutes: *valid_minutes,
+            },
+            MailKind::EmailChangeTaken => Payload::EmailChangeTaken,
+            MailKind::EmailChanged { new_email } => Payload::EmailChanged {
+                new_email: new_email.clone(),
             },
         };
         let now = self.inner.clock.now();
@@ -250,6 +270,17 @@ impl Outbox {
             Ok(Payload::PasswordUpdated { others_signed_out }) => {
                 Some(MailKind::PasswordUpdated { others_signed_out })
             }
+            Ok(Payload::EmailChangeCode {
+                sealed_code,
+                valid_minutes,
+            }) => self
+                .unseal(&sealed_code)
+                .map(|code| MailKind::EmailChangeCode {
+                    code,
+                    valid_minutes,
+                }),
+            Ok(Payload::EmailChangeTaken) => Some(MailKind::EmailChangeTaken),
+            Ok(Payload::EmailChanged { new_email }) => Some(MailKind::EmailChanged { new_email }),
             Err(_) => None,
         };
         let Some(kind) = kind else {

@@ -282,6 +282,8 @@ async fn every_answer_that_middleware_gives_is_declared() {
         "delete /users/me",
         "post /auth/change-password",
         "get /users/me/export",
+        "post /users/me/email",
+        "post /users/me/email/confirm",
     ];
     let resolve = |response: &serde_json::Value| match response["$ref"].as_str() {
         Some(reference) => doc

@@ -9,6 +9,7 @@ mod connections;
 mod crash;
 mod docs_and_meta;
 mod durability;
+mod email_change;
 mod envelope;
 mod export;
 mod helpers;

@@ -55,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_history_order.sql"),
     include_str!("../migrations/0005_signup_attempts.sql"),
     include_str!("../migrations/0006_session_devices.sql"),
+    include_str!("../migrations/0009_email_change.sql"),
 ];
 
 const READERS: usize = 4;
