@@ -85,7 +85,9 @@ pub trait AccountStore: Send + Sync {
     /// follows), then the address is checked against the unique index (a verified
     /// holder: [`EmailChange::Taken`]; an unverified account holding it, which nobody
     /// ever proved, is deleted: the caller has just proven the mailbox), then the address
-    /// changes, every outstanding code of the user goes (a reset code mailed to the old
+    /// changes and counts as verified (the code proved it, so a racing caller meets a
+    /// verified holder and is refused, never deletes the winner), every outstanding code
+    /// of the user goes (a reset code mailed to the old
     /// address must not outlive the switch) and every session but `keep_session` is
     /// deleted. One transaction on SQLite; on MongoDB one command per step in that
     /// order, so an interruption leaves other sessions to a retry or their expiry, never

@@ -177,7 +177,11 @@ impl AccountStore for MongoStore {
                 self.raw(USERS)
                     .find_one_and_update(
                         user_filter(user_id),
-                        doc! { "$set": { "email": &new_email, "updated_at": bdt(now) } },
+                        doc! { "$set": {
+                            "email": &new_email,
+                            "is_verified": true,
+                            "updated_at": bdt(now),
+                        } },
                     )
                     .return_document(ReturnDocument::After),
             )

@@ -152,7 +152,7 @@ impl AccountStore for SqliteStore {
             }
             let user = tx
                 .prepare_cached(&format!(
-                    "UPDATE users SET email = ?2, updated_at = ?3 WHERE id = ?1 \
+                    "UPDATE users SET email = ?2, is_verified = 1, updated_at = ?3 WHERE id = ?1 \
                      RETURNING {USER_COLUMNS}"
                 ))?
                 .query_row(params![user_id, new_email, millis(now)], user_from_row)?;
