@@ -215,6 +215,9 @@ fn mail_preview_writes_every_template_as_html_and_text() {
         "signup_incomplete",
         "password_changed",
         "password_updated",
+        "email_change_code",
+        "email_change_taken",
+        "email_changed",
     ] {
         let html = std::fs::read_to_string(out.join(format!("{name}.html"))).unwrap();
         let text = std::fs::read_to_string(out.join(format!("{name}.txt"))).unwrap();

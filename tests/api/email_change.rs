@@ -740,3 +740,24 @@ async fn an_unverified_account_cannot_move_even_with_a_session() {
     app.settle().await;
     assert!(app.mails(&new_email, CODE_MAIL).is_empty());
 }
+
+#[tokio::test]
+async fn code_guesses_spend_the_clients_auth_budget() {
+    let app = crate::helpers::spawn_app_with(&["--auth-rate-limit-per-minute", "5"]).await;
+    let user = app.signup().await; // register + verify-otp: two of the five
+    for _ in 0..3 {
+        let response = confirm(&app, &user, "000000").await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    let limited = confirm(&app, &user, "000000").await;
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(
+        json_of(limited, StatusCode::TOO_MANY_REQUESTS).await["code"],
+        "rate_limited"
+    );
+    // Asking spends the same budget (confirm_password).
+    assert_eq!(
+        ask(&app, &user, &unique_email(), PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
