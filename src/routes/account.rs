@@ -60,14 +60,7 @@ pub const ALIASES: docs::Aliases = &[
             ("keepOtherSessions", "keep_other_sessions"),
         ],
     ),
-    (
-        "ChangeEmailRequest",
-        &[
-            ("newEmail", "new_email"),
-            ("current_password", "password"),
-            ("currentPassword", "password"),
-        ],
-    ),
+    ("ChangeEmailRequest", &[("newEmail", "new_email")]),
 ];
 
 /// One session of the caller: a device they are signed in on.
@@ -259,7 +252,6 @@ pub struct ChangeEmailRequest {
     #[schema(schema_with = schema::email)]
     pub new_email: String,
     /// The current password, to confirm.
-    #[serde(alias = "current_password", alias = "currentPassword")]
     pub password: String,
 }
 

@@ -156,7 +156,7 @@ async fn both_routes_work_under_api_and_accept_camel_case() {
         .client
         .post(app.url("/api/users/me/email"))
         .bearer_auth(&user.access_token)
-        .json(&json!({"newEmail": new_email, "currentPassword": PASSWORD}))
+        .json(&json!({"newEmail": new_email, "password": PASSWORD}))
         .send()
         .await
         .unwrap();
