@@ -24,7 +24,7 @@
 
 use super::account::current_user;
 use super::confirm::confirm_password;
-use super::service::{check_code, invalid_code, to_chrono, SEND_LIMITS};
+use super::service::{check_code, invalid_code, issue_within_budget, to_chrono};
 use super::AuthUser;
 use crate::domain::{mask_email, Email, OtpPurpose};
 use crate::email::MailKind;
@@ -101,18 +101,9 @@ pub async fn request_email_change(
             .outbox
             .prepare(&new_email, &kind, Some(record.expires_at))
     };
-    // Budget, code and mail in one step: a refused send leaves the pending change (and
-    // its guess count) as it was.
-    let issued = state
-        .store
-        .issue_code(new_email.as_str(), SEND_LIMITS, &record, &mail, now)
-        .await;
-    if !matches!(issued, Ok(true)) {
-        state.limits.give_back_mail_slot(slot);
-    }
-    if issued? {
+    // A refused send leaves the pending change (and its guess count) as it was.
+    if issue_within_budget(state, slot, &new_email, &record, &mail, now).await? {
         tracing::info!(taken, "email change asked for; mail queued");
-        state.outbox.wake();
     } else {
         tracing::info!("mail budget of the new address exhausted; no new code");
     }

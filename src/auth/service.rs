@@ -18,11 +18,11 @@ use super::{random_hex, random_token, sha256_hex, AuthUser};
 use crate::domain::{DisplayName, Email, OtpCode, OtpPurpose, Password, RequestablePurpose};
 use crate::email::MailKind;
 use crate::error::{ApiError, ApiResult};
-use crate::limits::{AccountKey, ClientIp};
+use crate::limits::{AccountKey, ClientIp, Slot};
 use crate::startup::AppState;
 use crate::store::{
-    NewUser, OneTimeCode, RefreshToken, Rotation, SendLimits, Session, SignupAttempt, SignupChoice,
-    SignupOutcome, User,
+    NewUser, OneTimeCode, OutboxMail, RefreshToken, Rotation, SendLimits, Session, SignupAttempt,
+    SignupChoice, SignupOutcome, User,
 };
 
 /// A rotated refresh token may be presented again for this long (two tabs refreshing
@@ -253,21 +253,34 @@ async fn issue_code(
         },
     };
     let mail = state.outbox.prepare(email, &kind, Some(record.expires_at));
-    // The budget is checked in the same step that stores the code, so a refused send
-    // never replaces (and never refreshes the guess budget of) the outstanding code.
-    let issued = state
-        .store
-        .issue_code(email.as_str(), SEND_LIMITS, &record, &mail, now)
-        .await;
-    if !matches!(issued, Ok(true)) {
-        state.limits.give_back_mail_slot(slot);
-    }
-    if issued? {
-        state.outbox.wake();
-    } else {
+    if !issue_within_budget(state, slot, email, &record, &mail, now).await? {
         tracing::info!("mail budget exhausted; no new code");
     }
     Ok(())
+}
+
+/// Stores `code` (replacing the codes of its user and purpose) and queues `mail` within
+/// `email`'s budget, in one store step: the budget is checked in the same step that
+/// stores the code, so a refused send never replaces (and never refreshes the guess
+/// budget of) the outstanding code. `slot` is the client's share of the budget
+/// (SECURITY.md 30), given back when nothing was sent. `true` when the mail was queued.
+pub(super) async fn issue_within_budget(
+    state: &AppState,
+    slot: Slot,
+    email: &Email,
+    code: &OneTimeCode,
+    mail: &OutboxMail,
+    now: DateTime<Utc>,
+) -> crate::store::StoreResult<bool> {
+    let issued = state
+        .store
+        .issue_code(email.as_str(), SEND_LIMITS, code, mail, now)
+        .await;
+    match issued {
+        Ok(true) => state.outbox.wake(),
+        _ => state.limits.give_back_mail_slot(slot),
+    }
+    issued
 }
 
 /// Takes one mail of the address's budget for `client`: first the client's own share

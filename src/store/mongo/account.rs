@@ -41,6 +41,23 @@ impl DeviceDoc {
     }
 }
 
+impl MongoStore {
+    /// Deletes every session of the user but `keep`, then their refresh tokens.
+    async fn sign_out_others(&self, user_id: &str, keep: &str) -> StoreResult<()> {
+        self.run(
+            self.c(SESSIONS)
+                .delete_many(doc! { "user_id": user_id, "_id": { "$ne": keep } }),
+        )
+        .await?;
+        self.run(
+            self.c(REFRESH_TOKENS)
+                .delete_many(doc! { "user_id": user_id, "session_id": { "$ne": keep } }),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl AccountStore for MongoStore {
     async fn set_session_device(
@@ -118,16 +135,7 @@ impl AccountStore for MongoStore {
             return Ok(false);
         }
         if let OtherSessions::SignOut { keep } = others {
-            self.run(
-                self.c(SESSIONS)
-                    .delete_many(doc! { "user_id": user_id, "_id": { "$ne": keep } }),
-            )
-            .await?;
-            self.run(
-                self.c(REFRESH_TOKENS)
-                    .delete_many(doc! { "user_id": user_id, "session_id": { "$ne": keep } }),
-            )
-            .await?;
+            self.sign_out_others(user_id, keep).await?;
         }
         Ok(true)
     }
@@ -194,16 +202,7 @@ impl AccountStore for MongoStore {
         };
         self.run(self.c(CODES).delete_many(doc! { "user_id": user_id }))
             .await?;
-        self.run(
-            self.c(SESSIONS)
-                .delete_many(doc! { "user_id": user_id, "_id": { "$ne": keep_session } }),
-        )
-        .await?;
-        self.run(
-            self.c(REFRESH_TOKENS)
-                .delete_many(doc! { "user_id": user_id, "session_id": { "$ne": keep_session } }),
-        )
-        .await?;
+        self.sign_out_others(user_id, keep_session).await?;
         Ok(EmailChange::Changed {
             user: Box::new(user),
             old_email: before.email,
