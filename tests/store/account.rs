@@ -158,7 +158,14 @@ async fn changing_the_password_of_a_missing_user_changes_nothing(s: &TestStore) 
     assert!(s.store.user_by_id(&missing).await.unwrap().is_none());
 }
 
-/// Stores a `change_email` code of `user` to `new_email`, expiring at `at(600)`.
+/// A day from the real now. MongoDB's TTL indexes reap sessions and codes whose
+/// `expires_at` has passed on the server's clock, and `t0` is in the past: records these
+/// tests rely on must outlive the test by that clock too.
+fn live_until() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + chrono::Duration::days(1)
+}
+
+/// Stores a `change_email` code of `user` to `new_email`, live until [`live_until`].
 async fn pending_change(s: &TestStore, user: &User, new_email: &str, hash: &str) {
     s.store
         .put_code(&OneTimeCode {
@@ -168,7 +175,7 @@ async fn pending_change(s: &TestStore, user: &User, new_email: &str, hash: &str)
             signup: None,
             new_email: Some(new_email.to_owned()),
             created_at: t0(),
-            expires_at: at(600),
+            expires_at: live_until(),
         })
         .await
         .unwrap();
@@ -180,9 +187,9 @@ fn fresh_email() -> String {
 
 async fn the_email_switch_moves_the_address_and_clears_codes_and_other_sessions(s: &TestStore) {
     let (user, stranger) = (s.user().await, s.user().await);
-    let (this, this_token) = s.login(&user.id, at(1_000)).await;
-    let (that, that_token) = s.login(&user.id, at(1_000)).await;
-    let (strangers, _) = s.login(&stranger.id, at(1_000)).await;
+    let (this, this_token) = s.login(&user.id, live_until()).await;
+    let (that, that_token) = s.login(&user.id, live_until()).await;
+    let (strangers, _) = s.login(&stranger.id, live_until()).await;
     let new_email = fresh_email();
     pending_change(s, &user, &new_email, "h-change").await;
     // A reset code mailed to the old address, and the stranger's own code.
@@ -193,7 +200,7 @@ async fn the_email_switch_moves_the_address_and_clears_codes_and_other_sessions(
         signup: None,
         new_email: None,
         created_at: t0(),
-        expires_at: at(600),
+        expires_at: live_until(),
     };
     s.store.put_code(&reset).await.unwrap();
     let strangers_code = OneTimeCode {
@@ -247,7 +254,7 @@ async fn the_email_switch_moves_the_address_and_clears_codes_and_other_sessions(
 
 async fn parallel_email_switches_with_one_code_have_exactly_one_winner(s: &TestStore) {
     let user = s.user().await;
-    let (this, _) = s.login(&user.id, at(1_000)).await;
+    let (this, _) = s.login(&user.id, live_until()).await;
     let new_email = fresh_email();
     pending_change(s, &user, &new_email, "h-once").await;
     let outcomes = parallel(20, |_| {
@@ -279,8 +286,8 @@ async fn an_email_switch_to_an_address_a_verified_account_has_is_refused_and_spe
 ) {
     let (user, owner) = (s.user().await, s.user().await);
     s.store.mark_verified(&owner.id, t0()).await.unwrap();
-    let (this, _) = s.login(&user.id, at(1_000)).await;
-    let (that, _) = s.login(&user.id, at(1_000)).await;
+    let (this, _) = s.login(&user.id, live_until()).await;
+    let (that, _) = s.login(&user.id, live_until()).await;
     pending_change(s, &user, &owner.email, "h-taken").await;
 
     let change = s
@@ -314,7 +321,7 @@ async fn an_email_switch_to_an_address_a_verified_account_has_is_refused_and_spe
 
 async fn an_unverified_account_holding_the_address_gives_way(s: &TestStore) {
     let (user, squatter) = (s.user().await, s.user().await);
-    let (this, _) = s.login(&user.id, at(1_000)).await;
+    let (this, _) = s.login(&user.id, live_until()).await;
     let squatters_code = OneTimeCode {
         user_id: squatter.id.clone(),
         purpose: OtpPurpose::VerifyEmail,
@@ -322,7 +329,7 @@ async fn an_unverified_account_holding_the_address_gives_way(s: &TestStore) {
         signup: None,
         new_email: None,
         created_at: t0(),
-        expires_at: at(600),
+        expires_at: live_until(),
     };
     s.store.put_code(&squatters_code).await.unwrap();
     pending_change(s, &user, &squatter.email, "h-claim").await;
@@ -351,7 +358,7 @@ async fn two_users_switching_to_one_address_in_parallel_leave_exactly_one_owner(
     let mut users = Vec::new();
     for i in 0..6 {
         let user = s.user().await;
-        let (session, _) = s.login(&user.id, at(1_000)).await;
+        let (session, _) = s.login(&user.id, live_until()).await;
         pending_change(s, &user, &wanted, &format!("h-race-{i}")).await;
         users.push((user, session));
     }
@@ -389,7 +396,7 @@ async fn two_users_switching_to_one_address_in_parallel_leave_exactly_one_owner(
 
 async fn an_email_switch_needs_a_live_code_of_its_own_purpose(s: &TestStore) {
     let user = s.user().await;
-    let (this, _) = s.login(&user.id, at(1_000)).await;
+    let (this, _) = s.login(&user.id, live_until()).await;
     let new_email = fresh_email();
     // A reset code with that hash is not an email change's code.
     s.store
@@ -400,7 +407,7 @@ async fn an_email_switch_needs_a_live_code_of_its_own_purpose(s: &TestStore) {
             signup: None,
             new_email: Some(new_email.clone()),
             created_at: t0(),
-            expires_at: at(600),
+            expires_at: live_until(),
         })
         .await
         .unwrap();
@@ -414,7 +421,12 @@ async fn an_email_switch_needs_a_live_code_of_its_own_purpose(s: &TestStore) {
     pending_change(s, &user, &new_email, "h-late").await;
     let late = s
         .store
-        .change_email(&user.id, "h-late", &this.id, at(601))
+        .change_email(
+            &user.id,
+            "h-late",
+            &this.id,
+            live_until() + chrono::Duration::days(1),
+        )
         .await
         .unwrap();
     assert_eq!(late, EmailChange::NoCode);
