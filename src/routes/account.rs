@@ -258,7 +258,6 @@ pub struct ChangeEmailRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmEmailChangeRequest {
-    #[serde(alias = "otp")]
     #[schema(schema_with = schema::code)]
     pub code: String,
 }

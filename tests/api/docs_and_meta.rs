@@ -344,6 +344,8 @@ async fn every_field_the_server_accepts_is_declared_and_no_other() {
         ("PUT", "/users/me"),
         ("DELETE", "/users/me"),
         ("POST", "/auth/change-password"),
+        ("POST", "/users/me/email"),
+        ("POST", "/users/me/email/confirm"),
         ("POST", "/social-battery/{user_id}/record"),
     ];
     for (method, path) in probed {
