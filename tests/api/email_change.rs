@@ -761,3 +761,26 @@ async fn code_guesses_spend_the_clients_auth_budget() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+#[tokio::test]
+async fn the_profile_update_refuses_email_and_points_to_the_route() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let response = app
+        .client
+        .put(app.url("/users/me"))
+        .bearer_auth(&user.access_token)
+        .json(&json!({ "email": unique_email() }))
+        .send()
+        .await
+        .unwrap();
+    let body = json_of(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "email"]));
+    assert!(
+        body["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("POST /users/me/email"),
+        "{body}"
+    );
+}
