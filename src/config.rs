@@ -94,6 +94,15 @@ const SECRET_ADVICE: &str = "generate one with `openssl rand -hex 64`";
 /// The bcrypt cost production requires (SECURITY.md 13).
 pub const PRODUCTION_BCRYPT_COST: u32 = 12;
 
+/// `MONGO_TRANSACTIONS`: whether flows of several writes may use transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MongoTransactions {
+    /// Where the server has them.
+    Auto,
+    /// Never: ordered writes.
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Environment {
     Development,
@@ -163,6 +172,12 @@ pub struct ConfigArgs {
     /// MongoDB database name when the URL has none.
     #[arg(long, env = "MONGO_DB", default_value = "introgy")]
     pub mongo_db: String,
+
+    /// `auto`: reset-password, delete-account and register's code+mail run as one
+    /// transaction where the MongoDB server has them (replica set, Atlas, mongos);
+    /// `off`: always as ordered writes (the standalone fallback).
+    #[arg(long, env = "MONGO_TRANSACTIONS", value_enum, default_value_t = MongoTransactions::Auto)]
+    pub mongo_transactions: MongoTransactions,
 
     /// HS512 signing secret, at least 64 bytes in production [development: generated
     /// once and kept next to the SQLite file].
@@ -384,6 +399,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub request_timeout: Duration,
     pub store_timeout: Duration,
+    /// Whether MongoDB flows of several writes may run as transactions.
+    pub mongo_transactions: bool,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     /// Where the metrics listener binds (`None`: no listener).
@@ -559,6 +576,7 @@ impl Config {
             log_format: args.log_format,
             request_timeout: Duration::from_secs(args.request_timeout_seconds),
             store_timeout: Duration::from_secs(args.store_timeout_seconds),
+            mongo_transactions: args.mongo_transactions == MongoTransactions::Auto,
             header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds),
             max_connections: args.max_connections as usize,
             metrics_addr: args.metrics_addr,

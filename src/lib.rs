@@ -7,13 +7,13 @@
 //! - [`error`]: [`error::ApiError`], the one JSON error envelope.
 //! - [`extract`]: body, query and path extractors whose rejections are `ApiError`s, and
 //!   validation messages for people.
-//! - [`limits`]: in-process rate limits.
+//! - [`limits`]: the rate limits and budgets, over the store's limits aggregate.
 //! - [`domain`]: parsed values (email, password, display name, one-time code).
 //! - [`auth`]: passwords, access tokens, one-time codes, sessions, the account flows and
 //!   the [`auth::AuthUser`] extractor.
 //! - [`battery`]: the social battery rules, pure.
-//! - [`store`]: one trait per aggregate (users, codes, sessions, mail, battery, migration,
-//!   housekeeping), [`store::Store`] their sum, and the SQLite and MongoDB backends.
+//! - [`store`]: one trait per aggregate (users, codes, sessions, mail, battery, limits,
+//!   migration, housekeeping), [`store::Store`] their sum, and the SQLite and MongoDB backends.
 //! - [`email`]: templates and mail transports.
 //! - [`background`]: work that runs after a response, counted for shutdown and tests.
 //! - [`metrics`]: Prometheus series, `/metrics`, and the stores' recent write outcomes.

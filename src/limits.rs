@@ -1,49 +1,43 @@
-//! In-process budgets: per client IP on the auth routes and on every password check, per
-//! caller on `/users/lookup` (governor, GCRA), failed password checks per account, mails
-//! per (client, address), and one hashing slot per account (SECURITY.md 21, 26, 27, 30).
+//! The budgets the service enforces (SECURITY.md 11, 21, 26, 27, 30), asked through one
+//! interface: per client IP on the auth routes and on every password check, per caller
+//! on `/users/lookup`, failed password checks per account, mails per (client, address),
+//! and one hashing slot per account.
 //!
-//! Memory never grows with attacker-chosen input (SECURITY.md 32):
-//! - every key has a fixed size: a client is its IPv4 address or the /64 prefix of its
-//!   IPv6 address ([`ClientKey`]: whoever holds a /64 can mint 2^64 addresses, and gets one
-//!   budget for all of them), and accounts, callers and (client, address) pairs are
-//!   16 bytes of SHA-256 over the normalised value ([`Key`]); raw input is never kept;
-//! - every table holds at most [`MAX_TRACKED_KEYS`] keys and forgets a key once its
-//!   window has passed. A full GCRA table sweeps stale keys (at most once a second), and
-//!   a client it still has no room for shares one overflow budget with every other such
-//!   client; a full sliding-window table drops expired records, then the least recently
-//!   active eighth of its keys.
+//! The budgets themselves live in the store's limits aggregate
+//! ([`LimitStore`](crate::store::LimitStore)): in process on SQLite (one machine), in the
+//! database on MongoDB, so that N instances behind a load balancer enforce one budget
+//! between them (one round trip per check). Only the hashing slot is per process: it
+//! bounds how many bcrypt threads one account occupies on each instance, and the shared
+//! failed-login budget bounds how many checks there are in all.
+//!
+//! Keys never keep attacker-chosen input (SECURITY.md 32): a client is its IPv4 address
+//! or the /64 prefix of its IPv6 address ([`ClientKey`]: whoever holds a /64 can mint
+//! 2^64 addresses, and gets one budget for all of them), and every key is 16 bytes of
+//! SHA-256 over the normalised value ([`LimitKey`]).
 //!
 //! Budgets are reserved before the work they pay for, never counted after it
 //! (SECURITY.md 26): a password check takes its slot before bcrypt runs and gives it back
 //! only when the password was right; a mail takes its (client, address) slot before the
-//! store's per-address budget and gives it back when the store refuses.
-//!
-//! They are per instance: behind a load balancer with N instances a client gets up to N
-//! times the budget. Failed logins are counted per address whether or not an account
-//! exists, so the throttle reveals nothing. The per-(client, address) mail budget sits
-//! behind [`Limits::take_mail_slot`] and [`Limits::give_back_mail_slot`] so that it can move
-//! into the shared store without touching its callers.
+//! store's per-address budget and gives it back when the store refuses. Failed logins are
+//! counted per address whether or not an account exists, so the throttle reveals nothing.
+//! A budget that cannot be asked (the database is down) answers like the store does: 503.
 
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use chrono::{DateTime, Duration, Utc};
-use governor::clock::{Clock, DefaultClock};
-use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
-use governor::state::StateStore;
-use governor::{Quota, RateLimiter};
-use sha2::{Digest, Sha256};
+use chrono::TimeDelta;
 
+use crate::clock::Clock;
 use crate::domain::Email;
 use crate::error::{ApiError, ApiResult};
 use crate::startup::AppState;
+use crate::store::{Budget, LimitKey, Rate, Refused, Store, StoreResult, Window};
+
+/// A reserved slot of a budget (handed back with [`Limits::give_back`]).
+pub use crate::store::Slot;
 
 /// `/users/lookup` calls allowed per caller per minute (SECURITY.md 11).
 pub const LOOKUPS_PER_MINUTE: u32 = 30;
@@ -57,45 +51,30 @@ pub const FAILED_LOGIN_WINDOW_MINUTES: i64 = 15;
 /// (SECURITY.md 30): of the address's five an hour, one client spends at most two.
 pub const MAILS_PER_CLIENT_AND_ADDRESS: usize = 2;
 pub const MAIL_SENDER_WINDOW_MINUTES: i64 = 60;
-/// Most keys any one table keeps (about 200 bytes each at most: ~13 MiB per table).
-pub const MAX_TRACKED_KEYS: usize = 65_536;
-/// A full GCRA table sweeps stale keys at most this often.
-const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+const FAILED_LOGINS: Window = Window {
+    limit: MAX_FAILED_LOGINS as u32,
+    window: TimeDelta::minutes(FAILED_LOGIN_WINDOW_MINUTES),
+};
+const MAIL_SHARE: Window = Window {
+    limit: MAILS_PER_CLIENT_AND_ADDRESS as u32,
+    window: TimeDelta::minutes(MAIL_SENDER_WINDOW_MINUTES),
+};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn too_many(wait: std::time::Duration) -> ApiError {
+fn too_many(refused: Refused) -> ApiError {
     ApiError::TooManyRequests {
-        retry_after_secs: wait.as_secs() + 1,
-    }
-}
-
-/// A fixed-size key: 16 bytes of SHA-256 over a label and length-prefixed parts, so that
-/// whatever a client sends, a table entry costs the same.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct Key([u8; 16]);
-
-impl Key {
-    pub fn derive(label: &str, parts: &[&[u8]]) -> Self {
-        let mut hasher = Sha256::new();
-        hasher.update(label.as_bytes());
-        for part in parts {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part);
-        }
-        let digest = hasher.finalize();
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
-        Self(key)
+        retry_after_secs: refused.retry_after.as_secs() + 1,
     }
 }
 
 /// The account a password check is about, as the failed-login budget keys it: the
 /// normalised address (trimmed, lowercased, as [`Email::parse`] does), hashed.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct AccountKey(Key);
+pub struct AccountKey(LimitKey);
 
 impl AccountKey {
     /// The key of an address as typed at login, valid or not (an unparseable input is
@@ -106,7 +85,7 @@ impl AccountKey {
 
     /// The key of a stored (already normalised) address.
     pub fn of_normalised(email: &str) -> Self {
-        Self(Key::derive("introgy/account", &[email.as_bytes()]))
+        Self(LimitKey::derive("introgy/account", &[email.as_bytes()]))
     }
 
     pub fn of(email: &Email) -> Self {
@@ -133,16 +112,16 @@ impl ClientKey {
         }
     }
 
-    /// The shared key of clients a full table has no room for (no real client has it).
-    fn overflow() -> Self {
-        Self(IpAddr::V6(Ipv6Addr::UNSPECIFIED))
-    }
-
     fn bytes(&self) -> Vec<u8> {
         match self.0 {
             IpAddr::V4(v4) => v4.octets().to_vec(),
             IpAddr::V6(v6) => v6.octets().to_vec(),
         }
+    }
+
+    /// The client's key in the per-IP budget.
+    fn limit_key(&self) -> LimitKey {
+        LimitKey::derive("introgy/client", &[&self.bytes()])
     }
 }
 
@@ -183,191 +162,6 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
-/// governor's DashMap store with a cap: a key it has no room for is measured against one
-/// shared overflow key instead of getting a fresh (free) budget.
-struct BoundedStore<K: Hash + Eq + Clone> {
-    map: DashMapStateStore<K>,
-    cap: usize,
-    overflow: K,
-}
-
-impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
-    type Key = K;
-
-    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        let key = if self.map.len() >= self.cap && !self.map.contains_key(key) {
-            &self.overflow
-        } else {
-            key
-        };
-        StateStore::measure_and_replace(&self.map, key, f)
-    }
-}
-
-impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for BoundedStore<K> {
-    fn retain_recent(&self, drop_below: Nanos) {
-        ShrinkableKeyedStateStore::retain_recent(&self.map, drop_below);
-    }
-
-    fn shrink_to_fit(&self) {
-        self.map.shrink_to_fit();
-    }
-
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
-
-/// A keyed GCRA limiter over a [`BoundedStore`].
-struct Governed<K: Hash + Eq + Clone> {
-    limiter: RateLimiter<K, BoundedStore<K>, DefaultClock>,
-    last_sweep: Mutex<Instant>,
-}
-
-impl<K: Hash + Eq + Clone> Governed<K> {
-    fn new(quota: Quota, cap: usize, overflow: K) -> Self {
-        let store = BoundedStore {
-            map: DashMapStateStore::default(),
-            cap,
-            overflow,
-        };
-        Self {
-            limiter: RateLimiter::new(quota, store, DefaultClock::default()),
-            last_sweep: Mutex::new(Instant::now()),
-        }
-    }
-
-    fn check(&self, key: &K, cap: usize) -> ApiResult<()> {
-        if self.limiter.len() >= cap {
-            self.sweep_if_due();
-        }
-        let clock = self.limiter.clock();
-        self.limiter
-            .check_key(key)
-            .map_err(|not_until| too_many(not_until.wait_time_from(clock.now())))
-    }
-
-    fn sweep_if_due(&self) {
-        let mut last = lock(&self.last_sweep);
-        if last.elapsed() >= SWEEP_INTERVAL {
-            *last = Instant::now();
-            drop(last);
-            self.limiter.retain_recent();
-        }
-    }
-
-    fn retain_recent(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
-    }
-
-    fn len(&self) -> usize {
-        self.limiter.len()
-    }
-}
-
-/// A slot taken from a sliding-window budget; giving it back undoes the reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slot {
-    key: Key,
-    taken_at: DateTime<Utc>,
-}
-
-/// At most `limit` slots per key in any `window`, reserved before the work they pay for.
-struct WindowBudget {
-    limit: usize,
-    window: Duration,
-    cap: usize,
-    slots: Mutex<HashMap<Key, Vec<DateTime<Utc>>>>,
-}
-
-impl WindowBudget {
-    fn new(limit: usize, window: Duration, cap: usize) -> Self {
-        Self {
-            limit,
-            window,
-            cap: cap.max(8),
-            slots: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes a slot, or says how long until one frees up.
-    fn take(&self, key: Key, now: DateTime<Utc>) -> Result<Slot, std::time::Duration> {
-        let mut map = lock(&self.slots);
-        if map.len() >= self.cap && !map.contains_key(&key) {
-            self.make_room(&mut map, now);
-        }
-        let stamps = map.entry(key).or_default();
-        let since = now - self.window;
-        stamps.retain(|at| *at > since);
-        if stamps.len() >= self.limit {
-            let oldest = stamps.iter().min().copied().unwrap_or(now);
-            return Err((oldest + self.window - now).to_std().unwrap_or_default());
-        }
-        stamps.push(now);
-        Ok(Slot { key, taken_at: now })
-    }
-
-    fn give_back(&self, slot: Slot) {
-        let mut map = lock(&self.slots);
-        if let Some(stamps) = map.get_mut(&slot.key) {
-            if let Some(i) = stamps.iter().position(|at| *at == slot.taken_at) {
-                stamps.swap_remove(i);
-            }
-            if stamps.is_empty() {
-                map.remove(&slot.key);
-            }
-        }
-    }
-
-    /// Drops expired records; if the table is still full, forgets the least recently
-    /// active eighth of its keys (one O(n) pass pays for n/8 new keys).
-    fn make_room(&self, map: &mut HashMap<Key, Vec<DateTime<Utc>>>, now: DateTime<Utc>) {
-        self.retain_live(map, now);
-        if map.len() < self.cap {
-            return;
-        }
-        let mut by_recency: Vec<(DateTime<Utc>, Key)> = map
-            .iter()
-            .map(|(key, stamps)| (stamps.iter().max().copied().unwrap_or(now), *key))
-            .collect();
-        let forget = (self.cap / 8).max(1);
-        by_recency.select_nth_unstable(forget - 1);
-        for (_, key) in &by_recency[..forget] {
-            map.remove(key);
-        }
-        tracing::warn!(
-            forgotten = forget,
-            "a budget table was full of live keys; the least recently active were dropped"
-        );
-    }
-
-    fn retain_live(&self, map: &mut HashMap<Key, Vec<DateTime<Utc>>>, now: DateTime<Utc>) {
-        let since = now - self.window;
-        map.retain(|_, stamps| {
-            stamps.retain(|at| *at > since);
-            !stamps.is_empty()
-        });
-    }
-
-    fn retain_recent(&self, now: DateTime<Utc>) {
-        let mut map = lock(&self.slots);
-        self.retain_live(&mut map, now);
-        map.shrink_to_fit();
-    }
-
-    fn len(&self) -> usize {
-        lock(&self.slots).len()
-    }
-}
-
 /// One account's turn at the hasher; dropping it lets the next check of that account run.
 pub struct AccountGate {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
@@ -389,111 +183,106 @@ impl Drop for AccountGate {
     }
 }
 
-/// How many keys each table holds (for tests and benchmarks).
+/// How many keys each budget tracks (for tests and benchmarks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitStats {
-    pub clients: usize,
-    pub lookup_callers: usize,
-    pub accounts: usize,
-    pub mail_senders: usize,
-    pub hashing_accounts: usize,
+    pub clients: u64,
+    pub lookup_callers: u64,
+    pub accounts: u64,
+    pub mail_senders: u64,
+    /// Accounts holding or waiting for this process's hashing slot.
+    pub hashing_accounts: u64,
 }
 
+/// The budgets, over the store's limits aggregate.
 pub struct Limits {
-    auth: Governed<ClientKey>,
-    lookup: Governed<Key>,
-    exports: Governed<Key>,
-    password_checks: WindowBudget,
-    mail_senders: WindowBudget,
+    store: Arc<dyn Store>,
+    clock: Clock,
+    auth: Rate,
+    lookup: Rate,
+    exports: Rate,
     gates: Arc<Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<()>>>>>,
-    cap: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self::new(60)
-    }
 }
 
 impl Limits {
-    pub fn new(auth_per_minute: u32) -> Self {
-        Self::with_cap(auth_per_minute, MAX_TRACKED_KEYS)
-    }
-
-    /// With another cap on every table (tests of the cap).
-    pub fn with_cap(auth_per_minute: u32, cap: usize) -> Self {
-        let per_minute = NonZeroU32::new(LOOKUPS_PER_MINUTE).expect("non-zero");
-        let auth_per_minute = NonZeroU32::new(auth_per_minute.max(1)).expect("non-zero");
+    /// `auth_per_minute` requests per client on the auth routes (a burst of that many,
+    /// then one every `60 s / auth_per_minute`).
+    pub fn new(store: Arc<dyn Store>, clock: Clock, auth_per_minute: u32) -> Self {
         Self {
-            auth: Governed::new(
-                Quota::per_minute(auth_per_minute),
-                cap,
-                ClientKey::overflow(),
-            ),
-            lookup: Governed::new(Quota::per_minute(per_minute), cap, Key([0; 16])),
-            exports: Governed::new(
-                Quota::per_hour(NonZeroU32::new(EXPORTS_PER_HOUR).expect("non-zero")),
-                cap,
-                Key([0; 16]),
-            ),
-            password_checks: WindowBudget::new(
-                MAX_FAILED_LOGINS,
-                Duration::minutes(FAILED_LOGIN_WINDOW_MINUTES),
-                cap,
-            ),
-            mail_senders: WindowBudget::new(
-                MAILS_PER_CLIENT_AND_ADDRESS,
-                Duration::minutes(MAIL_SENDER_WINDOW_MINUTES),
-                cap,
-            ),
+            store,
+            clock,
+            auth: Rate::per_minute(auth_per_minute),
+            lookup: Rate::per_minute(LOOKUPS_PER_MINUTE),
+            exports: Rate::per_hour(EXPORTS_PER_HOUR),
             gates: Arc::default(),
-            cap,
         }
     }
 
     /// 429 with `Retry-After` once a client has used up its auth budget.
-    pub fn check_auth(&self, ip: IpAddr) -> ApiResult<()> {
-        self.auth
-            .check(&ClientKey::of(ip), self.cap)
-            .inspect_err(|_| crate::metrics::metrics().rate_limited("auth_ip"))
+    pub async fn check_auth(&self, ip: IpAddr) -> ApiResult<()> {
+        let key = ClientKey::of(ip).limit_key();
+        self.store
+            .take_rate(Budget::AuthClient, key, self.auth, self.clock.now())
+            .await?
+            .map_err(|refused| {
+                crate::metrics::metrics().rate_limited("auth_ip");
+                too_many(refused)
+            })
     }
 
     /// 429 with `Retry-After` once the caller has used up its lookups.
-    pub fn check_lookup(&self, user_id: &str) -> ApiResult<()> {
-        self.lookup
-            .check(
-                &Key::derive("introgy/lookup", &[user_id.as_bytes()]),
-                self.cap,
-            )
-            .inspect_err(|_| crate::metrics::metrics().rate_limited("lookup"))
+    pub async fn check_lookup(&self, user_id: &str) -> ApiResult<()> {
+        let key = LimitKey::derive("introgy/lookup", &[user_id.as_bytes()]);
+        self.store
+            .take_rate(Budget::Lookup, key, self.lookup, self.clock.now())
+            .await?
+            .map_err(|refused| {
+                crate::metrics::metrics().rate_limited("lookup");
+                too_many(refused)
+            })
     }
 
     /// 429 with `Retry-After` once the user has used up their exports.
-    pub fn check_export(&self, user_id: &str) -> ApiResult<()> {
-        self.exports
-            .check(
-                &Key::derive("introgy/export", &[user_id.as_bytes()]),
-                self.cap,
-            )
-            .inspect_err(|_| crate::metrics::metrics().rate_limited("export"))
+    pub async fn check_export(&self, user_id: &str) -> ApiResult<()> {
+        let key = LimitKey::derive("introgy/export", &[user_id.as_bytes()]);
+        self.store
+            .take_rate(Budget::Export, key, self.exports, self.clock.now())
+            .await?
+            .map_err(|refused| {
+                crate::metrics::metrics().rate_limited("export");
+                too_many(refused)
+            })
     }
 
     /// Reserves one of the account's password checks (SECURITY.md 26): 429 with
     /// `Retry-After`, before any hashing, once [`MAX_FAILED_LOGINS`] are held in the window.
-    pub fn begin_password_check(&self, account: AccountKey, now: DateTime<Utc>) -> ApiResult<Slot> {
-        self.password_checks.take(account.0, now).map_err(|wait| {
-            crate::metrics::metrics().rate_limited("failed_logins");
-            too_many(wait)
-        })
+    pub async fn begin_password_check(&self, account: AccountKey) -> ApiResult<Slot> {
+        self.store
+            .take_slot(
+                Budget::FailedLogins,
+                account.0,
+                FAILED_LOGINS,
+                self.clock.now(),
+            )
+            .await?
+            .map_err(|refused| {
+                crate::metrics::metrics().rate_limited("failed_logins");
+                too_many(refused)
+            })
     }
 
-    /// Returns a password check's slot: the password was right, so it was no failure.
-    pub fn give_back_password_check(&self, slot: Slot) {
-        self.password_checks.give_back(slot);
+    /// Returns a slot: the password was right (no failure), or the mail it paid for was
+    /// not sent. A slot that cannot be returned (the store is down) stays held until it
+    /// leaves its window: the budget errs on the strict side.
+    pub async fn give_back(&self, slot: Slot) {
+        if let Err(e) = self.store.give_back_slot(&slot).await {
+            tracing::warn!(error = %e, budget = slot.budget.as_str(), "a budget slot could not be given back; it frees up with its window");
+        }
     }
 
     /// Waits for the account's one hashing slot (SECURITY.md 27): checks of one account
-    /// run one after another, so one account never holds more than one bcrypt thread.
+    /// run one after another, so one account never holds more than one bcrypt thread of
+    /// this process.
     pub async fn account_gate(&self, account: AccountKey) -> AccountGate {
         let gate = Arc::clone(lock(&self.gates).entry(account).or_default());
         let guard = gate.lock_owned().await;
@@ -506,41 +295,37 @@ impl Limits {
 
     /// Takes one of the client's mails to `email` (SECURITY.md 30); `None` when the
     /// client has caused [`MAILS_PER_CLIENT_AND_ADDRESS`] in the window.
-    pub fn take_mail_slot(
+    pub async fn take_mail_slot(
         &self,
         client: ClientIp,
         email: &Email,
-        now: DateTime<Utc>,
-    ) -> Option<Slot> {
-        let key = Key::derive(
+    ) -> StoreResult<Option<Slot>> {
+        let key = LimitKey::derive(
             "introgy/mail-sender",
             &[&client.key().bytes(), email.as_str().as_bytes()],
         );
-        self.mail_senders.take(key, now).ok()
+        Ok(self
+            .store
+            .take_slot(Budget::MailShare, key, MAIL_SHARE, self.clock.now())
+            .await?
+            .ok())
     }
 
-    /// Returns a mail slot whose mail was not sent (the address's own budget said no).
-    pub fn give_back_mail_slot(&self, slot: Slot) {
-        self.mail_senders.give_back(slot);
+    /// Forgets what no budget needs any more (keeps memory and the database bounded).
+    pub async fn forget_spent(&self) -> StoreResult<u64> {
+        self.store.forget_spent_limits(self.clock.now()).await
     }
 
-    /// Forgets what no budget needs any more (keeps memory bounded).
-    pub fn retain_recent(&self, now: DateTime<Utc>) {
-        self.lookup.retain_recent();
-        self.exports.retain_recent();
-        self.auth.retain_recent();
-        self.password_checks.retain_recent(now);
-        self.mail_senders.retain_recent(now);
-    }
-
-    pub fn stats(&self) -> LimitStats {
-        LimitStats {
-            clients: self.auth.len(),
-            lookup_callers: self.lookup.len(),
-            accounts: self.password_checks.len(),
-            mail_senders: self.mail_senders.len(),
-            hashing_accounts: lock(&self.gates).len(),
-        }
+    pub async fn stats(&self) -> StoreResult<LimitStats> {
+        let now = self.clock.now();
+        let keys = |budget| self.store.limit_keys(budget, now);
+        Ok(LimitStats {
+            clients: keys(Budget::AuthClient).await?,
+            lookup_callers: keys(Budget::Lookup).await?,
+            accounts: keys(Budget::FailedLogins).await?,
+            mail_senders: keys(Budget::MailShare).await?,
+            hashing_accounts: lock(&self.gates).len() as u64,
+        })
     }
 }
 
@@ -644,99 +429,62 @@ mod tests {
         );
     }
 
-    #[test]
-    fn failed_password_checks_lock_an_account_for_the_window() {
-        let limits = Limits::new(60);
-        let now = Utc::now();
+    async fn limits() -> (Limits, Clock, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(
+            &dir.path().join("limits.db"),
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let clock = Clock::default();
+        (Limits::new(Arc::new(store), clock.clone(), 60), clock, dir)
+    }
+
+    #[tokio::test]
+    async fn one_client_spends_at_most_two_mails_per_address_and_hour() {
+        let (limits, clock, _dir) = limits().await;
+        let owner = ClientIp(ip("192.0.2.1"));
+        let stranger = ClientIp(ip("2001:db8::1"));
+        let same_stranger = ClientIp(ip("2001:db8::2"));
+        let email = Email::parse("ada@example.com", "email").unwrap();
+        let take = |client| limits.take_mail_slot(client, &email);
+        assert!(take(stranger).await.unwrap().is_some());
+        let slot = take(same_stranger).await.unwrap().unwrap();
+        assert!(
+            take(stranger).await.unwrap().is_none(),
+            "one /64, one client"
+        );
+        assert!(take(owner).await.unwrap().is_some());
+        limits.give_back(slot).await;
+        assert!(take(stranger).await.unwrap().is_some());
+        clock.advance(TimeDelta::minutes(MAIL_SENDER_WINDOW_MINUTES) + TimeDelta::seconds(1));
+        assert!(take(stranger).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn failed_logins_are_counted_per_normalised_address() {
+        let (limits, _clock, _dir) = limits().await;
         let a = AccountKey::for_login_input("a@example.com");
         for _ in 0..MAX_FAILED_LOGINS {
-            limits.begin_password_check(a, now).unwrap();
+            limits.begin_password_check(a).await.unwrap();
         }
-        assert!(limits.begin_password_check(a, now).is_err());
-        assert!(limits
-            .begin_password_check(AccountKey::for_login_input("b@example.com"), now)
-            .is_ok());
+        assert!(limits.begin_password_check(a).await.is_err());
         assert_eq!(
             AccountKey::for_login_input("  A@Example.COM "),
             a,
             "case and spaces do not make a new budget"
         );
-        let later = now + Duration::minutes(FAILED_LOGIN_WINDOW_MINUTES) + Duration::seconds(1);
-        assert!(limits.begin_password_check(a, later).is_ok());
-    }
-
-    #[test]
-    fn a_slot_given_back_is_free_again() {
-        let limits = Limits::new(60);
-        let now = Utc::now();
-        let a = AccountKey::for_login_input("a@example.com");
-        for _ in 0..MAX_FAILED_LOGINS - 1 {
-            limits.begin_password_check(a, now).unwrap();
-        }
-        for _ in 0..5 {
-            let slot = limits.begin_password_check(a, now).unwrap();
-            limits.give_back_password_check(slot);
-        }
-        limits.begin_password_check(a, now).unwrap();
-        assert!(limits.begin_password_check(a, now).is_err());
-    }
-
-    #[test]
-    fn sliding_window_tables_stay_within_their_cap() {
-        let cap = 64;
-        let limits = Limits::with_cap(60, cap);
-        let now = Utc::now();
-        for n in 0..10 * cap {
-            let key = AccountKey::for_login_input(&format!("user-{n}@example.com"));
-            limits.begin_password_check(key, now).unwrap();
-            assert!(limits.stats().accounts <= cap, "after {n} keys");
-        }
-        // The newest keys survived; the least recently active went first.
-        let newest = AccountKey::for_login_input(&format!("user-{}@example.com", 10 * cap - 1));
-        for _ in 1..MAX_FAILED_LOGINS {
-            limits.begin_password_check(newest, now).unwrap();
-        }
-        assert!(limits.begin_password_check(newest, now).is_err());
-    }
-
-    #[test]
-    fn a_full_client_table_puts_new_clients_in_one_shared_budget() {
-        let cap = 16;
-        let limits = Limits::with_cap(2, cap);
-        for n in 0..cap {
-            limits.check_auth(ip(&format!("192.0.2.{n}"))).unwrap();
-        }
-        // Known clients keep their own budget.
-        limits.check_auth(ip("192.0.2.0")).unwrap();
-        assert!(limits.check_auth(ip("192.0.2.0")).is_err());
-        // New clients share the overflow budget (2 a minute here).
-        limits.check_auth(ip("198.51.100.1")).unwrap();
-        limits.check_auth(ip("198.51.100.2")).unwrap();
-        assert!(limits.check_auth(ip("198.51.100.3")).is_err());
-        assert!(limits.stats().clients <= cap + 1, "{:?}", limits.stats());
-    }
-
-    #[test]
-    fn one_client_spends_at_most_two_mails_per_address_and_hour() {
-        let limits = Limits::new(60);
-        let now = Utc::now();
-        let owner = ClientIp(ip("192.0.2.1"));
-        let stranger = ClientIp(ip("2001:db8::1"));
-        let same_stranger = ClientIp(ip("2001:db8::2"));
-        let email = Email::parse("ada@example.com", "email").unwrap();
-        assert!(limits.take_mail_slot(stranger, &email, now).is_some());
-        let slot = limits.take_mail_slot(same_stranger, &email, now).unwrap();
-        assert!(limits.take_mail_slot(stranger, &email, now).is_none());
-        assert!(limits.take_mail_slot(owner, &email, now).is_some());
-        limits.give_back_mail_slot(slot);
-        assert!(limits.take_mail_slot(stranger, &email, now).is_some());
-        let later = now + Duration::minutes(MAIL_SENDER_WINDOW_MINUTES) + Duration::seconds(1);
-        assert!(limits.take_mail_slot(stranger, &email, later).is_some());
+        assert!(limits
+            .begin_password_check(AccountKey::for_login_input("b@example.com"))
+            .await
+            .is_ok());
     }
 
     #[tokio::test]
     async fn account_gates_serialise_one_account_and_are_forgotten_after() {
-        let limits = Arc::new(Limits::new(60));
+        let (limits, _clock, _dir) = limits().await;
+        let limits = Arc::new(limits);
         let a = AccountKey::for_login_input("a@example.com");
         let first = limits.account_gate(a).await;
         let waiting = {
@@ -756,6 +504,6 @@ mod tests {
         drop(first);
         let second = waiting.await.unwrap();
         drop(second);
-        assert_eq!(limits.stats().hashing_accounts, 0);
+        assert_eq!(limits.stats().await.unwrap().hashing_accounts, 0);
     }
 }

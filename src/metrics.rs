@@ -11,7 +11,9 @@
 //! Label values are bounded: route *templates* (`/users/{id}`, `unmatched` for 404s),
 //! store operation names, fixed outcome words. Nothing user-supplied becomes a label.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,6 +71,11 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     commit: &'static str,
@@ -99,6 +106,37 @@ pub struct Metrics {
     hashes_running: Gauge,
     logins: Family<OutcomeLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
+    round_trips: Family<RouteLabels, Counter>,
+    round_trips_per_request: Family<RouteLabels, Gauge<f64, AtomicU64>>,
+    /// Requests and round trips per route, for the mean above.
+    round_trip_totals: Mutex<HashMap<String, (u64, u64)>>,
+    /// Whether a store that counts round trips is in use (MongoDB).
+    counting_round_trips: AtomicBool,
+}
+
+tokio::task_local! {
+    /// Database round trips of the request being served.
+    static ROUND_TRIPS: Cell<u64>;
+}
+
+/// Counts one database round trip (a command sent) for the request being served; does
+/// nothing outside one. Called by the MongoDB driver's command monitoring, on the task
+/// that runs the command.
+pub fn count_round_trip() {
+    let _ = ROUND_TRIPS.try_with(|n| n.set(n.get() + 1));
+}
+
+/// Runs `work`, counting the database round trips it makes (on its own task: work it
+/// spawns is not counted). Nested counts add up into the enclosing one.
+pub async fn count_round_trips<F: std::future::Future>(work: F) -> (F::Output, u64) {
+    let (output, trips) = ROUND_TRIPS
+        .scope(Cell::new(0), async {
+            let output = work.await;
+            (output, ROUND_TRIPS.with(Cell::get))
+        })
+        .await;
+    let _ = ROUND_TRIPS.try_with(|outer| outer.set(outer.get() + trips));
+    (output, trips)
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -173,6 +211,18 @@ impl Metrics {
             "Requests refused by a rate limit (auth_ip, failed_logins, lookup)",
             rate_limited.clone(),
         );
+        let round_trips = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "introgy_store_round_trips",
+            "Database round trips (commands sent to MongoDB) made while serving requests, by route template",
+            round_trips.clone(),
+        );
+        let round_trips_per_request = Family::<RouteLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "introgy_store_round_trips_per_request",
+            "Mean database round trips per request since start, by route template (MongoDB)",
+            round_trips_per_request.clone(),
+        );
         registry.register(
             "introgy_build",
             "The running build",
@@ -193,7 +243,35 @@ impl Metrics {
             hashes_running,
             logins,
             rate_limited,
+            round_trips,
+            round_trips_per_request,
+            round_trip_totals: Mutex::new(HashMap::new()),
+            counting_round_trips: AtomicBool::new(false),
         }
+    }
+
+    /// From now on every request counts its database round trips (a MongoDB store with
+    /// command monitoring is open).
+    pub fn count_round_trips_from_now(&self) {
+        self.counting_round_trips.store(true, Ordering::Relaxed);
+    }
+
+    /// One request's round trips.
+    pub fn observe_round_trips(&self, route: &str, trips: u64) {
+        let labels = RouteLabels {
+            route: route.to_owned(),
+        };
+        self.round_trips.get_or_create(&labels).inc_by(trips);
+        let mut totals = self
+            .round_trip_totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (requests, sum) = totals.entry(labels.route.clone()).or_default();
+        *requests += 1;
+        *sum += trips;
+        self.round_trips_per_request
+            .get_or_create(&labels)
+            .set(*sum as f64 / *requests as f64);
     }
 
     /// One finished HTTP request.
@@ -273,7 +351,8 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// Middleware: times every request and counts it by route template, method and status.
+/// Middleware: times every request and counts it by route template, method and status,
+/// and on MongoDB counts its database round trips.
 pub async fn track_http(request: Request, next: Next) -> Response {
     let started = Instant::now();
     // Not the raw path: a template keeps the number of series bounded.
@@ -282,7 +361,13 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let method = request.method().clone();
-    let response = next.run(request).await;
+    let response = if metrics().counting_round_trips.load(Ordering::Relaxed) {
+        let (response, trips) = count_round_trips(next.run(request)).await;
+        metrics().observe_round_trips(route.as_deref().unwrap_or("unmatched"), trips);
+        response
+    } else {
+        next.run(request).await
+    };
     metrics().observe_http(
         method.as_str(),
         route.as_deref().unwrap_or("unmatched"),

@@ -134,6 +134,11 @@ impl Application {
         let background = Background::default();
         let mailer = Mailer::new(&config.mail, transport)?;
         let clock = Clock::default();
+        let limits = Arc::new(Limits::new(
+            Arc::clone(&store),
+            clock.clone(),
+            config.auth_rate_limit_per_minute,
+        ));
         let outbox = Outbox::new(Arc::clone(&store), mailer.clone(), clock.clone(), &secret);
         let state = AppState {
             otp: Arc::new(OtpHasher::from_signing_secret(&secret)),
@@ -143,7 +148,7 @@ impl Application {
             store,
             mailer,
             background,
-            limits: Arc::new(Limits::new(config.auth_rate_limit_per_minute)),
+            limits,
             clock,
             outbox,
             started_at: Instant::now(),
@@ -268,7 +273,9 @@ fn spawn_background_tasks(state: &AppState) {
 /// One pass of the housekeeping job (every [`PURGE_INTERVAL`]): forgets stale limiter
 /// keys and purges what has expired from the store, accounts never verified included.
 pub async fn housekeeping(state: &AppState) {
-    state.limits.retain_recent(state.clock.now());
+    if let Err(e) = state.limits.forget_spent().await {
+        tracing::warn!(error = %e, "purge of spent budgets failed");
+    }
     match state.store.purge_expired(state.clock.now()).await {
         Ok(0) => {}
         Ok(removed) => tracing::info!(removed, "purged expired records"),

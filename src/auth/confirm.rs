@@ -28,16 +28,14 @@ pub struct PasswordCheck {
 impl PasswordCheck {
     /// Reserves a check of `account`: 429 (without hashing) once its failures in the
     /// window fill the budget.
-    pub fn reserve(state: &AppState, account: AccountKey) -> ApiResult<Self> {
-        let slot = state
-            .limits
-            .begin_password_check(account, state.clock.now())?;
+    pub async fn reserve(state: &AppState, account: AccountKey) -> ApiResult<Self> {
+        let slot = state.limits.begin_password_check(account).await?;
         Ok(Self { account, slot })
     }
 
     /// Gives the slot back without checking anything (the check could not be made).
-    pub fn cancel(self, state: &AppState) {
-        state.limits.give_back_password_check(self.slot);
+    pub async fn cancel(self, state: &AppState) {
+        state.limits.give_back(self.slot).await;
     }
 
     /// Verifies `candidate` against `hash`, or against the dummy hash when there is no
@@ -54,7 +52,7 @@ impl PasswordCheck {
             None => state.hasher.verify_dummy(candidate).await?,
         };
         if right {
-            state.limits.give_back_password_check(self.slot);
+            state.limits.give_back(self.slot).await;
         }
         Ok(right)
     }
@@ -79,8 +77,8 @@ pub async fn confirm_password(
     client: ClientIp,
     candidate: &str,
 ) -> ApiResult<()> {
-    state.limits.check_auth(client.0)?;
-    let check = PasswordCheck::reserve(state, AccountKey::of_normalised(&user.email))?;
+    state.limits.check_auth(client.0).await?;
+    let check = PasswordCheck::reserve(state, AccountKey::of_normalised(&user.email)).await?;
     if check
         .run(state, candidate, Some(&user.hashed_password))
         .await?

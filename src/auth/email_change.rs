@@ -74,7 +74,7 @@ pub async fn request_email_change(
     let holder = state.store.user_by_email(new_email.as_str()).await?;
     let taken = holder.is_some_and(|h| h.is_verified);
     let now = state.clock.now();
-    let Some(slot) = state.limits.take_mail_slot(client, &new_email, now) else {
+    let Some(slot) = state.limits.take_mail_slot(client, &new_email).await? else {
         tracing::info!("this client's share of the address's mail budget is spent");
         return Ok(());
     };
@@ -120,7 +120,7 @@ pub async fn confirm_email_change(
     code: &str,
 ) -> ApiResult<User> {
     // Guesses are counted per code (five) and, like verify-otp's, per client.
-    state.limits.check_auth(client.0)?;
+    state.limits.check_auth(client.0).await?;
     let user = current_user(state, auth).await?;
     let Some(code_hash) = check_code(state, &user.id, OtpPurpose::ChangeEmail, code).await? else {
         return Err(invalid_code());

@@ -2,7 +2,9 @@
 //!
 //! The bearer token must verify (HS512, known `kid`, `aud`, `iss`, `exp`, type
 //! `access`) *and* its session must still exist in the store, so logout and reuse
-//! revocation take effect on the very next request (SECURITY.md 19).
+//! revocation take effect on the very next request (SECURITY.md 19). The session check
+//! reads the user too ([`CallerStore`](crate::store::CallerStore), one round trip on
+//! MongoDB), so a handler that needs the caller's profile or battery reads nothing more.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -11,6 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::ApiError;
 use crate::startup::AppState;
+use crate::store::{BatteryPosition, User};
 
 /// The caller, authenticated.
 #[derive(Debug, Clone)]
@@ -19,6 +22,10 @@ pub struct AuthUser {
     pub session_id: String,
     /// When the presented access token expires.
     pub expires_at: DateTime<Utc>,
+    /// The caller's account as read with the session check.
+    pub user: User,
+    /// Where the caller's battery stood at that read.
+    pub battery: BatteryPosition,
 }
 
 fn unauthorized() -> ApiError {
@@ -43,12 +50,14 @@ impl FromRequestParts<AppState> for AuthUser {
             tracing::debug!(reason = %e, "access token rejected");
             unauthorized()
         })?;
-        let session = state.store.session(&claims.sid).await?;
-        match session {
-            Some(s) if s.user_id == claims.sub && s.expires_at > state.clock.now() => Ok(Self {
+        let caller = state.store.caller(&claims.sid, &claims.sub).await?;
+        match caller {
+            Some(c) if c.session.expires_at > state.clock.now() => Ok(Self {
                 expires_at: claims.expires_at(),
                 user_id: claims.sub,
                 session_id: claims.sid,
+                user: c.user,
+                battery: c.battery,
             }),
             _ => {
                 tracing::debug!("access token of a revoked or expired session");

@@ -18,11 +18,11 @@ use super::{random_hex, random_token, sha256_hex, AuthUser};
 use crate::domain::{DisplayName, Email, OtpCode, OtpPurpose, Password, RequestablePurpose};
 use crate::email::MailKind;
 use crate::error::{ApiError, ApiResult};
-use crate::limits::{AccountKey, ClientIp, Slot};
+use crate::limits::{AccountKey, ClientIp};
 use crate::startup::AppState;
 use crate::store::{
     NewUser, OneTimeCode, OutboxMail, RefreshToken, Rotation, SendLimits, Session, SignupAttempt,
-    SignupChoice, SignupOutcome, User,
+    SignupChoice, SignupOutcome, Slot, User,
 };
 
 /// A rotated refresh token may be presented again for this long (two tabs refreshing
@@ -100,13 +100,13 @@ pub async fn register(
     let attempt = signup_attempt(state, &email, existing.as_ref(), hash, display_name, now);
     // One client spends at most two of an address's hourly mails (SECURITY.md 30); the
     // store takes the address's own budget in the same step as the attempt.
-    let Some(slot) = state.limits.take_mail_slot(client, &email, now) else {
+    let Some(slot) = state.limits.take_mail_slot(client, &email).await? else {
         tracing::info!("this client's share of the address's mail budget is spent");
         return Ok(());
     };
     let outcome = state.store.sign_up(&attempt).await;
     if !matches!(outcome, Ok(outcome) if outcome.mailed()) {
-        state.limits.give_back_mail_slot(slot);
+        state.limits.give_back(slot).await;
     }
     match outcome? {
         SignupOutcome::Created => tracing::info!("new account; code queued"),
@@ -226,7 +226,7 @@ async fn issue_code(
         }
         return Ok(());
     }
-    let Some(slot) = state.limits.take_mail_slot(client, email, now) else {
+    let Some(slot) = state.limits.take_mail_slot(client, email).await? else {
         tracing::info!("this client's share of the address's mail budget is spent");
         return Ok(());
     };
@@ -278,7 +278,7 @@ pub(super) async fn issue_within_budget(
         .await;
     match issued {
         Ok(true) => state.outbox.wake(),
-        _ => state.limits.give_back_mail_slot(slot),
+        _ => state.limits.give_back(slot).await,
     }
     issued
 }
@@ -289,7 +289,7 @@ pub(super) async fn issue_within_budget(
 /// client's share, since no mail goes out.
 async fn reserve_mail(state: &AppState, client: ClientIp, email: &Email) -> anyhow::Result<bool> {
     let now = state.clock.now();
-    let Some(slot) = state.limits.take_mail_slot(client, email, now) else {
+    let Some(slot) = state.limits.take_mail_slot(client, email).await? else {
         tracing::info!("this client's share of the address's mail budget is spent");
         return Ok(false);
     };
@@ -298,7 +298,7 @@ async fn reserve_mail(state: &AppState, client: ClientIp, email: &Email) -> anyh
         .reserve_mail_send(email.as_str(), now, SEND_LIMITS)
         .await;
     if !matches!(reserved, Ok(true)) {
-        state.limits.give_back_mail_slot(slot);
+        state.limits.give_back(slot).await;
     }
     Ok(reserved?)
 }
@@ -398,7 +398,7 @@ async fn login_inner(
 ) -> ApiResult<IssuedTokens> {
     // Failed logins are throttled per address, known or not (SECURITY.md 21), and the
     // slot is taken before anything is looked up or hashed (SECURITY.md 26).
-    let check = PasswordCheck::reserve(state, AccountKey::for_login_input(email))?;
+    let check = PasswordCheck::reserve(state, AccountKey::for_login_input(email)).await?;
     let email = Email::parse(email, "username").ok();
     let found = match &email {
         Some(email) => state.store.user_by_email(email.as_str()).await,
@@ -408,7 +408,7 @@ async fn login_inner(
         Ok(user) => user,
         Err(e) => {
             // Nothing was checked: a store outage must not spend the user's budget.
-            check.cancel(state);
+            check.cancel(state).await;
             return Err(e.into());
         }
     };

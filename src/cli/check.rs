@@ -7,8 +7,10 @@ use crate::config::{Config, DatabaseConfig};
 use crate::store::mongo::MongoStore;
 use crate::store::{sqlite, Housekeeping, OpenMode};
 
-/// The store line of the report: `Ok(what was found)` or `Err(the problem)`.
-async fn store(config: &Config) -> Result<String, String> {
+/// The store lines of the report: `Ok((what was found, how flows of several writes
+/// run))` or `Err(the problem)`.
+async fn store(config: &Config) -> Result<(String, String), String> {
+    let several = sqlite::SEVERAL_WRITES.to_owned();
     match &config.database {
         DatabaseConfig::Sqlite { path } => {
             let folder = path
@@ -18,23 +20,33 @@ async fn store(config: &Config) -> Result<String, String> {
             if !path.exists() && !config.is_production() {
                 // Development `serve` creates it; a missing folder is most likely a typo.
                 return if folder.is_dir() {
-                    Ok(format!(
-                        "sqlite: {} does not exist yet; development `serve` creates it",
-                        path.display()
+                    Ok((
+                        format!(
+                            "sqlite: {} does not exist yet; development `serve` creates it",
+                            path.display()
+                        ),
+                        several,
                     ))
                 } else {
                     Err(format!("the folder {} does not exist", folder.display()))
                 };
             }
-            sqlite::inspect(path).map(|found| format!("sqlite: {found}"))
+            sqlite::inspect(path).map(|found| (format!("sqlite: {found}"), several))
         }
         DatabaseConfig::Mongo { url, db } => {
             let url = secrecy::ExposeSecret::expose_secret(url);
-            let store = MongoStore::open(url, db, config.store_timeout, OpenMode::Populated)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
+            let store = MongoStore::open_with(
+                url,
+                db,
+                config.store_timeout,
+                OpenMode::Populated,
+                config.mongo_transactions,
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
             store.ping().await.map_err(|e| e.to_string())?;
-            Ok("mongodb answers".to_owned())
+            let several = store.several_writes().await.map_err(|e| e.to_string())?;
+            Ok(("mongodb answers".to_owned(), several))
         }
     }
 }
@@ -46,7 +58,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("listen:         {}:{}", config.host, config.port);
     println!("database:       {}", config.database.describe());
     match store(&config).await {
-        Ok(found) => println!("store:          ok ({found})"),
+        Ok((found, several)) => {
+            println!("store:          ok ({found})");
+            println!("several writes: {several}");
+        }
         Err(problem) => {
             problems += 1;
             println!("store:          FAILED: {problem}");

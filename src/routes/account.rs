@@ -219,7 +219,7 @@ pub async fn export(
     query: Result<ApiQuery<ExportQuery>, crate::error::ApiError>,
 ) -> ApiResult<axum::response::Response> {
     let ApiQuery(query) = query?;
-    state.limits.check_export(&auth.user_id)?;
+    state.limits.check_export(&auth.user_id).await?;
     let format = query.format.unwrap_or_default();
     let user = account::current_user(&state, &auth).await?;
     let sessions = account::devices(&state, &auth)

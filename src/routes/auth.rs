@@ -54,7 +54,7 @@ async fn rate_limit_per_ip(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let ip = crate::limits::client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies);
-    match state.limits.check_auth(ip) {
+    match state.limits.check_auth(ip).await {
         Ok(()) => {
             request.extensions_mut().insert(ClientIp(ip));
             next.run(request).await
@@ -401,19 +401,11 @@ pub async fn refresh_token(
         (status = 200, description = "The token is valid", body = VerifyTokenResponse),
         (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
     ))]
-pub async fn verify_token(
-    State(state): State<AppState>,
-    auth: AuthUser,
-) -> ApiResult<Json<VerifyTokenResponse>> {
-    let user = state
-        .store
-        .user_by_id(&auth.user_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", "Could not validate credentials"))?;
+pub async fn verify_token(auth: AuthUser) -> ApiResult<Json<VerifyTokenResponse>> {
     Ok(Json(VerifyTokenResponse {
         valid: true,
-        user: user.into(),
         expires_at: auth.expires_at,
+        user: auth.user.into(),
     }))
 }
 

@@ -393,16 +393,11 @@ fn own_battery(auth: &AuthUser, user_id: &str) -> ApiResult<()> {
         (status = 404, description = "Not your battery", body = ErrorBody),
     ))]
 pub async fn get_battery(
-    State(state): State<AppState>,
     auth: AuthUser,
     ApiPath(user_id): ApiPath<String>,
 ) -> ApiResult<Json<BatteryResponse>> {
     own_battery(&auth, &user_id)?;
-    let user = state
-        .store
-        .user_by_id(&auth.user_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("Social battery".into()))?;
+    let user = auth.user;
     let level = BatteryLevel::clamped(user.battery_level.into());
     Ok(Json(BatteryResponse {
         user_id: user.id,
@@ -686,7 +681,7 @@ pub async fn record(
     };
     let (event, replayed) = match state
         .store
-        .record_interaction(&auth.user_id, &event, key.as_ref())
+        .record_interaction_at(&auth.user_id, auth.battery, &event, key.as_ref())
         .await?
     {
         RecordOutcome::Recorded(event) => (event, false),

@@ -184,14 +184,6 @@ pub struct LookupQuery {
     pub email: String,
 }
 
-async fn current_user(state: &AppState, auth: &AuthUser) -> ApiResult<crate::store::User> {
-    state
-        .store
-        .user_by_id(&auth.user_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", "Could not validate credentials"))
-}
-
 /// The caller's profile.
 #[utoipa::path(get, path = "/users/me", tag = "users",
     security(("bearer" = []), ("oauth2" = [])),
@@ -199,8 +191,8 @@ async fn current_user(state: &AppState, auth: &AuthUser) -> ApiResult<crate::sto
         (status = 200, description = "The profile", body = UserProfile),
         (status = 401, description = "Not authenticated", body = ErrorBody),
     ))]
-pub async fn get_me(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Json<UserProfile>> {
-    Ok(Json(current_user(&state, &auth).await?.into()))
+pub async fn get_me(auth: AuthUser) -> ApiResult<Json<UserProfile>> {
+    Ok(Json(auth.user.into()))
 }
 
 fn check_text(
@@ -321,7 +313,7 @@ pub async fn update_me(
         Some(None) => Some(None),
         None => None,
     };
-    let user = current_user(&state, &auth).await?;
+    let user = &auth.user;
     if let Some(preferences) = req.preferences {
         // Keys and values at any depth; a patch with problems is merged here only to
         // report its size too, and never stored.
@@ -378,7 +370,7 @@ pub async fn delete_me(
     client: ClientIp,
     ApiJson(req): ApiJson<DeleteAccountRequest>,
 ) -> ApiResult<StatusCode> {
-    let user = current_user(&state, &auth).await?;
+    let user = auth.user;
     confirm_password(&state, &user, client, &req.password).await?;
     state.store.delete_user(&user.id).await?;
     tracing::info!(user_id = %user.id, "account deleted");
@@ -399,7 +391,7 @@ pub async fn lookup(
     auth: AuthUser,
     query: Result<ApiQuery<LookupQuery>, ApiError>,
 ) -> ApiResult<Json<PublicUser>> {
-    state.limits.check_lookup(&auth.user_id)?;
+    state.limits.check_lookup(&auth.user_id).await?;
     let ApiQuery(query) = query?;
     let email = Email::parse(&query.email, "email").map_err(|mut e| {
         e.loc[0] = "query".into();

@@ -163,6 +163,18 @@ pub fn stored_level(raw: i64) -> Result<BatteryLevel, String> {
     BatteryLevel::try_from(raw).map_err(|e| e.to_string())
 }
 
+/// Where a user's battery stands: its level after `seq` recorded interactions. A caller
+/// that has just read it hands it to [`BatteryStore::record_interaction_at`] so the store
+/// need not read it again; a stale one costs a retry, never a wrong level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatteryPosition {
+    pub level: BatteryLevel,
+    pub seq: i64,
+    /// When step `seq` was recorded (none before the first): the next record is stamped
+    /// no earlier (see [`NewBatteryEvent::stamp`]).
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
 /// A client's `Idempotency-Key` for one record request.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
@@ -245,6 +257,20 @@ pub trait BatteryStore: Send + Sync {
         event: &NewBatteryEvent,
         key: Option<&IdempotencyKey>,
     ) -> StoreResult<RecordOutcome>;
+    /// [`record_interaction`](Self::record_interaction) for a caller that has just read
+    /// the user's battery at `seen` (the authenticated read does): a backend that pays a
+    /// round trip per read starts from it; if it is stale, the record starts over from
+    /// the stored position.
+    async fn record_interaction_at(
+        &self,
+        user_id: &str,
+        seen: BatteryPosition,
+        event: &NewBatteryEvent,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<RecordOutcome> {
+        let _ = seen;
+        self.record_interaction(user_id, event, key).await
+    }
     /// One page of the timeline: newest `occurred_at` first, ties newest `seq` first,
     /// starting after `after` (a keyset scan: a page costs the same however long the
     /// history is).

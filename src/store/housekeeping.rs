@@ -19,6 +19,9 @@ pub trait Housekeeping: Send + Sync {
     fn backend(&self) -> &'static str;
     /// Cheap round trip proving the database answers.
     async fn ping(&self) -> StoreResult<()>;
+    /// How flows of several writes (reset password, delete account, a code with its
+    /// mail) run: all-or-nothing, or as ordered writes (and why), for `introgy check`.
+    async fn several_writes(&self) -> StoreResult<String>;
     /// What this store's choke point recorded about recent operations (whether writes
     /// are failing), for `/health`; `None` for a store that records nothing.
     fn observer(&self) -> Option<&crate::metrics::StoreObserver> {

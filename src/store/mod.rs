@@ -9,6 +9,8 @@
 //! | devices, password and email change | [`AccountStore`] | [`DeviceSession`], [`OtherSessions`], [`EmailChange`] |
 //! | mail outbox and mail budget | [`MailStore`] | [`OutboxMail`], [`MailResult`], [`MailStatus`] |
 //! | social battery | [`BatteryStore`] | [`BatteryEvent`], [`NewBatteryEvent`], [`RecordOutcome`] |
+//! | the authenticated read (sessions + users + battery) | [`CallerStore`] | [`Caller`] |
+//! | rate limits and budgets | [`LimitStore`] | [`Budget`], [`LimitKey`], [`Rate`], [`Window`], [`Slot`] |
 //! | moving between stores | [`MigrationStore`] | [`StoreCounts`] |
 //! | housekeeping | [`Housekeeping`] | – |
 //!
@@ -23,8 +25,10 @@
 
 mod account;
 mod battery;
+mod caller;
 mod codes;
 mod housekeeping;
+pub mod limits;
 mod mail;
 mod migration;
 pub mod mongo;
@@ -37,11 +41,13 @@ use std::time::Duration;
 
 pub use account::{AccountStore, DeviceSession, EmailChange, OtherSessions, MAX_LISTED_SESSIONS};
 pub use battery::{
-    BatteryEvent, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter, IdempotencyKey,
-    NewBatteryEvent, RecordOutcome,
+    BatteryEvent, BatteryPosition, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter,
+    IdempotencyKey, NewBatteryEvent, RecordOutcome,
 };
+pub use caller::{Caller, CallerStore};
 pub use codes::{Admission, CodeChallenge, CodeStore, OneTimeCode, SignupChoice};
 pub use housekeeping::Housekeeping;
+pub use limits::{Budget, LimitKey, LimitStore, Rate, Refused, Slot, Window};
 pub use mail::{MailResult, MailStatus, MailStore, OutboxMail, OutboxStats, SendLimits};
 pub use migration::{MigrationStore, StoreCounts};
 pub use sessions::{RefreshToken, Rotation, Session, SessionStore, SEALED_CHILD_KEPT};
@@ -96,6 +102,8 @@ pub trait Store:
     + AccountStore
     + MailStore
     + BatteryStore
+    + CallerStore
+    + LimitStore
     + MigrationStore
     + Housekeeping
     + Send
@@ -111,6 +119,8 @@ impl<T> Store for T where
         + AccountStore
         + MailStore
         + BatteryStore
+        + CallerStore
+        + LimitStore
         + MigrationStore
         + Housekeeping
         + Send
@@ -143,7 +153,20 @@ pub async fn connect(config: &crate::config::Config) -> anyhow::Result<Arc<dyn S
     } else {
         OpenMode::Create
     };
-    open(&config.database, config.store_timeout, mode).await
+    match &config.database {
+        crate::config::DatabaseConfig::Mongo { url, db } => {
+            let store = mongo::MongoStore::open_with(
+                secrecy::ExposeSecret::expose_secret(url),
+                db,
+                config.store_timeout,
+                mode,
+                config.mongo_transactions,
+            )
+            .await?;
+            Ok(Arc::new(store))
+        }
+        sqlite => open(sqlite, config.store_timeout, mode).await,
+    }
 }
 
 /// Opens the store at `database` (also used by `introgy migrate` for both ends).

@@ -138,6 +138,10 @@ fn check_reports_store_and_transport_and_succeeds_on_a_fresh_machine() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("store:          ok"), "{stdout}");
+    assert!(
+        stdout.contains("several writes: one SQLite transaction each"),
+        "{stdout}"
+    );
     assert!(stdout.contains("mail transport: log"), "{stdout}");
 }
 

@@ -388,10 +388,29 @@ async fn asking_for_a_taken_address_does_the_same_store_work_and_hashing_as_a_fr
     let app = spawn_app().await;
     let user = app.signup().await;
     let taken = stored_account(&app, true).await.email;
+    // The caller as the extractor reads it.
+    let now = app.state.clock.now();
+    let session = app
+        .state
+        .store
+        .user_devices(&user.id, now, 1)
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
+    let caller = app
+        .state
+        .store
+        .caller(&session, &user.id)
+        .await
+        .unwrap()
+        .unwrap();
     let auth = AuthUser {
         user_id: user.id.clone(),
-        session_id: String::new(),
-        expires_at: app.state.clock.now(),
+        session_id: session,
+        expires_at: now,
+        user: caller.user,
+        battery: caller.battery,
     };
     let work = |address: String, n: u8| {
         let (state, auth) = (app.state.clone(), auth.clone());

@@ -270,7 +270,7 @@ async fn parallel_wrong_deletes_are_budgeted_and_hash_one_at_a_time() {
         1,
         "one account held more than one hashing thread"
     );
-    assert_eq!(app.state.limits.stats().hashing_accounts, 0);
+    assert_eq!(app.state.limits.stats().await.unwrap().hashing_accounts, 0);
 }
 
 #[tokio::test]
@@ -324,7 +324,7 @@ async fn ipv6_clients_share_one_budget_per_slash_64() {
         login_from(&app, Some("2001:db8:1:3::1")).await.status(),
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(app.state.limits.stats().clients, 2);
+    assert_eq!(app.state.limits.stats().await.unwrap().clients, 2);
 }
 
 fn as_client(

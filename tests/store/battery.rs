@@ -22,6 +22,7 @@ store_tests!(
     recording_for_a_missing_user_changes_nothing,
     history_is_a_timeline_paged_by_occurred_at_then_seq,
     parallel_records_are_stamped_in_acceptance_order,
+    records_from_a_stale_position_lose_no_update,
 );
 
 fn interaction(i: usize) -> Interaction {
@@ -432,4 +433,51 @@ async fn history_is_a_timeline_paged_by_occurred_at_then_seq(s: &TestStore) {
             .count,
         4
     );
+}
+
+/// Few: every writer but one retries from the stored position.
+const STALE_WRITERS: usize = 12;
+
+/// Writers that all start from one stale position (what their authenticated reads saw)
+/// still get contiguous seqs and the level of the replayed history, with or without keys.
+async fn records_from_a_stale_position_lose_no_update(s: &TestStore) {
+    let user = s.user().await;
+    let seen = s
+        .store
+        .caller(&s.login(&user.id, at(86_400)).await.0.id, &user.id)
+        .await
+        .unwrap()
+        .expect("the caller")
+        .battery;
+    assert_eq!((seen.level, seen.seq), (INITIAL_LEVEL, 0));
+    let outcomes = parallel(STALE_WRITERS, |i| {
+        let (store, id) = (s.store.clone(), user.id.clone());
+        async move {
+            let key = (i % 2 == 0).then(|| key(&format!("stale-{i}"), "body"));
+            store
+                .record_interaction_at(&id, seen, &event(i), key.as_ref())
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let mut events: Vec<_> = outcomes.into_iter().map(recorded).collect();
+    events.sort_by_key(|e| e.seq);
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=STALE_WRITERS as i64).collect::<Vec<_>>(),
+        "contiguous seqs"
+    );
+    let replayed = battery::replay(INITIAL_LEVEL, events.iter().map(|e| &e.interaction));
+    let user_now = s.store.user_by_id(&user.id).await.unwrap().unwrap();
+    assert_eq!(user_now.battery_level, replayed.value());
+    let mut history = s
+        .store
+        .battery_history(&user.id, &HistoryFilter::default(), None, 100)
+        .await
+        .unwrap();
+    // The history is a timeline (by occurred_at); the steps are the acceptance order.
+    history.sort_by_key(|e| e.seq);
+    assert_eq!(history, events);
 }

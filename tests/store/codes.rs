@@ -18,6 +18,7 @@ store_tests!(
     a_refused_issue_leaves_the_outstanding_code_and_its_count_alone,
     consuming_one_code_of_a_challenge_discards_every_other,
     a_challenge_is_copied_whole,
+    a_code_whose_mail_is_refused_is_not_stored,
 );
 
 const LIMITS: SendLimits = SendLimits {
@@ -328,4 +329,71 @@ async fn a_challenge_is_copied_whole(s: &TestStore) {
     s.store.put_challenge(&challenge).await.unwrap();
 
     assert_eq!(s.store.codes_of(&user.id).await.unwrap(), [challenge]);
+}
+
+/// The code and its mail are one transaction (SQLite; MongoDB where the server has
+/// transactions, as SecantusDB does): a refused mail (its id is taken) leaves no code.
+async fn a_code_whose_mail_is_refused_is_not_stored(s: &TestStore) {
+    let user = s.user().await;
+    let taken = mail_to(&user.email, "first");
+    s.store.enqueue_mail(&taken).await.unwrap();
+    let refused = s
+        .store
+        .issue_code(
+            &user.email,
+            LIMITS,
+            &code(&user.id, OtpPurpose::VerifyEmail, "h"),
+            &taken,
+            t0(),
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(s.store.codes_of(&user.id).await.unwrap().is_empty());
+}
+
+/// `MONGO_TRANSACTIONS=off` (and a standalone server) run the ordered fallback: the code
+/// first, so a refused mail leaves a code that was never mailed (the user asks again),
+/// never a mail of a code that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs INTROGY_TEST_MONGO_URL; scripts/test runs it with --include-ignored"]
+async fn mongodb_without_transactions_stores_the_code_before_its_mail() {
+    let s = TestStore::mongodb_with_transactions(false).await;
+    let user = s.user().await;
+    let taken = mail_to(&user.email, "first");
+    s.store.enqueue_mail(&taken).await.unwrap();
+    let refused = s
+        .store
+        .issue_code(
+            &user.email,
+            LIMITS,
+            &code(&user.id, OtpPurpose::VerifyEmail, "h"),
+            &taken,
+            t0(),
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(
+        s.store.codes_of(&user.id).await.unwrap(),
+        [CodeChallenge::of(&code(
+            &user.id,
+            OtpPurpose::VerifyEmail,
+            "h"
+        ))]
+    );
+    assert_eq!(
+        s.store.several_writes().await.unwrap(),
+        "ordered writes (MONGO_TRANSACTIONS=off)"
+    );
+    // Reset and delete run as ordered writes too, with the same result.
+    let (session, _) = s.login(&user.id, at(86_400)).await;
+    s.store
+        .reset_password(&user.id, "new hash", at(1))
+        .await
+        .unwrap();
+    assert!(s.store.session(&session.id).await.unwrap().is_none());
+    assert!(s.store.codes_of(&user.id).await.unwrap().is_empty());
+    let reset = s.store.user_by_id(&user.id).await.unwrap().unwrap();
+    assert_eq!(reset.hashed_password, "new hash");
+    assert!(s.store.delete_user(&user.id).await.unwrap());
+    assert!(s.store.user_by_id(&user.id).await.unwrap().is_none());
 }

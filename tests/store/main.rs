@@ -12,6 +12,7 @@ mod battery;
 mod codes;
 mod corrupt;
 mod housekeeping;
+mod limits;
 mod mail;
 mod sessions;
 mod signup;
@@ -82,14 +83,16 @@ impl TestStore {
     }
 
     pub async fn mongodb() -> Self {
-        let url = std::env::var("INTROGY_TEST_MONGO_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .expect("the MongoDB half of the store suite needs INTROGY_TEST_MONGO_URL; run scripts/test");
+        Self::mongodb_with_transactions(true).await
+    }
+
+    /// [`mongodb`](Self::mongodb); `false` is `MONGO_TRANSACTIONS=off`.
+    pub async fn mongodb_with_transactions(transactions: bool) -> Self {
+        let url = mongo_url();
         let name = format!("introgy_store_{}", introgy::auth::random_hex(8));
         let store = {
             let _guard = MONGO_SETUP.lock().await;
-            MongoStore::connect(&url, &name, Duration::from_secs(10))
+            MongoStore::connect_with(&url, &name, Duration::from_secs(10), transactions)
                 .await
                 .expect("connect to MongoDB")
         };
@@ -102,6 +105,18 @@ impl TestStore {
             backend: Raw::Mongo(db),
             _dir: tempfile::tempdir().expect("temp dir"),
         }
+    }
+
+    /// Another handle on this MongoDB database, with its own client: what a second
+    /// instance of the service has.
+    pub async fn another_instance(&self) -> Arc<dyn Store> {
+        let name = self.mongo().name().to_owned();
+        let _guard = MONGO_SETUP.lock().await;
+        Arc::new(
+            MongoStore::connect(&mongo_url(), &name, Duration::from_secs(10))
+                .await
+                .expect("connect to MongoDB"),
+        )
     }
 
     pub fn is_mongo(&self) -> bool {
@@ -244,6 +259,15 @@ impl TestStore {
             .await
             .expect("insert user")
     }
+}
+
+fn mongo_url() -> String {
+    std::env::var("INTROGY_TEST_MONGO_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .expect(
+            "the MongoDB half of the store suite needs INTROGY_TEST_MONGO_URL; run scripts/test",
+        )
 }
 
 /// A fixed "now" for the suite (whole milliseconds, as both stores keep).

@@ -12,6 +12,7 @@ store_tests!(
     rotating_erases_the_sessions_sealed_children_past_the_grace_window,
     deleting_a_session_deletes_its_refresh_tokens,
     deleting_a_users_other_sessions_keeps_the_current_one,
+    the_caller_is_a_session_with_its_user_and_battery_position,
 );
 
 async fn login(s: &TestStore, user_id: &str) -> (Session, RefreshToken) {
@@ -187,4 +188,46 @@ async fn deleting_a_users_other_sessions_keeps_the_current_one(s: &TestStore) {
         None
     );
     assert!(s.store.session(&others.id).await.unwrap().is_some());
+}
+
+/// The authenticated read: the session with its user and battery position, or nothing
+/// when the session is unknown, belongs to someone else, or went with its account.
+async fn the_caller_is_a_session_with_its_user_and_battery_position(s: &TestStore) {
+    let user = s.user().await;
+    let other = s.user().await;
+    let (session, _) = login(s, &user.id).await;
+    let caller = s
+        .store
+        .caller(&session.id, &user.id)
+        .await
+        .unwrap()
+        .expect("the caller");
+    assert_eq!(caller.session, session);
+    assert_eq!(
+        caller.user,
+        s.store.user_by_id(&user.id).await.unwrap().unwrap()
+    );
+    assert_eq!(
+        (caller.battery.level, caller.battery.seq),
+        (introgy::battery::INITIAL_LEVEL, 0)
+    );
+    assert!(s
+        .store
+        .caller(&session.id, &other.id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s
+        .store
+        .caller("no-such-session", &user.id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.store.delete_user(&user.id).await.unwrap());
+    assert!(s
+        .store
+        .caller(&session.id, &user.id)
+        .await
+        .unwrap()
+        .is_none());
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::{InsertOneModel, UpdateModifications, UpdateOneModel, WriteModel};
 use serde::{Deserialize, Serialize};
 
 use super::users::level_of;
@@ -26,8 +27,8 @@ use super::{EVENTS, IDEMPOTENCY, MAX_RETRIES, USERS};
 use crate::battery::{self, Applied, Channel, InteractionKind, KindTotals, SleepQuality, Totals};
 use crate::store::battery::{stored_level, InteractionColumns};
 use crate::store::{
-    BatteryEvent, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter, IdempotencyKey,
-    NewBatteryEvent, RecordOutcome, StoreError, StoreResult,
+    BatteryEvent, BatteryPosition, BatteryStore, BatterySummary, HistoryCursor, HistoryFilter,
+    IdempotencyKey, NewBatteryEvent, RecordOutcome, StoreError, StoreResult,
 };
 
 /// A document of `battery_events`.
@@ -201,6 +202,11 @@ pub(super) fn stats_document(totals: &KindTotals) -> Document {
     stats
 }
 
+/// A typed document as BSON (for a bulk write).
+fn to_document<T: Serialize>(value: &T) -> StoreResult<Document> {
+    mongodb::bson::to_document(value).map_err(|e| StoreError::Other(e.into()))
+}
+
 /// The update that moves a user from `seq - 1` to `seq` by an applied interaction.
 fn advance_update(
     seq: i64,
@@ -329,13 +335,7 @@ impl MongoStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Result<(), RecordOutcome>> {
         let keys = self.typed::<KeyDoc>(IDEMPOTENCY);
-        let claim = KeyDoc {
-            id: format!("{user_id}:{}", key.key),
-            user_id: user_id.to_owned(),
-            request_hash: key.request_hash.clone(),
-            event_id: event_id.to_owned(),
-            created_at: bdt(now),
-        };
+        let claim = Self::key_doc(user_id, key, event_id, now);
         for _ in 0..MAX_RETRIES {
             match self.run(keys.insert_one(&claim)).await {
                 Ok(_) => return Ok(Ok(())),
@@ -412,23 +412,26 @@ impl MongoStore {
     }
 }
 
-#[async_trait]
-impl BatteryStore for MongoStore {
-    #[tracing::instrument(skip_all)]
-    async fn record_interaction(
+impl MongoStore {
+    /// The claim of `key` for `event_id`, as stored.
+    fn key_doc(user_id: &str, key: &IdempotencyKey, event_id: &str, now: DateTime<Utc>) -> KeyDoc {
+        KeyDoc {
+            id: format!("{user_id}:{}", key.key),
+            user_id: user_id.to_owned(),
+            request_hash: key.request_hash.clone(),
+            event_id: event_id.to_owned(),
+            created_at: bdt(now),
+        }
+    }
+
+    /// Records `event` once its key (if any) is claimed: reads the user's position,
+    /// inserts the next step, advances the user; retries on a taken step.
+    async fn record_claimed(
         &self,
         user_id: &str,
         event: &NewBatteryEvent,
         key: Option<&IdempotencyKey>,
     ) -> StoreResult<RecordOutcome> {
-        if let Some(key) = key {
-            if let Err(outcome) = self
-                .claim_key(user_id, key, &event.id, event.recorded_at)
-                .await?
-            {
-                return Ok(outcome);
-            }
-        }
         let release = || async {
             match key {
                 Some(key) => self.release_key(user_id, key, &event.id).await,
@@ -504,6 +507,111 @@ impl BatteryStore for MongoStore {
         Err(StoreError::Unavailable(anyhow::anyhow!(
             "battery write contention"
         )))
+    }
+}
+
+#[async_trait]
+impl BatteryStore for MongoStore {
+    #[tracing::instrument(skip_all)]
+    async fn record_interaction(
+        &self,
+        user_id: &str,
+        event: &NewBatteryEvent,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<RecordOutcome> {
+        if let Some(key) = key {
+            if let Err(outcome) = self
+                .claim_key(user_id, key, &event.id, event.recorded_at)
+                .await?
+            {
+                return Ok(outcome);
+            }
+        }
+        self.record_claimed(user_id, event, key).await
+    }
+
+    /// From a position the caller has just read, on MongoDB 8.0+: one `bulkWrite` that
+    /// claims the key (if any), inserts the next step and advances the user, in that
+    /// order (so the request costs two round trips with its authenticated read). A
+    /// refused write stops the ones after it: a key already claimed goes the way of
+    /// [`record_interaction`](BatteryStore::record_interaction) (replay, reuse,
+    /// take-over), a step already taken starts over from the stored position.
+    #[tracing::instrument(skip_all)]
+    async fn record_interaction_at(
+        &self,
+        user_id: &str,
+        seen: BatteryPosition,
+        event: &NewBatteryEvent,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<RecordOutcome> {
+        if !self.features().await?.client_bulk_write() {
+            return self.record_interaction(user_id, event, key).await;
+        }
+        let applied = battery::apply(seen.level, &event.interaction);
+        let recorded_at = event.stamp(seen.updated_at);
+        let recorded = event
+            .clone()
+            .recorded(user_id, seen.seq + 1, applied, recorded_at);
+        let mut writes: Vec<WriteModel> = Vec::with_capacity(3);
+        if let Some(key) = key {
+            let claim = Self::key_doc(user_id, key, &event.id, event.recorded_at);
+            writes.push(
+                InsertOneModel::builder()
+                    .namespace(self.namespace(IDEMPOTENCY))
+                    .document(to_document(&claim)?)
+                    .build()
+                    .into(),
+            );
+        }
+        let step = writes.len();
+        writes.push(
+            InsertOneModel::builder()
+                .namespace(self.namespace(EVENTS))
+                .document(to_document(&EventDoc::of(&recorded))?)
+                .build()
+                .into(),
+        );
+        writes.push(
+            UpdateOneModel::builder()
+                .namespace(self.namespace(USERS))
+                .filter(at_seq(user_id, seen.seq))
+                .update(UpdateModifications::Document(advance_update(
+                    recorded.seq,
+                    recorded.interaction.kind(),
+                    &applied,
+                    recorded.recorded_at,
+                )))
+                .build()
+                .into(),
+        );
+        match self.bulk_write(writes).await {
+            // If the update matched nothing, a concurrent writer already rolled us
+            // forward (see `record_claimed`).
+            Ok(Ok(())) => Ok(RecordOutcome::Recorded(recorded)),
+            Ok(Err(failed)) if failed.duplicate && failed.index < step => {
+                self.record_interaction(user_id, event, key).await
+            }
+            Ok(Err(failed)) if failed.duplicate => {
+                self.roll_forward(user_id, seen.seq).await?;
+                self.record_claimed(user_id, event, key).await
+            }
+            Ok(Err(failed)) => {
+                if let Some(key) = key.filter(|_| failed.index >= step) {
+                    let _ = self.release_key(user_id, key, &event.id).await;
+                }
+                Err(StoreError::Other(anyhow::anyhow!(
+                    "recording an interaction: write {} refused: {}",
+                    failed.index,
+                    failed.message
+                )))
+            }
+            Err(e) => {
+                if let Some(key) = key {
+                    let _ = self.release_key(user_id, key, &event.id).await;
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn battery_history(

@@ -5,15 +5,18 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use mongodb::action::Action;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
+use mongodb::ClientSession;
 use serde::{Deserialize, Serialize};
 
-use super::{bdt, read, utc, MongoStore, CODES};
+use super::mail::MailDoc;
+use super::{bdt, read, utc, MongoStore, CODES, OUTBOX};
 use crate::domain::OtpPurpose;
 use crate::store::{
     CodeChallenge, CodeStore, MailStore, OneTimeCode, OutboxMail, SendLimits, SignupChoice,
-    StoreError, StoreResult,
+    StoreResult,
 };
 
 /// A document of `one_time_codes`.
@@ -156,19 +159,21 @@ impl MongoStore {
         max_pending: u32,
         max_attempts: u32,
         apply: bool,
-    ) -> StoreResult<bool> {
+        session: Option<&mut ClientSession>,
+    ) -> mongodb::error::Result<bool> {
         let id = code_id(&code.user_id, code.purpose);
         if !apply {
-            self.run(self.raw(CODES).find_one_and_update(
-                doc! { "_id": &id },
-                vec![doc! { "$set": { "attempts": "$attempts" } }],
-            ))
-            .await?;
+            self.raw(CODES)
+                .find_one_and_update(
+                    doc! { "_id": &id },
+                    vec![doc! { "$set": { "attempts": "$attempts" } }],
+                )
+                .optional(session, |update, s| update.session(s))
+                .await?;
             return Ok(false);
         }
         let now = bdt(code.created_at);
-        let entry = mongodb::bson::to_bson(&CodeEntryDoc::of(code))
-            .map_err(|e| StoreError::Other(e.into()))?;
+        let entry = mongodb::bson::to_bson(&CodeEntryDoc::of(code))?;
         // Inside a pipeline a string starting with `$` is a field path: a bcrypt hash
         // ("$2b$...") or a display name must go in as a literal.
         let literal = doc! { "$literal": entry };
@@ -211,19 +216,19 @@ impl MongoStore {
             doc! { "$unset": ["_live", "_alive", "_room", "code_hash", "created_at"] },
         ];
         let after = self
-            .run(
-                self.raw(CODES)
-                    .find_one_and_update(doc! { "_id": &id }, pipeline)
-                    .upsert(true)
-                    .return_document(ReturnDocument::After),
-            )
+            .raw(CODES)
+            .find_one_and_update(doc! { "_id": &id }, pipeline)
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .optional(session, |update, s| update.session(s))
             .await?;
         let Some(after) = after else {
-            return Err(StoreError::Other(anyhow::anyhow!(
-                "an upsert returned no document"
-            )));
+            return Err(mongodb::error::Error::custom(
+                "an upsert of a code challenge returned no document".to_owned(),
+            ));
         };
-        let challenge = read(CODES, &after, CodeDoc::into_challenge)?;
+        let challenge = read(CODES, &after, CodeDoc::into_challenge)
+            .map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
         // Added exactly when this attempt's code (its hash and its password hash, which
         // bcrypt's salt makes unique) is in the challenge now.
         Ok(challenge
@@ -288,13 +293,33 @@ impl CodeStore for MongoStore {
         mail: &OutboxMail,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        // Budget, code, mail: an interruption can spend a mail of the budget or lose a
-        // mail, never mail a code that does not exist.
+        // The budget first (its own atomic update). Then the code and its mail: one
+        // transaction where the server has them (topology.rs); without, the code first,
+        // so an interruption can spend a mail of the budget or lose a mail (the user asks
+        // again), never mail a code that does not exist.
         if !self.reserve_mail_send(email, now, limits).await? {
             return Ok(false);
         }
-        self.put_code(code).await?;
-        self.enqueue_mail(mail).await?;
+        let (code, mail) = (CodeDoc::of(&CodeChallenge::of(code)), MailDoc::of(mail));
+        self.several_writes("issue_code", (self, &code, &mail), |session, context| {
+            let (store, code, mail) = *context;
+            Box::pin(async move {
+                let mut session = session;
+                store
+                    .typed::<CodeDoc>(CODES)
+                    .replace_one(doc! { "_id": &code.id }, code)
+                    .upsert(true)
+                    .optional(session.as_deref_mut(), |write, s| write.session(s))
+                    .await?;
+                store
+                    .typed::<MailDoc>(OUTBOX)
+                    .insert_one(mail)
+                    .optional(session, |write, s| write.session(s))
+                    .await?;
+                Ok(())
+            })
+        })
+        .await?;
         Ok(true)
     }
 

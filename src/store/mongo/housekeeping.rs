@@ -35,6 +35,10 @@ impl Housekeeping for MongoStore {
         Ok(())
     }
 
+    async fn several_writes(&self) -> StoreResult<String> {
+        Ok(self.multi_write().await?.to_string())
+    }
+
     async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         // TTL indexes do this on MongoDB; doing it here too keeps servers without a TTL
         // monitor tidy.

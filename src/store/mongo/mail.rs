@@ -1,6 +1,7 @@
 //! The outbox in `mail_outbox` ([`MailDoc`]) and the mail budget in `mail_sends`
-//! ([`SendsDoc`]: one document per address with its recent send times and a version
-//! for compare-and-set).
+//! ([`SendsDoc`]: one document per address with its recent send times, changed by one
+//! pipeline `findOneAndUpdate` per reservation, so the budget holds across instances in
+//! one round trip).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -8,8 +9,8 @@ use mongodb::bson::doc;
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
-use super::{bdt, decode, is_duplicate, map_err, read, utc, MongoStore};
-use super::{MAIL_SENDS, MAX_RETRIES, OUTBOX};
+use super::{bdt, read, utc, MongoStore};
+use super::{MAIL_SENDS, OUTBOX};
 use crate::store::mail::SEND_WINDOW;
 use crate::store::{
     MailResult, MailStatus, MailStore, OutboxMail, OutboxStats, SendLimits, StoreError, StoreResult,
@@ -17,7 +18,7 @@ use crate::store::{
 
 /// A document of `mail_outbox`.
 #[derive(Debug, Serialize, Deserialize)]
-struct MailDoc {
+pub(super) struct MailDoc {
     #[serde(rename = "_id")]
     id: String,
     recipient: String,
@@ -36,7 +37,7 @@ struct MailDoc {
 
 impl MailDoc {
     /// The one [`OutboxMail`] → document mapping (a queued mail is pending).
-    fn of(mail: &OutboxMail) -> Self {
+    pub(super) fn of(mail: &OutboxMail) -> Self {
         Self {
             id: mail.id.clone(),
             recipient: mail.recipient.clone(),
@@ -77,12 +78,22 @@ struct SendsDoc {
     /// The address.
     #[serde(rename = "_id")]
     email: String,
-    /// Unix milliseconds of the sends within the window.
-    times: Vec<i64>,
-    /// Bumped by every reservation: the compare-and-set's precondition.
-    v: i64,
+    /// The sends within the window.
+    sends: Vec<SendDoc>,
+    /// Whether the latest reservation was admitted.
+    #[serde(default)]
+    ok: bool,
     /// TTL-indexed: an hour after the last send.
     expires_at: mongodb::bson::DateTime,
+}
+
+/// One send of a [`SendsDoc`]: when (Unix milliseconds), and the reservation's random id
+/// (so a reservation can tell it was admitted whoever answers; see
+/// `MongoStore::upsert_with_pipeline`).
+#[derive(Debug, Serialize, Deserialize)]
+struct SendDoc {
+    at: i64,
+    id: i64,
 }
 
 #[async_trait]
@@ -187,53 +198,45 @@ impl MailStore for MongoStore {
         now: DateTime<Utc>,
         limits: SendLimits,
     ) -> StoreResult<bool> {
-        let sends = self.raw(MAIL_SENDS);
+        // One round trip, atomic: drop the sends that left the window, decide, append.
         let now_ms = now.timestamp_millis();
         let window_start = (now - SEND_WINDOW).timestamp_millis();
         let min_interval = limits.min_interval.as_millis() as i64;
-        // Optimistic: read the times, decide, write back only if nobody wrote since.
-        for _ in 0..MAX_RETRIES {
-            let existing: Option<SendsDoc> = self
-                .run(sends.find_one(doc! { "_id": email }))
-                .await?
-                .map(|raw| decode(MAIL_SENDS, &raw))
-                .transpose()?;
-            let version = existing.as_ref().map_or(0, |d| d.v);
-            let mut times = existing.as_ref().map_or_else(Vec::new, |d| d.times.clone());
-            times.retain(|t| *t > window_start);
-            let too_soon = times
-                .iter()
-                .max()
-                .is_some_and(|last| now_ms - last < min_interval);
-            if times.len() as u32 >= limits.per_hour || too_soon {
-                return Ok(false);
-            }
-            times.push(now_ms);
-            let next = SendsDoc {
-                email: email.to_owned(),
-                times,
-                v: version + 1,
-                expires_at: bdt(now + SEND_WINDOW),
-            };
-            if existing.is_none() {
-                match self.typed::<SendsDoc>(MAIL_SENDS).insert_one(&next).await {
-                    Ok(_) => return Ok(true),
-                    Err(e) if is_duplicate(&e) => continue,
-                    Err(e) => return Err(map_err(e)),
-                }
-            }
-            let replaced = self
-                .run(
-                    self.typed::<SendsDoc>(MAIL_SENDS)
-                        .replace_one(doc! { "_id": email, "v": version }, &next),
-                )
-                .await?;
-            if replaced.matched_count == 1 {
-                return Ok(true);
-            }
-        }
-        Err(StoreError::Unavailable(anyhow::anyhow!(
-            "mail budget contention"
-        )))
+        let until = bdt(now + SEND_WINDOW);
+        let id = rand::random::<i64>() & i64::MAX;
+        let update = vec![
+            // Documents of earlier versions kept bare times (`times`); they become sends.
+            doc! { "$set": { "sends": { "$ifNull": ["$sends", { "$map": {
+                "input": { "$ifNull": ["$times", []] },
+                "in": { "at": "$$this", "id": 0_i64 },
+            } }] } } },
+            doc! { "$unset": "times" },
+            doc! { "$set": { "sends": { "$filter": {
+                "input": "$sends",
+                "cond": { "$gt": ["$$this.at", window_start] },
+            } } } },
+            doc! { "$set": { "ok": { "$and": [
+                { "$lt": [{ "$size": "$sends" }, i64::from(limits.per_hour)] },
+                { "$or": [
+                    { "$eq": [{ "$size": "$sends" }, 0] },
+                    { "$gte": [
+                        { "$subtract": [now_ms, { "$max": { "$map": { "input": "$sends", "in": "$$this.at" } } }] },
+                        min_interval,
+                    ] },
+                ] },
+            ] } } },
+            doc! { "$set": {
+                "sends": { "$cond": [
+                    "$ok",
+                    { "$concatArrays": ["$sends", [{ "at": now_ms, "id": id }]] },
+                    "$sends",
+                ] },
+                "expires_at": { "$cond": ["$ok", until, { "$ifNull": ["$expires_at", until] }] },
+            } },
+        ];
+        let after = self
+            .upsert_with_pipeline::<SendsDoc>(MAIL_SENDS, email, update)
+            .await?;
+        Ok(after.doc.sends.iter().any(|send| send.id == id))
     }
 }

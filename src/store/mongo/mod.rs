@@ -22,11 +22,14 @@
 
 mod account;
 mod battery;
+mod caller;
 mod codes;
 mod housekeeping;
+mod limits;
 mod mail;
 mod migration;
 mod sessions;
+mod topology;
 mod users;
 
 use std::time::Duration;
@@ -35,11 +38,14 @@ use anyhow::Context;
 use chrono::{DateTime, TimeZone, Utc};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde::de::DeserializeOwned;
 
 use super::{OpenMode, StoreError, StoreResult};
+pub use topology::{MultiWrite, ServerFeatures, Topology};
 
 /// The old service's users collection.
 pub const USERS: &str = "IntrogyUsers";
@@ -50,6 +56,7 @@ const MAIL_SENDS: &str = "mail_sends";
 const EVENTS: &str = "battery_events";
 const IDEMPOTENCY: &str = "idempotency_keys";
 const OUTBOX: &str = "mail_outbox";
+const LIMITS: &str = "limits";
 
 /// How many times an optimistic write is retried under contention.
 const MAX_RETRIES: usize = 200;
@@ -60,6 +67,28 @@ pub struct MongoStore {
     db: Database,
     timeout: Duration,
     observer: std::sync::Arc<crate::metrics::StoreObserver>,
+    /// What the server can do (`topology.rs`), asked once.
+    features: std::sync::Arc<tokio::sync::OnceCell<ServerFeatures>>,
+    /// `false` with `MONGO_TRANSACTIONS=off`: flows run as ordered writes even where the
+    /// server has transactions.
+    allow_transactions: bool,
+}
+
+/// The write of a [`MongoStore::bulk_write`] that failed (and stopped the rest).
+#[derive(Debug)]
+struct FailedWrite {
+    index: usize,
+    /// A unique index refused it.
+    duplicate: bool,
+    message: String,
+}
+
+/// A document after an update of [`MongoStore::upsert_with_pipeline`].
+struct Updated<D> {
+    doc: D,
+    /// `false`: the document as read after the update, which later updates may have
+    /// changed too (SecantusDB's answer to a lost creation race).
+    own: bool,
 }
 
 /// A time as stored: a BSON date (milliseconds).
@@ -185,7 +214,26 @@ fn write_error(err: mongodb::error::Error) -> StoreError {
 impl MongoStore {
     /// Connects and creates the indexes before serving ([`OpenMode::Create`]).
     pub async fn connect(url: &str, default_db: &str, timeout: Duration) -> anyhow::Result<Self> {
-        Self::open(url, default_db, timeout, OpenMode::Create).await
+        Self::connect_with(url, default_db, timeout, true).await
+    }
+
+    /// [`connect`](Self::connect); `allow_transactions: false` runs every flow of
+    /// several writes as ordered writes even where the server has transactions
+    /// (`MONGO_TRANSACTIONS=off`).
+    pub async fn connect_with(
+        url: &str,
+        default_db: &str,
+        timeout: Duration,
+        allow_transactions: bool,
+    ) -> anyhow::Result<Self> {
+        Self::open_with(
+            url,
+            default_db,
+            timeout,
+            OpenMode::Create,
+            allow_transactions,
+        )
+        .await
     }
 
     /// Connects; with [`OpenMode::Populated`] only when the database already holds the
@@ -197,7 +245,18 @@ impl MongoStore {
         timeout: Duration,
         mode: OpenMode,
     ) -> anyhow::Result<Self> {
-        let store = Self::client(url, default_db, timeout).await?;
+        Self::open_with(url, default_db, timeout, mode, true).await
+    }
+
+    /// [`open`](Self::open) with the `MONGO_TRANSACTIONS` choice.
+    pub async fn open_with(
+        url: &str,
+        default_db: &str,
+        timeout: Duration,
+        mode: OpenMode,
+        allow_transactions: bool,
+    ) -> anyhow::Result<Self> {
+        let store = Self::client(url, default_db, timeout, allow_transactions).await?;
         if mode == OpenMode::Populated {
             let names = store
                 .run(store.db.list_collection_names())
@@ -215,7 +274,12 @@ impl MongoStore {
     }
 
     /// The client and database handle; nothing is sent yet.
-    async fn client(url: &str, default_db: &str, timeout: Duration) -> anyhow::Result<Self> {
+    async fn client(
+        url: &str,
+        default_db: &str,
+        timeout: Duration,
+        allow_transactions: bool,
+    ) -> anyhow::Result<Self> {
         let mut options = ClientOptions::parse(url)
             .await
             .context("Failed to parse the MongoDB connection string")?;
@@ -224,6 +288,14 @@ impl MongoStore {
         // server fails here, unapplied, and answers 503 (see `run`).
         options.server_selection_timeout = Some(timeout);
         options.connect_timeout = Some(timeout);
+        // Every command the driver sends is a round trip of the request it serves
+        // (metrics.rs counts them per route). The callback runs on the sending task.
+        options.command_event_handler = Some(EventHandler::callback(|event: CommandEvent| {
+            if matches!(event, CommandEvent::Started(_)) {
+                crate::metrics::count_round_trip();
+            }
+        }));
+        crate::metrics::metrics().count_round_trips_from_now();
         let db_name = options
             .default_database
             .clone()
@@ -234,16 +306,27 @@ impl MongoStore {
             db: client.database(&db_name),
             timeout,
             observer: std::sync::Arc::new(crate::metrics::StoreObserver::new("mongodb")),
+            features: std::sync::Arc::default(),
+            allow_transactions,
         })
     }
 
-    /// Creates the indexes before serving. A server that is down now does not stop the
-    /// service: requests answer 503 until it is back, and the indexes are created in the
-    /// background as soon as it answers.
+    /// Creates the indexes and learns the topology before serving. A server that is
+    /// down now does not stop the service: requests answer 503 until it is back, and the
+    /// indexes are created in the background as soon as it answers.
     async fn prepare(&self) {
         let (store, timeout, db_name) = (self, self.timeout, self.db.name().to_owned());
-        match tokio::time::timeout(timeout, store.ensure_indexes()).await {
-            Ok(Ok(())) => tracing::info!(database = %db_name, "MongoDB indexes are in place"),
+        let ready = async {
+            store.ensure_indexes().await?;
+            let writes = store.multi_write().await?;
+            anyhow::Ok(writes)
+        };
+        match tokio::time::timeout(timeout, ready).await {
+            Ok(Ok(writes)) => tracing::info!(
+                database = %db_name,
+                multi_document_writes = %writes,
+                "MongoDB indexes are in place; flows of several writes run as {writes}"
+            ),
             Ok(Err(e)) => {
                 tracing::warn!(error = %format!("{e:#}"), "MongoDB not ready; creating indexes in the background");
                 let background = store.clone();
@@ -294,6 +377,53 @@ impl MongoStore {
         records.into_iter().collect()
     }
 
+    /// Applies a pipeline `update` to the document `id` of `collection` (created if
+    /// absent) and returns the document as it is after: one round trip, atomic.
+    ///
+    /// Two first updates of one `_id` can both try to create it. MongoDB retries the
+    /// loser itself (or reports a duplicate key, and it runs again here). SecantusDB
+    /// applies it but answers with no document: then the document is read, and the
+    /// answer says it is no longer this update's own ([`Updated::own`] is false) so the
+    /// caller can decide on the strict side.
+    async fn upsert_with_pipeline<D: DeserializeOwned>(
+        &self,
+        collection: &'static str,
+        id: &str,
+        update: Vec<Document>,
+    ) -> StoreResult<Updated<D>> {
+        for _ in 0..MAX_RETRIES {
+            let result = self
+                .run(
+                    self.raw(collection)
+                        .find_one_and_update(doc! { "_id": id }, update.clone())
+                        .upsert(true)
+                        .return_document(ReturnDocument::After),
+                )
+                .await;
+            let (raw, own) = match result {
+                Ok(Some(raw)) => (raw, true),
+                Ok(None) => {
+                    let raw = self
+                        .run(self.raw(collection).find_one(doc! { "_id": id }))
+                        .await?
+                        .ok_or_else(|| {
+                            StoreError::corrupt(collection, id, "an upsert left no document")
+                        })?;
+                    (raw, false)
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            return Ok(Updated {
+                doc: decode(collection, &raw)?,
+                own,
+            });
+        }
+        Err(StoreError::Unavailable(anyhow::anyhow!(
+            "{collection}: contention on one document"
+        )))
+    }
+
     /// Bounds a driver call and maps its error. A read is bounded by the store timeout
     /// (+1 s) and answers 503 past it. A write is never turned into a 503 once it may
     /// have reached the server, because the server may apply it: not sent (no server
@@ -306,6 +436,52 @@ impl MongoStore {
     ) -> StoreResult<T> {
         // The driver action's type names the command and whether it writes (metrics.rs).
         let (operation, write) = crate::metrics::mongo_operation(std::any::type_name_of_val(&fut));
+        self.run_named(operation, write, fut).await
+    }
+
+    /// One ordered `bulkWrite` command across collections (MongoDB 8.0+; see
+    /// [`ServerFeatures::client_bulk_write`]): one round trip. A write that fails stops
+    /// the ones after it and is reported by its index.
+    async fn bulk_write(
+        &self,
+        writes: Vec<mongodb::options::WriteModel>,
+    ) -> StoreResult<Result<(), FailedWrite>> {
+        let client = self.db.client().clone();
+        self.run_named("bulk_write", true, async move {
+            let error = match client.bulk_write(writes).await {
+                Ok(_) => return Ok(Ok(())),
+                Err(error) => error,
+            };
+            let failed = match error.kind.as_ref() {
+                ErrorKind::BulkWrite(bulk) if bulk.write_concern_errors.is_empty() => bulk
+                    .write_errors
+                    .iter()
+                    .min_by_key(|(index, _)| **index)
+                    .map(|(index, e)| FailedWrite {
+                        index: *index,
+                        duplicate: e.code == 11000,
+                        message: e.message.clone(),
+                    }),
+                _ => None,
+            };
+            failed.map(Err).ok_or(error)
+        })
+        .await
+    }
+
+    /// A namespace of this store's database.
+    fn namespace(&self, collection: &str) -> mongodb::Namespace {
+        mongodb::Namespace::new(self.db.name(), collection)
+    }
+
+    /// [`run`](Self::run) for work that is not one driver action (a transaction, a
+    /// bulk write whose errors are read here), named for the metrics.
+    async fn run_named<T>(
+        &self,
+        operation: &'static str,
+        write: bool,
+        fut: impl std::future::IntoFuture<Output = Result<T, mongodb::error::Error>>,
+    ) -> StoreResult<T> {
         let started = std::time::Instant::now();
         let bound = if write {
             self.timeout * 2
@@ -333,7 +509,13 @@ impl MongoStore {
         loop {
             match self.ensure_indexes().await {
                 Ok(()) => {
-                    tracing::info!("MongoDB indexes are in place");
+                    match self.multi_write().await {
+                        Ok(writes) => tracing::info!(
+                            multi_document_writes = %writes,
+                            "MongoDB indexes are in place; flows of several writes run as {writes}"
+                        ),
+                        Err(e) => tracing::info!(error = %e, "MongoDB indexes are in place"),
+                    }
                     return;
                 }
                 Err(e) => {
@@ -404,6 +586,7 @@ impl MongoStore {
                 IDEMPOTENCY,
                 index(doc! { "created_at": 1 }, false, Some(86_400)),
             ),
+            (LIMITS, index(doc! { "expires_at": 1 }, false, Some(0))),
         ];
         for (collection, model) in plan {
             self.c(collection)

@@ -12,7 +12,7 @@ use crate::store::{RefreshToken, Rotation, Session, SessionStore, StoreResult};
 
 /// A document of `sessions`.
 #[derive(Debug, Serialize, Deserialize)]
-struct SessionDoc {
+pub(super) struct SessionDoc {
     #[serde(rename = "_id")]
     id: String,
     user_id: String,
@@ -33,7 +33,7 @@ impl SessionDoc {
         }
     }
 
-    fn into_session(self) -> Result<Session, String> {
+    pub(super) fn into_session(self) -> Result<Session, String> {
         Ok(Session {
             id: self.id,
             user_id: self.user_id,

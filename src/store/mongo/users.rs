@@ -10,12 +10,14 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use mongodb::action::Action;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
+use super::mail::MailDoc;
 use super::{bdt, read, user_filter, user_key, utc, MongoStore, CODES, EVENTS, IDEMPOTENCY};
-use super::{REFRESH_TOKENS, SESSIONS, USERS};
+use super::{OUTBOX, REFRESH_TOKENS, SESSIONS, USERS};
 use crate::battery::{BatteryLevel, INITIAL_LEVEL};
 use crate::store::battery::stored_level;
 use crate::store::{
@@ -176,8 +178,8 @@ impl UserStore for MongoStore {
 
     #[tracing::instrument(skip_all)]
     async fn sign_up(&self, attempt: &SignupAttempt) -> StoreResult<SignupOutcome> {
-        // Without a transaction: budget, account, code, mail, in the order that never
-        // mails a code that does not exist. The same four steps run whatever the address
+        // Budget, account, then code and mail (see below), in the order that never mails
+        // a code that does not exist. The same four steps run whatever the address
         // has (a no-op where there is nothing to write), so the answer takes as long for
         // a new address as for a known one (SECURITY.md 29).
         let new = &attempt.user;
@@ -220,22 +222,38 @@ impl UserStore for MongoStore {
         if user.id != new.id {
             return Ok(SignupOutcome::Raced);
         }
-        let added = self
-            .add_signup_code(
-                &attempt.code,
-                attempt.max_pending,
-                attempt.max_attempts,
-                !user.is_verified,
-            )
-            .await?;
-        let (mail, outcome) = match (user.is_verified, added, created) {
-            (true, _, _) => (&attempt.notice_mail, SignupOutcome::Notified),
-            (false, false, _) => return Ok(SignupOutcome::TooManyPending),
-            (false, true, true) => (&attempt.first_mail, SignupOutcome::Created),
-            (false, true, false) => (&attempt.repeat_mail, SignupOutcome::AttemptAdded),
-        };
-        self.enqueue_mail(mail).await?;
-        Ok(outcome)
+        // The code and its mail: one transaction where the server has them
+        // (topology.rs); without, the code first, so an interruption never mails a code
+        // that does not exist.
+        let context = (self, attempt, user.is_verified, created);
+        self.several_writes("sign_up_code", context, |session, context| {
+            let (store, attempt, verified, created) = *context;
+            Box::pin(async move {
+                let mut session = session;
+                let added = store
+                    .add_signup_code(
+                        &attempt.code,
+                        attempt.max_pending,
+                        attempt.max_attempts,
+                        !verified,
+                        session.as_deref_mut(),
+                    )
+                    .await?;
+                let (mail, outcome) = match (verified, added, created) {
+                    (true, _, _) => (&attempt.notice_mail, SignupOutcome::Notified),
+                    (false, false, _) => return Ok(SignupOutcome::TooManyPending),
+                    (false, true, true) => (&attempt.first_mail, SignupOutcome::Created),
+                    (false, true, false) => (&attempt.repeat_mail, SignupOutcome::AttemptAdded),
+                };
+                store
+                    .typed::<MailDoc>(OUTBOX)
+                    .insert_one(MailDoc::of(mail))
+                    .optional(session, |write, s| write.session(s))
+                    .await?;
+                Ok(outcome)
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -294,18 +312,35 @@ impl UserStore for MongoStore {
         hash: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        // The password changes first: an interruption leaves old sessions to a later
-        // reset or their expiry, never the old password working.
-        self.run(self.c(USERS).update_one(
-            user_filter(user_id),
-            doc! { "$set": { "hashed_password": hash, "is_verified": true, "updated_at": bdt(now) } },
-        ))
-        .await?;
-        for collection in [SESSIONS, REFRESH_TOKENS, CODES] {
-            self.run(self.c(collection).delete_many(doc! { "user_id": user_id }))
-                .await?;
-        }
-        Ok(())
+        // One transaction where the server has them (topology.rs). Without, the password
+        // changes first: an interruption leaves old sessions to a later reset or their
+        // expiry, never the old password working.
+        let context = (self, user_id, hash, now);
+        self.several_writes("reset_password", context, |session, context| {
+            let (store, user_id, hash, now) = *context;
+            Box::pin(async move {
+                let mut session = session;
+                store
+                    .c(USERS)
+                    .update_one(
+                        user_filter(user_id),
+                        doc! { "$set": {
+                            "hashed_password": hash, "is_verified": true, "updated_at": bdt(now),
+                        } },
+                    )
+                    .optional(session.as_deref_mut(), |write, s| write.session(s))
+                    .await?;
+                for collection in [SESSIONS, REFRESH_TOKENS, CODES] {
+                    store
+                        .c(collection)
+                        .delete_many(doc! { "user_id": user_id })
+                        .optional(session.as_deref_mut(), |write, s| write.session(s))
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -350,15 +385,28 @@ impl UserStore for MongoStore {
     }
 
     async fn delete_user(&self, user_id: &str) -> StoreResult<bool> {
-        // The user goes first: an interruption leaves orphans that nothing can reach (no
-        // login, no token check passes without the user), removed by a retry.
-        let deleted = self
-            .run(self.c(USERS).delete_one(user_filter(user_id)))
-            .await?;
-        for collection in [SESSIONS, REFRESH_TOKENS, CODES, EVENTS, IDEMPOTENCY] {
-            self.run(self.c(collection).delete_many(doc! { "user_id": user_id }))
-                .await?;
-        }
-        Ok(deleted.deleted_count == 1)
+        // One transaction where the server has them (topology.rs). Without, the user goes
+        // first: an interruption leaves orphans that nothing can reach (no login, no
+        // token check passes without the user), removed by a retry.
+        self.several_writes("delete_user", (self, user_id), |session, context| {
+            let (store, user_id) = *context;
+            Box::pin(async move {
+                let mut session = session;
+                let deleted = store
+                    .c(USERS)
+                    .delete_one(user_filter(user_id))
+                    .optional(session.as_deref_mut(), |write, s| write.session(s))
+                    .await?;
+                for collection in [SESSIONS, REFRESH_TOKENS, CODES, EVENTS, IDEMPOTENCY] {
+                    store
+                        .c(collection)
+                        .delete_many(doc! { "user_id": user_id })
+                        .optional(session.as_deref_mut(), |write, s| write.session(s))
+                        .await?;
+                }
+                Ok(deleted.deleted_count == 1)
+            })
+        })
+        .await
     }
 }

@@ -10,6 +10,9 @@ use crate::store::mail::{FINISHED_MAIL_KEPT, SEND_WINDOW};
 use crate::store::sessions::SEALED_CHILD_KEPT;
 use crate::store::{Housekeeping, MailStatus, StoreResult};
 
+/// How a flow of several writes runs on SQLite (`introgy check` prints it).
+pub const SEVERAL_WRITES: &str = "one SQLite transaction each";
+
 #[async_trait]
 impl Housekeeping for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -27,6 +30,10 @@ impl Housekeeping for SqliteStore {
         self.check_file().await?;
         self.read(|conn| conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(())))
             .await
+    }
+
+    async fn several_writes(&self) -> StoreResult<String> {
+        Ok(SEVERAL_WRITES.into())
     }
 
     async fn close(&self) -> StoreResult<()> {

@@ -40,8 +40,11 @@ use super::{OpenMode, StoreError, StoreResult};
 
 mod account;
 mod battery;
+mod caller;
 mod codes;
 mod housekeeping;
+pub use housekeeping::SEVERAL_WRITES;
+mod limits;
 mod mail;
 mod migration;
 mod sessions;
@@ -80,6 +83,8 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
     timeout: Duration,
     observer: Arc<crate::metrics::StoreObserver>,
+    /// The budgets, in process: an SQLite deployment is one machine (see `limits.rs`).
+    limits: Arc<limits::InProcessLimits>,
 }
 
 /// The database file a production start-up (or `introgy migrate --from`) needs is not
@@ -535,6 +540,7 @@ impl SqliteStore {
             inner: Arc::new(inner),
             timeout,
             observer: Arc::new(crate::metrics::StoreObserver::new("sqlite")),
+            limits: Arc::default(),
         };
         store.watch_file();
         Ok(store)

@@ -11,7 +11,7 @@ use crate::store::{RefreshToken, Rotation, Session, SessionStore, StoreResult};
 const TOKEN_COLUMNS: &str = "token_hash, session_id, issued_at, rotated_at, child_sealed";
 
 /// The one `sessions` row → [`Session`] mapping.
-fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
+pub(super) fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     let f = Fields::new(row, "sessions", Key::Column(0));
     Ok(Session {
         id: f.get(0)?,
