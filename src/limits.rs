@@ -221,35 +221,38 @@ impl Limits {
     /// 429 with `Retry-After` once a client has used up its auth budget.
     pub async fn check_auth(&self, ip: IpAddr) -> ApiResult<()> {
         let key = ClientKey::of(ip).limit_key();
-        self.store
-            .take_rate(Budget::AuthClient, key, self.auth, self.clock.now())
-            .await?
-            .map_err(|refused| {
-                crate::metrics::metrics().rate_limited("auth_ip");
-                too_many(refused)
-            })
+        self.take_rate(Budget::AuthClient, key, self.auth, "auth_ip")
+            .await
     }
 
     /// 429 with `Retry-After` once the caller has used up its lookups.
     pub async fn check_lookup(&self, user_id: &str) -> ApiResult<()> {
         let key = LimitKey::derive("introgy/lookup", &[user_id.as_bytes()]);
-        self.store
-            .take_rate(Budget::Lookup, key, self.lookup, self.clock.now())
-            .await?
-            .map_err(|refused| {
-                crate::metrics::metrics().rate_limited("lookup");
-                too_many(refused)
-            })
+        self.take_rate(Budget::Lookup, key, self.lookup, "lookup")
+            .await
     }
 
     /// 429 with `Retry-After` once the user has used up their exports.
     pub async fn check_export(&self, user_id: &str) -> ApiResult<()> {
         let key = LimitKey::derive("introgy/export", &[user_id.as_bytes()]);
+        self.take_rate(Budget::Export, key, self.exports, "export")
+            .await
+    }
+
+    /// Takes one request of `key`'s `rate` in `budget`; a refusal is counted under
+    /// `metric` and answered 429 with `Retry-After`.
+    async fn take_rate(
+        &self,
+        budget: Budget,
+        key: LimitKey,
+        rate: Rate,
+        metric: &'static str,
+    ) -> ApiResult<()> {
         self.store
-            .take_rate(Budget::Export, key, self.exports, self.clock.now())
+            .take_rate(budget, key, rate, self.clock.now())
             .await?
             .map_err(|refused| {
-                crate::metrics::metrics().rate_limited("export");
+                crate::metrics::metrics().rate_limited(metric);
                 too_many(refused)
             })
     }

@@ -331,23 +331,28 @@ async fn a_challenge_is_copied_whole(s: &TestStore) {
     assert_eq!(s.store.codes_of(&user.id).await.unwrap(), [challenge]);
 }
 
-/// The code and its mail are one transaction (SQLite; MongoDB where the server has
-/// transactions, as SecantusDB does): a refused mail (its id is taken) leaves no code.
-async fn a_code_whose_mail_is_refused_is_not_stored(s: &TestStore) {
-    let user = s.user().await;
-    let taken = mail_to(&user.email, "first");
+/// Issues a code with a mail whose id is already queued: the store refuses the mail.
+async fn issue_a_code_whose_mail_is_refused(s: &TestStore, email: &str, user_id: &str) {
+    let taken = mail_to(email, "first");
     s.store.enqueue_mail(&taken).await.unwrap();
     let refused = s
         .store
         .issue_code(
-            &user.email,
+            email,
             LIMITS,
-            &code(&user.id, OtpPurpose::VerifyEmail, "h"),
+            &code(user_id, OtpPurpose::VerifyEmail, "h"),
             &taken,
             t0(),
         )
         .await;
     assert!(refused.is_err(), "{refused:?}");
+}
+
+/// The code and its mail are one transaction (SQLite; MongoDB where the server has
+/// transactions, as SecantusDB does): a refused mail (its id is taken) leaves no code.
+async fn a_code_whose_mail_is_refused_is_not_stored(s: &TestStore) {
+    let user = s.user().await;
+    issue_a_code_whose_mail_is_refused(s, &user.email, &user.id).await;
     assert!(s.store.codes_of(&user.id).await.unwrap().is_empty());
 }
 
@@ -359,19 +364,7 @@ async fn a_code_whose_mail_is_refused_is_not_stored(s: &TestStore) {
 async fn mongodb_without_transactions_stores_the_code_before_its_mail() {
     let s = TestStore::mongodb_with_transactions(false).await;
     let user = s.user().await;
-    let taken = mail_to(&user.email, "first");
-    s.store.enqueue_mail(&taken).await.unwrap();
-    let refused = s
-        .store
-        .issue_code(
-            &user.email,
-            LIMITS,
-            &code(&user.id, OtpPurpose::VerifyEmail, "h"),
-            &taken,
-            t0(),
-        )
-        .await;
-    assert!(refused.is_err(), "{refused:?}");
+    issue_a_code_whose_mail_is_refused(&s, &user.email, &user.id).await;
     assert_eq!(
         s.store.codes_of(&user.id).await.unwrap(),
         [CodeChallenge::of(&code(
