@@ -121,6 +121,7 @@ async fn accounts(
                     purpose,
                     code_hash: "0".repeat(64),
                     signup: None,
+                    new_email: None,
                     created_at: now,
                     expires_at: now + chrono::Duration::minutes(10),
                 })

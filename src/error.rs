@@ -73,6 +73,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A 409 with a code of its own (e.g. `email_taken`), for a conflict the client can
+    /// tell its user about.
+    #[error("conflict: {detail}")]
+    ConflictWith { code: &'static str, detail: String },
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("unsupported media type")]
@@ -117,7 +121,7 @@ impl ApiError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::ConflictWith { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -134,7 +138,8 @@ impl ApiError {
             Self::Validation(_) => ("validation_error", String::new()),
             Self::BadRequest { code, detail }
             | Self::Unauthorized { code, detail }
-            | Self::Forbidden { code, detail } => (code, detail.clone()),
+            | Self::Forbidden { code, detail }
+            | Self::ConflictWith { code, detail } => (code, detail.clone()),
             Self::NotFound(what) => ("not_found", format!("{what} not found")),
             Self::Conflict(detail) => ("conflict", detail.clone()),
             Self::PayloadTooLarge => (
@@ -303,6 +308,14 @@ mod tests {
             ),
             (ApiError::NotFound("User".into()), 404, "not_found"),
             (ApiError::Conflict("x".into()), 409, "conflict"),
+            (
+                ApiError::ConflictWith {
+                    code: "email_taken",
+                    detail: "x".into(),
+                },
+                409,
+                "email_taken",
+            ),
             (ApiError::PayloadTooLarge, 413, "payload_too_large"),
             (
                 ApiError::UnsupportedMediaType,

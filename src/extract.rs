@@ -395,7 +395,7 @@ mod tests {
         #[serde(default, alias = "whenAt")]
         when_at: Option<chrono::DateTime<chrono::Utc>>,
         #[serde(default)]
-        purpose: Option<crate::domain::OtpPurpose>,
+        purpose: Option<crate::domain::RequestablePurpose>,
         #[serde(default)]
         flag: Option<bool>,
     }

@@ -131,6 +131,36 @@ async fn a_whole_account_lifecycle_logs_no_secrets() {
     .await
     .unwrap();
     state.background.wait_idle(Duration::from_secs(5)).await;
+    // The email change: the new address and its code stay out of the logs too.
+    let new_email = "moved.person@example.org";
+    let signed_in: Value = post(
+        "/auth/login",
+        json!({"email": email, "password": new_password}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let access_again = signed_in["access_token"].as_str().unwrap().to_owned();
+    let asked = client
+        .post(format!("{base}/users/me/email"))
+        .bearer_auth(&access_again)
+        .json(&json!({"new_email": new_email, "password": new_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), reqwest::StatusCode::ACCEPTED);
+    let change_code = code_of_mail_to(&mail, new_email, "email_change_code").await;
+    let confirmed = client
+        .post(format!("{base}/users/me/email/confirm"))
+        .bearer_auth(&access_again)
+        .json(&json!({ "code": change_code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), reqwest::StatusCode::OK);
+    state.background.wait_idle(Duration::from_secs(5)).await;
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(
@@ -138,7 +168,7 @@ async fn a_whole_account_lifecycle_logs_no_secrets() {
         "nothing was logged at all"
     );
     assert!(
-        logs.contains("s***@example.com"),
+        logs.contains("s***@example.com") && logs.contains("m***@example.org"),
         "emails should appear masked"
     );
     let secrets = [
@@ -152,6 +182,9 @@ async fn a_whole_account_lifecycle_logs_no_secrets() {
         rotated["refresh_token"].as_str().unwrap().to_owned(),
         tokens["refresh_token"].as_str().unwrap().to_owned(),
         secret.to_owned(),
+        new_email.to_owned(),
+        change_code,
+        access_again,
     ];
     for secret in secrets {
         assert!(!logs.contains(&secret), "a log line contains {secret:?}");
@@ -174,4 +207,28 @@ async fn code_of_mail(mail: &MemoryTransport, count: usize) -> String {
         .find(|w| w.len() == 6 && w.bytes().all(|b| b.is_ascii_digit()))
         .expect("a code")
         .to_owned()
+}
+
+/// The code in the first mail of `kind` to `to`, once it has arrived.
+async fn code_of_mail_to(mail: &MemoryTransport, to: &str, kind: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(found) = mail
+            .messages()
+            .into_iter()
+            .find(|m| m.to == to && m.kind == kind)
+        {
+            return found
+                .text
+                .split_whitespace()
+                .find(|w| w.len() == 6 && w.bytes().all(|b| b.is_ascii_digit()))
+                .expect("a code")
+                .to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {kind} mail to {to} arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

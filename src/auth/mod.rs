@@ -5,6 +5,7 @@ pub mod account;
 pub mod confirm;
 pub mod dev_secret;
 pub mod device;
+pub mod email_change;
 pub mod export;
 pub mod extractor;
 pub mod otp;

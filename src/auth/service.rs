@@ -15,14 +15,14 @@ use super::confirm::PasswordCheck;
 use super::device::Device;
 use super::otp::{OtpHasher, MAX_CODE_ATTEMPTS};
 use super::{random_hex, random_token, sha256_hex, AuthUser};
-use crate::domain::{DisplayName, Email, OtpCode, OtpPurpose, Password};
+use crate::domain::{DisplayName, Email, OtpCode, OtpPurpose, Password, RequestablePurpose};
 use crate::email::MailKind;
 use crate::error::{ApiError, ApiResult};
 use crate::limits::{AccountKey, ClientIp};
 use crate::startup::AppState;
 use crate::store::{
-    NewUser, OneTimeCode, RefreshToken, Rotation, SendLimits, Session, SignupAttempt, SignupChoice,
-    SignupOutcome, User,
+    NewUser, OneTimeCode, OutboxMail, RefreshToken, Rotation, SendLimits, Session, SignupAttempt,
+    SignupChoice, SignupOutcome, Slot, User,
 };
 
 /// A rotated refresh token may be presented again for this long (two tabs refreshing
@@ -74,7 +74,7 @@ fn invalid_refresh_token() -> ApiError {
     ApiError::unauthorized("invalid_refresh_token", "Invalid or expired refresh token")
 }
 
-fn to_chrono(d: std::time::Duration) -> ChronoDuration {
+pub(super) fn to_chrono(d: std::time::Duration) -> ChronoDuration {
     ChronoDuration::from_std(d).unwrap_or(ChronoDuration::MAX)
 }
 
@@ -174,6 +174,7 @@ fn signup_attempt(
                 password_hash,
                 display_name,
             }),
+            new_email: None,
             created_at: now,
             expires_at,
         },
@@ -189,7 +190,7 @@ fn signup_attempt(
 /// `POST /auth/send-verification-code`: all work happens after the response, so the
 /// answer takes the same time whatever the address has (SECURITY.md 9, 29). The work
 /// itself is one store step (budget, code, mail), so it is never half done.
-pub fn request_code(state: &AppState, client: ClientIp, email: Email, purpose: OtpPurpose) {
+pub fn request_code(state: &AppState, client: ClientIp, email: Email, purpose: RequestablePurpose) {
     let state = state.clone();
     let background = state.background.clone();
     background.spawn(async move {
@@ -200,13 +201,14 @@ pub fn request_code(state: &AppState, client: ClientIp, email: Email, purpose: O
 }
 
 /// Creates, stores and mails a code, within the per-address budget.
-#[tracing::instrument(skip_all, fields(email = %email.masked(), purpose = purpose.as_str()))]
+#[tracing::instrument(skip_all, fields(email = %email.masked(), purpose = OtpPurpose::from(requested).as_str()))]
 async fn issue_code(
     state: &AppState,
     client: ClientIp,
     email: &Email,
-    purpose: OtpPurpose,
+    requested: RequestablePurpose,
 ) -> anyhow::Result<()> {
+    let purpose = OtpPurpose::from(requested);
     let Some(user) = state.store.user_by_email(email.as_str()).await? else {
         tracing::info!("code requested for an address without an account; nothing sent");
         return Ok(());
@@ -234,37 +236,51 @@ async fn issue_code(
         purpose,
         code_hash: state.otp.hash(purpose, &user.id, &code),
         signup: None,
+        new_email: None,
         created_at: now,
         expires_at: now + to_chrono(state.config.otp_ttl),
     };
     let valid_minutes = state.config.otp_ttl.as_secs().div_ceil(60);
-    let kind = match purpose {
-        OtpPurpose::VerifyEmail => MailKind::VerificationCode {
+    let kind = match requested {
+        RequestablePurpose::VerifyEmail => MailKind::VerificationCode {
             code: code.as_str().to_owned(),
             valid_minutes,
             repeated: false,
         },
-        OtpPurpose::ResetPassword => MailKind::ResetCode {
+        RequestablePurpose::ResetPassword => MailKind::ResetCode {
             code: code.as_str().to_owned(),
             valid_minutes,
         },
     };
     let mail = state.outbox.prepare(email, &kind, Some(record.expires_at));
-    // The budget is checked in the same step that stores the code, so a refused send
-    // never replaces (and never refreshes the guess budget of) the outstanding code.
-    let issued = state
-        .store
-        .issue_code(email.as_str(), SEND_LIMITS, &record, &mail, now)
-        .await;
-    if !matches!(issued, Ok(true)) {
-        state.limits.give_back(slot).await;
-    }
-    if issued? {
-        state.outbox.wake();
-    } else {
+    if !issue_within_budget(state, slot, email, &record, &mail, now).await? {
         tracing::info!("mail budget exhausted; no new code");
     }
     Ok(())
+}
+
+/// Stores `code` (replacing the codes of its user and purpose) and queues `mail` within
+/// `email`'s budget, in one store step: the budget is checked in the same step that
+/// stores the code, so a refused send never replaces (and never refreshes the guess
+/// budget of) the outstanding code. `slot` is the client's share of the budget
+/// (SECURITY.md 30), given back when nothing was sent. `true` when the mail was queued.
+pub(super) async fn issue_within_budget(
+    state: &AppState,
+    slot: Slot,
+    email: &Email,
+    code: &OneTimeCode,
+    mail: &OutboxMail,
+    now: DateTime<Utc>,
+) -> crate::store::StoreResult<bool> {
+    let issued = state
+        .store
+        .issue_code(email.as_str(), SEND_LIMITS, code, mail, now)
+        .await;
+    match issued {
+        Ok(true) => state.outbox.wake(),
+        _ => state.limits.give_back(slot).await,
+    }
+    issued
 }
 
 /// Takes one mail of the address's budget for `client`: first the client's own share
@@ -291,7 +307,7 @@ async fn reserve_mail(state: &AppState, client: ClientIp, email: &Email) -> anyh
 /// hash of the one it matches. Every live code is compared, in constant time, with no
 /// early exit. `user_id` may match nothing (an unknown address): the store work is the
 /// same (SECURITY.md 29).
-async fn check_code(
+pub(super) async fn check_code(
     state: &AppState,
     user_id: &str,
     purpose: OtpPurpose,

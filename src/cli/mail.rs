@@ -66,6 +66,14 @@ pub fn samples() -> Vec<MailKind> {
             },
             unsubscribe_token: SAMPLE_TOKEN.into(),
         },
+        MailKind::EmailChangeCode {
+            code: "265358".into(),
+            valid_minutes: 10,
+        },
+        MailKind::EmailChangeTaken,
+        MailKind::EmailChanged {
+            new_email: "a***@example.org".into(),
+        },
     ]
 }
 

@@ -13,5 +13,5 @@ pub mod timestamp;
 
 pub use display_name::{DisplayName, MAX_DISPLAY_NAME_CHARS};
 pub use email::{mask_email, Email, MAX_EMAIL_LEN};
-pub use otp::{OtpCode, OtpPurpose};
+pub use otp::{OtpCode, OtpPurpose, RequestablePurpose};
 pub use password::{Password, COMMON_PASSWORDS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};

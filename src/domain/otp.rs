@@ -4,22 +4,46 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// What a one-time code may be used for; a code of one purpose never works for another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OtpPurpose {
     #[default]
     VerifyEmail,
     ResetPassword,
+    /// Proves a signed-in user's new address (`POST /users/me/email`); the code carries
+    /// the address it switches to. Never asked for through `send-verification-code`.
+    ChangeEmail,
 }
 
 impl OtpPurpose {
-    pub const ALL: [OtpPurpose; 2] = [Self::VerifyEmail, Self::ResetPassword];
+    pub const ALL: [OtpPurpose; 3] = [Self::VerifyEmail, Self::ResetPassword, Self::ChangeEmail];
 
     /// The name in requests and both stores.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::VerifyEmail => "verify_email",
             Self::ResetPassword => "reset_password",
+            Self::ChangeEmail => "change_email",
+        }
+    }
+}
+
+/// The purposes a client may ask a code for by address (`send-verification-code`): an
+/// email change's code comes only from `POST /users/me/email`, after the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = OtpPurpose)]
+pub enum RequestablePurpose {
+    #[default]
+    VerifyEmail,
+    ResetPassword,
+}
+
+impl From<RequestablePurpose> for OtpPurpose {
+    fn from(purpose: RequestablePurpose) -> Self {
+        match purpose {
+            RequestablePurpose::VerifyEmail => Self::VerifyEmail,
+            RequestablePurpose::ResetPassword => Self::ResetPassword,
         }
     }
 }
@@ -75,6 +99,16 @@ mod tests {
             assert_eq!(purpose.as_str().parse::<OtpPurpose>(), Ok(purpose));
         }
         assert!("verify".parse::<OtpPurpose>().is_err());
+    }
+
+    #[test]
+    fn an_email_change_code_cannot_be_asked_for_by_address() {
+        let parse = |raw: &str| serde_json::from_value::<RequestablePurpose>(raw.into());
+        assert_eq!(
+            OtpPurpose::from(parse("reset_password").unwrap()),
+            OtpPurpose::ResetPassword
+        );
+        assert!(parse("change_email").is_err());
     }
 
     #[test]

@@ -56,6 +56,18 @@ pub enum MailKind {
         summary: crate::nudges::weekly::WeekSummary,
         unsubscribe_token: String,
     },
+    /// To the address a signed-in user is moving to (`POST /users/me/email`): the code
+    /// that proves it.
+    EmailChangeCode {
+        code: String,
+        valid_minutes: u64,
+    },
+    /// To the owner of an address another account asked to move to: nothing changed.
+    EmailChangeTaken,
+    /// To the old address once the switch is made; `new_email` is masked (`a***@b.c`).
+    EmailChanged {
+        new_email: String,
+    },
 }
 
 impl MailKind {
@@ -78,6 +90,9 @@ impl MailKind {
             Self::PasswordUpdated { .. } => "password_updated",
             Self::LowBattery { .. } => "low_battery",
             Self::WeeklySummary { .. } => "weekly_summary",
+            Self::EmailChangeCode { .. } => "email_change_code",
+            Self::EmailChangeTaken => "email_change_taken",
+            Self::EmailChanged { .. } => "email_changed",
         }
     }
 }

@@ -71,6 +71,15 @@ enum Payload {
         summary: crate::nudges::weekly::WeekSummary,
         unsubscribe_token: String,
     },
+    EmailChangeCode {
+        sealed_code: String,
+        valid_minutes: u64,
+    },
+    EmailChangeTaken,
+    EmailChanged {
+        /// Masked already.
+        new_email: String,
+    },
 }
 
 struct Inner {
@@ -160,6 +169,17 @@ impl Outbox {
             } => Payload::WeeklySummary {
                 summary: summary.clone(),
                 unsubscribe_token: unsubscribe_token.clone(),
+            },
+            MailKind::EmailChangeCode {
+                code,
+                valid_minutes,
+            } => Payload::EmailChangeCode {
+                sealed_code: self.seal(code),
+                valid_minutes: *valid_minutes,
+            },
+            MailKind::EmailChangeTaken => Payload::EmailChangeTaken,
+            MailKind::EmailChanged { new_email } => Payload::EmailChanged {
+                new_email: new_email.clone(),
             },
         };
         let now = self.inner.clock.now();
@@ -289,6 +309,17 @@ impl Outbox {
                 summary,
                 unsubscribe_token,
             }),
+            Ok(Payload::EmailChangeCode {
+                sealed_code,
+                valid_minutes,
+            }) => self
+                .unseal(&sealed_code)
+                .map(|code| MailKind::EmailChangeCode {
+                    code,
+                    valid_minutes,
+                }),
+            Ok(Payload::EmailChangeTaken) => Some(MailKind::EmailChangeTaken),
+            Ok(Payload::EmailChanged { new_email }) => Some(MailKind::EmailChanged { new_email }),
             Err(_) => None,
         };
         let Some(kind) = kind else {

@@ -71,6 +71,30 @@ const SOURCES: &[(&str, &str)] = &[
         "weekly_summary.txt",
         include_str!("templates/weekly_summary.txt"),
     ),
+    (
+        "email_change_code.html",
+        include_str!("templates/email_change_code.html"),
+    ),
+    (
+        "email_change_code.txt",
+        include_str!("templates/email_change_code.txt"),
+    ),
+    (
+        "email_change_taken.html",
+        include_str!("templates/email_change_taken.html"),
+    ),
+    (
+        "email_change_taken.txt",
+        include_str!("templates/email_change_taken.txt"),
+    ),
+    (
+        "email_changed.html",
+        include_str!("templates/email_changed.html"),
+    ),
+    (
+        "email_changed.txt",
+        include_str!("templates/email_changed.txt"),
+    ),
 ];
 
 /// The `Content-ID` of the weekly summary's chart.
@@ -265,6 +289,37 @@ impl Templates {
                 None,
                 format!("{}/reset-password", self.frontend_url),
             ),
+            MailKind::EmailChangeCode {
+                code,
+                valid_minutes,
+            } => (
+                format!(
+                    "{code} is your {} code to confirm your new address",
+                    self.brand
+                ),
+                Some(code.as_str()),
+                Some(*valid_minutes),
+                format!("{}/settings", self.frontend_url),
+            ),
+            MailKind::EmailChangeTaken => (
+                format!(
+                    "Someone tried to move another {} account to your address",
+                    self.brand
+                ),
+                None,
+                None,
+                format!("{}/login", self.frontend_url),
+            ),
+            MailKind::EmailChanged { .. } => (
+                format!("The address of your {} account was changed", self.brand),
+                None,
+                None,
+                format!("{}/login", self.frontend_url),
+            ),
+        };
+        let new_email = match kind {
+            MailKind::EmailChanged { new_email } => Some(new_email.as_str()),
+            _ => None,
         };
         let others_signed_out = matches!(
             kind,
@@ -280,6 +335,7 @@ impl Templates {
             minutes => minutes,
             link => link,
             others_signed_out => others_signed_out,
+            new_email => new_email,
             subject => subject,
         };
         let parts = self.both_parts(kind.template(), &ctx)?;
@@ -317,6 +373,14 @@ mod tests {
             MailKind::PasswordUpdated {
                 others_signed_out: true,
             },
+            MailKind::EmailChangeCode {
+                code: "314159".into(),
+                valid_minutes: 10,
+            },
+            MailKind::EmailChangeTaken,
+            MailKind::EmailChanged {
+                new_email: "n***@example.org".into(),
+            },
         ];
         for kind in kinds {
             let mail = templates.render(&to, &kind).unwrap();
@@ -332,8 +396,9 @@ mod tests {
                 kind.name()
             );
             assert!(mail.html.contains("<html"), "{} layout", kind.name());
-            if let MailKind::VerificationCode { code, .. } | MailKind::ResetCode { code, .. } =
-                &kind
+            if let MailKind::VerificationCode { code, .. }
+            | MailKind::ResetCode { code, .. }
+            | MailKind::EmailChangeCode { code, .. } = &kind
             {
                 assert!(mail.html.contains(code.as_str()) && mail.text.contains(code.as_str()));
                 assert!(mail.text.contains("10 minutes"), "{} expiry", kind.name());
@@ -424,5 +489,21 @@ mod tests {
         let to = Email::parse("ada@example.com", "email").unwrap();
         let mail = templates.render(&to, &MailKind::SignupAttempt).unwrap();
         assert!(!mail.html.contains("<b>Brand</b>"));
+    }
+
+    #[test]
+    fn the_old_address_is_told_the_new_one_masked_and_what_to_do_if_it_was_not_them() {
+        let templates =
+            Templates::new("https://introgy.ai", "https://api.introgy.ai", "Introgy").unwrap();
+        let to = Email::parse("old@example.com", "email").unwrap();
+        let kind = MailKind::EmailChanged {
+            new_email: "n***@example.org".into(),
+        };
+        let mail = templates.render(&to, &kind).unwrap();
+        for body in [&mail.text, &mail.html] {
+            assert!(body.contains("n***@example.org"), "{body}");
+            assert!(body.contains("If this was not you"), "{body}");
+        }
+        assert_eq!(mail.kind, "email_changed");
     }
 }

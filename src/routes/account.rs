@@ -1,6 +1,8 @@
 //! What a signed-in user does with their account besides the profile: the devices they
-//! are signed in on (`/auth/sessions`) and changing the password
-//! (`/auth/change-password`), and taking their data with them (`/users/me/export`). Thin handlers over [`crate::auth::account`].
+//! are signed in on (`/auth/sessions`), changing the password (`/auth/change-password`)
+//! and the address (`/users/me/email`, `/users/me/email/confirm`), and taking their data
+//! with them (`/users/me/export`). Thin handlers over [`crate::auth::account`] and
+//! [`crate::auth::email_change`].
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,12 +13,13 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::MessageResponse;
 use super::social_battery::ActivityRecord;
 use super::users::UserProfile;
 use super::{docs, schema};
 use crate::auth::export::{self, ExportFormat};
-use crate::auth::{account, AuthUser};
-use crate::domain::Password;
+use crate::auth::{account, email_change, AuthUser};
+use crate::domain::{Email, Password};
 use crate::error::{ApiResult, ErrorBody, ValidationErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::limits::ClientIp;
@@ -36,17 +39,29 @@ pub fn router() -> OpenApiRouter<AppState> {
             "Too many password checks: this account's failed-password budget (shared with \
              login) or this client's auth budget is spent",
         ))
+        .merge(docs::rate_limited(
+            OpenApiRouter::new().routes(routes!(change_email)),
+            "Too many password checks: this account's failed-password budget (shared with \
+             login) or this client's auth budget is spent",
+        ))
+        .merge(docs::rate_limited(
+            OpenApiRouter::new().routes(routes!(confirm_email_change)),
+            "This client's auth budget is spent",
+        ))
 }
 
 /// Other spellings serde accepts, declared in the document (see `docs::finish`).
-pub const ALIASES: docs::Aliases = &[(
-    "ChangePasswordRequest",
-    &[
-        ("currentPassword", "current_password"),
-        ("newPassword", "new_password"),
-        ("keepOtherSessions", "keep_other_sessions"),
-    ],
-)];
+pub const ALIASES: docs::Aliases = &[
+    (
+        "ChangePasswordRequest",
+        &[
+            ("currentPassword", "current_password"),
+            ("newPassword", "new_password"),
+            ("keepOtherSessions", "keep_other_sessions"),
+        ],
+    ),
+    ("ChangeEmailRequest", &[("newEmail", "new_email")]),
+];
 
 /// One session of the caller: a device they are signed in on.
 #[derive(Debug, Serialize, ToSchema)]
@@ -227,4 +242,77 @@ pub async fn export(
         )
         .body(body)
         .map_err(|e| crate::error::ApiError::Internal(e.into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeEmailRequest {
+    /// The address to move to; a code goes there.
+    #[serde(alias = "newEmail")]
+    #[schema(schema_with = schema::email)]
+    pub new_email: String,
+    /// The current password, to confirm.
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmEmailChangeRequest {
+    #[schema(schema_with = schema::code)]
+    pub code: String,
+}
+
+/// Ask to change the caller's address: the current password and the new address. A code
+/// goes to the new address (valid `OTP_TTL_SECONDS`, five guesses, single use; at most
+/// one mail per 60 s and five per hour to an address). A newer request replaces a pending
+/// one. The answer is the same whether or not the address can be had: an address that
+/// belongs to another account gets a notice instead of a code, and its owner's account
+/// is not touched.
+#[utoipa::path(post, path = "/users/me/email", tag = "users", request_body = ChangeEmailRequest,
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 202, description = "Accepted: if the address can be used, a code is on its way to it", body = MessageResponse),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
+        (status = 403, description = "Wrong current password", body = ErrorBody),
+        (status = 422, description = "Invalid input (including the account's own address)", body = ValidationErrorBody),
+    ))]
+pub async fn change_email(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    client: ClientIp,
+    ApiJson(req): ApiJson<ChangeEmailRequest>,
+) -> ApiResult<(StatusCode, Json<MessageResponse>)> {
+    let new_email =
+        Email::parse(&req.new_email, "new_email").map_err(crate::error::ApiError::validation)?;
+    email_change::request_email_change(&state, &auth, client, &req.password, new_email).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(MessageResponse {
+            detail: "If this address can be used, a code is on its way to it. Enter it to \
+                     confirm the change."
+                .into(),
+        }),
+    ))
+}
+
+/// Confirm the change with the code mailed to the new address: the address switches,
+/// every other session is signed out (this one stays), every outstanding code of the
+/// account dies, and the old address gets a notice. Returns the profile.
+#[utoipa::path(post, path = "/users/me/email/confirm", tag = "users", request_body = ConfirmEmailChangeRequest,
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "Changed; the profile with the new address", body = UserProfile),
+        (status = 400, description = "Wrong, expired, used or replaced code (`invalid_code`)", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
+        (status = 409, description = "Another account has the address now (`email_taken`); the address is unchanged and the code spent", body = ErrorBody),
+        (status = 422, description = "Invalid input", body = ValidationErrorBody),
+    ))]
+pub async fn confirm_email_change(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    client: ClientIp,
+    ApiJson(req): ApiJson<ConfirmEmailChangeRequest>,
+) -> ApiResult<Json<UserProfile>> {
+    let user = email_change::confirm_email_change(&state, &auth, client, &req.code).await?;
+    Ok(Json(user.into()))
 }

@@ -15,7 +15,7 @@ use super::{docs, schema};
 use crate::auth::device::Device;
 use crate::auth::service::{self, IssuedTokens, LogoutScope};
 use crate::auth::AuthUser;
-use crate::domain::{DisplayName, Email, OtpPurpose, Password};
+use crate::domain::{DisplayName, Email, Password, RequestablePurpose};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, ValidationErrorBody};
 use crate::extract::{body_bytes, content_type, form_error, is_json, parse_json, ApiJson};
 use crate::limits::ClientIp;
@@ -96,7 +96,7 @@ pub struct SendCodeRequest {
     pub email: String,
     /// `verify_email` (default) or `reset_password`.
     #[serde(default)]
-    pub purpose: Option<OtpPurpose>,
+    pub purpose: Option<RequestablePurpose>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -221,7 +221,8 @@ fn valid_timezone(tz: &str) -> bool {
         && !tz.ends_with('/')
 }
 
-/// Update the caller's profile (partial). `email` and `id` cannot be changed here.
+/// Update the caller's profile (partial). `email` and `id` cannot be changed here (the
+/// address changes through `POST /users/me/email`, with a code to the new address).
 #[utoipa::path(put, path = "/users/me", tag = "users", request_body = UpdateProfileRequest,
     security(("bearer" = []), ("oauth2" = [])),
     responses(
@@ -239,11 +240,12 @@ pub async fn update_me(
             .into_iter()
             .filter(|field| object.contains_key(*field))
             .map(|field| {
-                FieldError::body(
-                    field,
-                    format!("{field} cannot be changed"),
-                    "value_error.immutable",
-                )
+                let msg = if field == "email" {
+                    "email cannot be changed here; use POST /users/me/email".to_owned()
+                } else {
+                    format!("{field} cannot be changed")
+                };
+                FieldError::body(field, msg, "value_error.immutable")
             })
             .collect();
         if !immutable.is_empty() {

@@ -1,6 +1,6 @@
 //! The account aggregate's self-service operations: the devices a user is signed in on
-//! (the device fields of their sessions), signing one of them out, and changing the
-//! password while signed in. Sessions themselves belong to [`SessionStore`]; this trait
+//! (the device fields of their sessions), signing one of them out, changing the
+//! password while signed in, and switching to a new address proven by its code. Sessions themselves belong to [`SessionStore`]; this trait
 //! reads and changes only what the account pages need.
 //!
 //! [`SessionStore`]: super::SessionStore
@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::StoreResult;
+use super::{StoreResult, User};
 
 /// Most sessions [`AccountStore::user_devices`] lists (the most recently used first).
 pub const MAX_LISTED_SESSIONS: u32 = 100;
@@ -35,7 +35,20 @@ pub enum OtherSessions {
     },
 }
 
-/// Devices and password changes.
+/// What [`AccountStore::change_email`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmailChange {
+    /// The user's address is the code's address now; `old_email` is the one they had.
+    Changed { user: Box<User>, old_email: String },
+    /// No live email-change code of the user has that hash (spent by a parallel caller,
+    /// replaced by a newer request, expired, or the user is gone): nothing changed.
+    NoCode,
+    /// A verified account holds the code's address: the code is spent, the user keeps
+    /// their address.
+    Taken,
+}
+
+/// Devices, password and email changes.
 #[async_trait]
 pub trait AccountStore: Send + Sync {
     /// Records the device of a session; `false` if the session is gone.
@@ -66,4 +79,24 @@ pub trait AccountStore: Send + Sync {
         others: &OtherSessions,
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
+    /// Redeems the user's `change_email` code with `code_hash` and switches the user to
+    /// the address the code carries, atomically with respect to every other caller:
+    /// the code is taken first (one winner among parallel callers; it is spent whatever
+    /// follows), then the address is checked against the unique index (a verified
+    /// holder: [`EmailChange::Taken`]; an unverified account holding it, which nobody
+    /// ever proved, is deleted: the caller has just proven the mailbox), then the address
+    /// changes and counts as verified (the code proved it, so a racing caller meets a
+    /// verified holder and is refused, never deletes the winner), every outstanding code
+    /// of the user goes (a reset code mailed to the old
+    /// address must not outlive the switch) and every session but `keep_session` is
+    /// deleted. One transaction on SQLite; on MongoDB one command per step in that
+    /// order, so an interruption leaves other sessions to a retry or their expiry, never
+    /// the address half changed.
+    async fn change_email(
+        &self,
+        user_id: &str,
+        code_hash: &str,
+        keep_session: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<EmailChange>;
 }

@@ -46,6 +46,9 @@ pub struct OneTimeCode {
     /// Set for a registration attempt's code: the password (and display name) it puts in
     /// force. `None` for every other code.
     pub signup: Option<SignupChoice>,
+    /// Set for an email change's code: the (normalised) address entering it switches the
+    /// user to. `None` for every other code.
+    pub new_email: Option<String>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }

@@ -6,7 +6,7 @@
 //! | accounts and profiles | [`UserStore`] | [`User`], [`NewUser`], [`ProfilePatch`], [`SignupAttempt`] |
 //! | one-time codes | [`CodeStore`] | [`CodeChallenge`], [`OneTimeCode`], [`SignupChoice`] |
 //! | sessions and refresh tokens | [`SessionStore`] | [`Session`], [`RefreshToken`] |
-//! | devices, password change | [`AccountStore`] | [`DeviceSession`], [`OtherSessions`] |
+//! | devices, password and email change | [`AccountStore`] | [`DeviceSession`], [`OtherSessions`], [`EmailChange`] |
 //! | mail outbox and mail budget | [`MailStore`] | [`OutboxMail`], [`MailResult`], [`MailStatus`] |
 //! | mail nudges: claims, recipients, unsubscribing | [`NudgeStore`] | [`NudgeClaim`], [`NudgeList`], [`NudgeRecipient`] |
 //! | social battery | [`BatteryStore`] | [`BatteryEvent`], [`NewBatteryEvent`], [`RecordOutcome`] |
@@ -41,7 +41,7 @@ mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use account::{AccountStore, DeviceSession, OtherSessions, MAX_LISTED_SESSIONS};
+pub use account::{AccountStore, DeviceSession, EmailChange, OtherSessions, MAX_LISTED_SESSIONS};
 pub use battery::{
     replay_correction, BatteryEvent, BatteryPosition, BatteryStore, BatterySummary,
     CorrectedFields, Correction, CorrectionOutcome, HistoryCursor, HistoryFilter, IdempotencyKey,

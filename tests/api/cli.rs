@@ -221,6 +221,9 @@ fn mail_preview_writes_every_template_as_html_and_text() {
         "password_updated",
         "low_battery",
         "weekly_summary",
+        "email_change_code",
+        "email_change_taken",
+        "email_changed",
     ] {
         let html = std::fs::read_to_string(out.join(format!("{name}.html"))).unwrap();
         let text = std::fs::read_to_string(out.join(format!("{name}.txt"))).unwrap();

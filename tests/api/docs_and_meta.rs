@@ -282,6 +282,8 @@ async fn every_answer_that_middleware_gives_is_declared() {
         "delete /users/me",
         "post /auth/change-password",
         "get /users/me/export",
+        "post /users/me/email",
+        "post /users/me/email/confirm",
     ];
     let resolve = |response: &serde_json::Value| match response["$ref"].as_str() {
         Some(reference) => doc
@@ -342,6 +344,8 @@ async fn every_field_the_server_accepts_is_declared_and_no_other() {
         ("PUT", "/users/me"),
         ("DELETE", "/users/me"),
         ("POST", "/auth/change-password"),
+        ("POST", "/users/me/email"),
+        ("POST", "/users/me/email/confirm"),
         ("POST", "/social-battery/{user_id}/record"),
     ];
     for (method, path) in probed {

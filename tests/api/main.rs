@@ -10,6 +10,7 @@ mod corrections;
 mod crash;
 mod docs_and_meta;
 mod durability;
+mod email_change;
 mod envelope;
 mod export;
 mod helpers;

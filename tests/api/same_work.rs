@@ -132,6 +132,7 @@ async fn verify_otp_does_the_same_work_for_known_and_unknown_addresses() {
             purpose: OtpPurpose::VerifyEmail,
             code_hash: "not the hash of 000000".into(),
             signup: None,
+            new_email: None,
             created_at: app.state.clock.now(),
             expires_at: app.state.clock.now() + chrono::Duration::minutes(10),
         })
@@ -232,7 +233,7 @@ async fn send_verification_code_answers_before_any_store_work_for_every_address(
                 &state,
                 client(n),
                 email(&address),
-                OtpPurpose::ResetPassword,
+                introgy::domain::RequestablePurpose::ResetPassword,
             )
         }
     };

@@ -32,6 +32,7 @@ pub fn code(user_id: &str, purpose: OtpPurpose, hash: &str) -> OneTimeCode {
         purpose,
         code_hash: hash.to_owned(),
         signup: None,
+        new_email: None,
         created_at: t0(),
         expires_at: at(600),
     }

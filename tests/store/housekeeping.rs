@@ -19,6 +19,7 @@ async fn the_purge_removes_what_expired_and_keeps_the_rest(s: &TestStore) {
         purpose,
         code_hash: "h".into(),
         signup: None,
+        new_email: None,
         created_at: t0(),
         expires_at,
     };
@@ -85,6 +86,7 @@ async fn the_purge_removes_accounts_never_verified_after_a_week(s: &TestStore) {
         purpose: OtpPurpose::VerifyEmail,
         code_hash: "old".into(),
         signup: None,
+        new_email: None,
         created_at: t0(),
         expires_at: at(600),
     };

@@ -56,6 +56,7 @@ fn attempt(email: &str, user_id: &str, existing: bool, pw: &str, seconds: i64) -
             purpose: OtpPurpose::VerifyEmail,
             code_hash: format!("code of {pw}"),
             signup: Some(choice),
+            new_email: None,
             created_at: now,
             expires_at: now + chrono::Duration::seconds(600),
         },

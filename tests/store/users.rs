@@ -100,6 +100,7 @@ async fn everything_of(s: &TestStore, user_id: &str) -> (Session, RefreshToken) 
                 purpose,
                 code_hash: "h".into(),
                 signup: None,
+                new_email: None,
                 created_at: t0(),
                 expires_at: at(600),
             })

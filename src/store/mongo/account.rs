@@ -1,14 +1,20 @@
 //! Devices (the `client` and `ip` fields of a `sessions` document, which the session's
-//! own [`SessionStore`](crate::store::SessionStore) code leaves alone) and password
-//! changes.
+//! own [`SessionStore`](crate::store::SessionStore) code leaves alone), password and
+//! email changes.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mongodb::bson::doc;
+use mongodb::options::ReturnDocument;
 use serde::Deserialize;
 
-use super::{bdt, user_filter, utc, MongoStore, REFRESH_TOKENS, SESSIONS, USERS};
-use crate::store::{AccountStore, DeviceSession, OtherSessions, StoreResult};
+use super::users::UserDoc;
+use super::{bdt, read, user_filter, user_key, utc, MongoStore, CODES, REFRESH_TOKENS};
+use super::{SESSIONS, USERS};
+use crate::domain::OtpPurpose;
+use crate::store::{
+    AccountStore, DeviceSession, EmailChange, OtherSessions, StoreError, StoreResult, UserStore,
+};
 
 /// The fields of a `sessions` document that the device list shows.
 #[derive(Debug, Deserialize)]
@@ -32,6 +38,23 @@ impl DeviceDoc {
             client: self.client,
             ip: self.ip,
         })
+    }
+}
+
+impl MongoStore {
+    /// Deletes every session of the user but `keep`, then their refresh tokens.
+    async fn sign_out_others(&self, user_id: &str, keep: &str) -> StoreResult<()> {
+        self.run(
+            self.c(SESSIONS)
+                .delete_many(doc! { "user_id": user_id, "_id": { "$ne": keep } }),
+        )
+        .await?;
+        self.run(
+            self.c(REFRESH_TOKENS)
+                .delete_many(doc! { "user_id": user_id, "session_id": { "$ne": keep } }),
+        )
+        .await?;
+        Ok(())
     }
 }
 
@@ -112,17 +135,77 @@ impl AccountStore for MongoStore {
             return Ok(false);
         }
         if let OtherSessions::SignOut { keep } = others {
-            self.run(
-                self.c(SESSIONS)
-                    .delete_many(doc! { "user_id": user_id, "_id": { "$ne": keep } }),
-            )
-            .await?;
-            self.run(
-                self.c(REFRESH_TOKENS)
-                    .delete_many(doc! { "user_id": user_id, "session_id": { "$ne": keep } }),
-            )
-            .await?;
+            self.sign_out_others(user_id, keep).await?;
         }
         Ok(true)
+    }
+
+    async fn change_email(
+        &self,
+        user_id: &str,
+        code_hash: &str,
+        keep_session: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<EmailChange> {
+        // The code first: one winner, and spent whatever follows.
+        let code = self
+            .take_code(user_id, OtpPurpose::ChangeEmail, code_hash)
+            .await?;
+        let Some(new_email) = code
+            .filter(|c| c.expires_at > now)
+            .and_then(|c| c.new_email)
+        else {
+            return Ok(EmailChange::NoCode);
+        };
+        let Some(before) = self.user_by_id(user_id).await? else {
+            return Ok(EmailChange::NoCode);
+        };
+        // An account never verified (`is_verified: false`, as the purge counts it) gives
+        // the address up to the one who proved the mailbox; what it has goes with it.
+        let unverified = self
+            .run(self.raw(USERS).find_one_and_delete(doc! {
+                "email": &new_email,
+                "is_verified": false,
+                "_id": { "$ne": user_key(user_id) },
+            }))
+            .await?;
+        if let Some(raw) = unverified {
+            let holder = read(USERS, &raw, UserDoc::into_user)?;
+            for collection in [SESSIONS, REFRESH_TOKENS, CODES] {
+                self.run(
+                    self.c(collection)
+                        .delete_many(doc! { "user_id": &holder.id }),
+                )
+                .await?;
+            }
+        }
+        // The unique index on `email` decides between racing callers.
+        let switched = self
+            .run(
+                self.raw(USERS)
+                    .find_one_and_update(
+                        user_filter(user_id),
+                        doc! { "$set": {
+                            "email": &new_email,
+                            "is_verified": true,
+                            "updated_at": bdt(now),
+                        } },
+                    )
+                    .return_document(ReturnDocument::After),
+            )
+            .await;
+        let user = match switched {
+            Ok(Some(raw)) => read(USERS, &raw, UserDoc::into_user)?,
+            Ok(None) => return Ok(EmailChange::NoCode),
+            Err(StoreError::Conflict(_)) => return Ok(EmailChange::Taken),
+            Err(e) => return Err(e),
+        };
+        self.run(self.c(CODES).delete_many(doc! { "user_id": user_id }))
+            .await?;
+        self.sign_out_others(user_id, keep_session).await?;
+        Ok(EmailChange::Changed {
+            user: Box::new(user),
+            old_email: before.email,
+        })
     }
 }

@@ -50,6 +50,9 @@ struct CodeEntryDoc {
     password_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     display_name: Option<String>,
+    /// Present exactly for an email change's code: the address it switches to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    new_email: Option<String>,
     created_at: mongodb::bson::DateTime,
     expires_at: mongodb::bson::DateTime,
 }
@@ -64,6 +67,7 @@ impl CodeEntryDoc {
             code_hash: code.code_hash.clone(),
             password_hash: code.signup.as_ref().map(|s| s.password_hash.clone()),
             display_name: code.signup.as_ref().and_then(|s| s.display_name.clone()),
+            new_email: code.new_email.clone(),
             created_at: bdt(code.created_at),
             expires_at: bdt(code.expires_at),
         }
@@ -78,6 +82,7 @@ impl CodeEntryDoc {
                 password_hash,
                 display_name: self.display_name,
             }),
+            new_email: self.new_email,
             created_at: utc(self.created_at).map_err(|e| format!("codes.created_at: {e}"))?,
             expires_at: utc(self.expires_at).map_err(|e| format!("codes.expires_at: {e}"))?,
         })
@@ -119,6 +124,7 @@ impl CodeDoc {
                 purpose: self.purpose,
                 code_hash,
                 signup: None,
+                new_email: None,
                 created_at: utc(created_at).map_err(|e| format!("created_at: {e}"))?,
                 expires_at: utc(self.expires_at).map_err(|e| format!("expires_at: {e}"))?,
             });
@@ -237,12 +243,23 @@ impl MongoStore {
         user_id: &str,
         code_hash: &str,
     ) -> StoreResult<Option<OneTimeCode>> {
+        self.take_code(user_id, OtpPurpose::VerifyEmail, code_hash)
+            .await
+    }
+
+    /// Takes (deletes) the challenge of `(user, purpose)` holding `code_hash`, returning
+    /// that code: one winner among parallel callers.
+    pub(super) async fn take_code(
+        &self,
+        user_id: &str,
+        purpose: OtpPurpose,
+        code_hash: &str,
+    ) -> StoreResult<Option<OneTimeCode>> {
         let taken = self
-            .run(self.raw(CODES).find_one_and_delete(holding(
-                user_id,
-                OtpPurpose::VerifyEmail,
-                code_hash,
-            )))
+            .run(
+                self.raw(CODES)
+                    .find_one_and_delete(holding(user_id, purpose, code_hash)),
+            )
             .await?;
         let Some(raw) = taken else {
             return Ok(None);

@@ -14,7 +14,7 @@ use crate::store::{
 };
 
 const CODE_COLUMNS: &str =
-    "user_id, purpose, code_hash, password_hash, display_name, created_at, expires_at";
+    "user_id, purpose, code_hash, password_hash, display_name, created_at, expires_at, new_email";
 
 /// The one `one_time_codes` row → [`OneTimeCode`] mapping.
 fn code_from_row(row: &Row<'_>) -> rusqlite::Result<OneTimeCode> {
@@ -31,6 +31,7 @@ fn code_from_row(row: &Row<'_>) -> rusqlite::Result<OneTimeCode> {
             }),
             None => None,
         },
+        new_email: f.get(7)?,
         created_at: f.time(5)?,
         expires_at: f.time(6)?,
     })
@@ -38,7 +39,7 @@ fn code_from_row(row: &Row<'_>) -> rusqlite::Result<OneTimeCode> {
 
 fn insert_code(conn: &Connection, code: &OneTimeCode) -> rusqlite::Result<()> {
     conn.prepare_cached(&format!(
-        "INSERT INTO one_time_codes ({CODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        "INSERT INTO one_time_codes ({CODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     ))?
     .execute(params![
         code.user_id,
@@ -47,7 +48,8 @@ fn insert_code(conn: &Connection, code: &OneTimeCode) -> rusqlite::Result<()> {
         code.signup.as_ref().map(|s| &s.password_hash),
         code.signup.as_ref().and_then(|s| s.display_name.as_ref()),
         millis(code.created_at),
-        millis(code.expires_at)
+        millis(code.expires_at),
+        code.new_email
     ])
     .map(drop)
 }

@@ -69,7 +69,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_history_order.sql"),
     include_str!("../migrations/0005_signup_attempts.sql"),
     include_str!("../migrations/0006_session_devices.sql"),
-    include_str!("../migrations/0008_nudge_claims.sql"),
+    include_str!("../migrations/0007_nudge_claims.sql"),
+    include_str!("../migrations/0008_email_change.sql"),
 ];
 
 const READERS: usize = 4;
