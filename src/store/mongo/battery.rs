@@ -448,12 +448,18 @@ impl MongoStore {
     /// computing it again after a correction). The event's levels are computed again
     /// from the user's current position first unless they were computed against it.
     async fn roll_forward(&self, user_id: &str, seq: i64) -> StoreResult<()> {
-        let Some(position) = self.position(user_id).await? else {
-            return Ok(());
-        };
-        if position.seq() != seq {
-            return Ok(());
+        match self.position(user_id).await? {
+            Some(position) if position.seq() == seq => {
+                self.roll_forward_from(user_id, &position).await
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// [`roll_forward`](Self::roll_forward) from a position read before (perhaps stale:
+    /// every write below is conditional on it, so a stale one changes nothing).
+    async fn roll_forward_from(&self, user_id: &str, position: &PositionDoc) -> StoreResult<()> {
+        let seq = position.seq();
         let next = self
             .run(
                 self.raw(EVENTS)
@@ -518,7 +524,9 @@ impl MongoStore {
                     None => recorded.clone(),
                 }));
             }
-            self.roll_forward(user_id, recorded.seq - 1).await?;
+            if position.seq() == recorded.seq - 1 {
+                self.roll_forward_from(user_id, &position).await?;
+            }
         }
         Err(StoreError::Unavailable(anyhow::anyhow!(
             "battery write contention"
@@ -618,7 +626,7 @@ impl MongoStore {
             let (seq, version) = (position.seq(), position.version());
             if target.seq > seq {
                 // A record still moving the user forward: settle it first.
-                self.roll_forward(user_id, seq).await?;
+                self.roll_forward_from(user_id, &position).await?;
                 continue;
             }
             let cursor = self
@@ -889,7 +897,7 @@ impl MongoStore {
                 Ok(_) => {}
                 Err(StoreError::Conflict(_)) => {
                     // Another writer holds this step; make sure it is not stuck, then retry.
-                    self.roll_forward(user_id, seq).await?;
+                    self.roll_forward_from(user_id, &position).await?;
                     continue;
                 }
                 Err(e @ StoreError::Unavailable(_)) => {
