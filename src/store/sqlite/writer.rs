@@ -457,6 +457,33 @@ mod tests {
         assert_eq!(rows(&store).await, [1, 2, 3, 4]);
     }
 
+    /// A write closure runs inside its group's transaction: `BEGIN` there fails ("cannot
+    /// start a transaction within a transaction"), so aggregates open a savepoint.
+    #[test]
+    fn write_closures_open_savepoints_not_transactions() {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/sqlite");
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            // mod.rs migrates on the connection before the writer thread owns it; this
+            // file opens the groups.
+            if path
+                .file_name()
+                .is_some_and(|name| name == "mod.rs" || name == "writer.rs")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for needle in [".transaction(", ".transaction_with_behavior(", "\"BEGIN"] {
+                assert!(
+                    !text.contains(needle),
+                    "{} calls {needle}: use `conn.savepoint()` (writes run inside the \
+                     writer's group transaction)",
+                    path.display()
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_write_not_started_by_its_deadline_answers_unavailable_and_never_runs() {
         // Start deadline: half of one second.
