@@ -708,25 +708,17 @@ impl MongoStore {
         raw.map(|raw| decode(USERS, &raw)).transpose()
     }
 
-    /// Claims `key` for a correction of `target`; `Err(outcome)` when the request was seen.
-    async fn claim_correction_key(
+    /// Inserts `claim`, or takes over an expired claim of its key: `None` when it is
+    /// this request's now, else the live claim an earlier request holds.
+    async fn insert_key_claim(
         &self,
-        user_id: &str,
-        key: &IdempotencyKey,
-        target: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Result<(), CorrectionOutcome>> {
+        claim: &KeyDoc,
+        not_before: DateTime<Utc>,
+    ) -> StoreResult<Option<KeyDoc>> {
         let keys = self.typed::<KeyDoc>(IDEMPOTENCY);
-        let claim = KeyDoc {
-            id: format!("{user_id}:{}", key.key),
-            user_id: user_id.to_owned(),
-            request_hash: key.request_hash.clone(),
-            event_id: target.to_owned(),
-            created_at: bdt(now),
-        };
         for _ in 0..MAX_RETRIES {
-            match self.run(keys.insert_one(&claim)).await {
-                Ok(_) => return Ok(Ok(())),
+            match self.run(keys.insert_one(claim)).await {
+                Ok(_) => return Ok(None),
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -737,27 +729,43 @@ impl MongoStore {
                 continue;
             };
             let existing: KeyDoc = decode(IDEMPOTENCY, &raw)?;
-            if utc(existing.created_at).map_or(true, |at| at < key.not_before) {
+            if utc(existing.created_at).map_or(true, |at| at < not_before) {
+                // Expired: take it over, if nobody else did.
                 let taken = self
                     .run(keys.replace_one(
                         doc! { "_id": &claim.id, "created_at": existing.created_at },
-                        &claim,
+                        claim,
                     ))
                     .await?;
                 if taken.matched_count == 1 {
-                    return Ok(Ok(()));
+                    return Ok(None);
                 }
                 continue;
             }
-            if existing.request_hash != key.request_hash {
-                return Ok(Err(CorrectionOutcome::KeyReused));
-            }
-            let now = self.battery_event(user_id, &existing.event_id).await?;
-            return Ok(Err(CorrectionOutcome::Replayed(now)));
+            return Ok(Some(existing));
         }
         Err(StoreError::Unavailable(anyhow::anyhow!(
             "idempotency key contention"
         )))
+    }
+
+    /// Claims `key` for a correction of `target`; `Err(outcome)` when the request was seen.
+    async fn claim_correction_key(
+        &self,
+        user_id: &str,
+        key: &IdempotencyKey,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<(), CorrectionOutcome>> {
+        let claim = Self::key_doc(user_id, key, target, now);
+        let Some(existing) = self.insert_key_claim(&claim, key.not_before).await? else {
+            return Ok(Ok(()));
+        };
+        if existing.request_hash != key.request_hash {
+            return Ok(Err(CorrectionOutcome::KeyReused));
+        }
+        let now = self.battery_event(user_id, &existing.event_id).await?;
+        Ok(Err(CorrectionOutcome::Replayed(now)))
     }
 
     /// Claims an idempotency key for `event_id`; `Err(outcome)` when the request was seen.
@@ -768,35 +776,11 @@ impl MongoStore {
         event_id: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Result<(), RecordOutcome>> {
-        let keys = self.typed::<KeyDoc>(IDEMPOTENCY);
         let claim = Self::key_doc(user_id, key, event_id, now);
         for _ in 0..MAX_RETRIES {
-            match self.run(keys.insert_one(&claim)).await {
-                Ok(_) => return Ok(Ok(())),
-                Err(StoreError::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
-            let Some(raw) = self
-                .run(self.raw(IDEMPOTENCY).find_one(doc! { "_id": &claim.id }))
-                .await?
-            else {
-                continue;
+            let Some(existing) = self.insert_key_claim(&claim, key.not_before).await? else {
+                return Ok(Ok(()));
             };
-            let existing: KeyDoc = decode(IDEMPOTENCY, &raw)?;
-            let expired = utc(existing.created_at).map_or(true, |at| at < key.not_before);
-            if expired {
-                // Expired: take it over, if nobody else did.
-                let taken = self
-                    .run(keys.replace_one(
-                        doc! { "_id": &claim.id, "created_at": existing.created_at },
-                        &claim,
-                    ))
-                    .await?;
-                if taken.matched_count == 1 {
-                    return Ok(Ok(()));
-                }
-                continue;
-            }
             if existing.request_hash != key.request_hash {
                 return Ok(Err(RecordOutcome::KeyReused));
             }
@@ -816,7 +800,7 @@ impl MongoStore {
             }
             // Its writer is gone without an event: take the claim over.
             let taken = self
-                .run(keys.replace_one(
+                .run(self.typed::<KeyDoc>(IDEMPOTENCY).replace_one(
                     doc! { "_id": &claim.id, "event_id": &existing.event_id },
                     &claim,
                 ))

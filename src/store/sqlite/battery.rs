@@ -110,15 +110,7 @@ fn seen_key(
     user_id: &str,
     key: &IdempotencyKey,
 ) -> rusqlite::Result<Option<RecordOutcome>> {
-    let seen: Option<(String, String)> = conn
-        .prepare_cached(
-            "SELECT request_hash, event_id FROM idempotency_keys \
-             WHERE user_id = ?1 AND key = ?2 AND created_at >= ?3",
-        )?
-        .query_row(params![user_id, key.key, millis(key.not_before)], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
+    let seen = live_key(conn, user_id, key)?;
     let Some((hash, event_id)) = seen else {
         return Ok(None);
     };
@@ -173,6 +165,22 @@ fn add_stats(
     .map(drop)
 }
 
+/// The request hash and event of `key` if an unexpired request used it.
+fn live_key(
+    conn: &Connection,
+    user_id: &str,
+    key: &IdempotencyKey,
+) -> rusqlite::Result<Option<(String, String)>> {
+    conn.prepare_cached(
+        "SELECT request_hash, event_id FROM idempotency_keys \
+         WHERE user_id = ?1 AND key = ?2 AND created_at >= ?3",
+    )?
+    .query_row(params![user_id, key.key, millis(key.not_before)], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .optional()
+}
+
 /// Remembers `key` for the request it was first used with, bound to `event_id`.
 fn remember_key(
     conn: &Connection,
@@ -218,16 +226,7 @@ impl BatteryStore for SqliteStore {
         self.write(move |conn| {
             let tx = conn.savepoint()?;
             if let Some(key) = &key {
-                let seen: Option<(String, String)> = tx
-                    .prepare_cached(
-                        "SELECT request_hash, event_id FROM idempotency_keys \
-                         WHERE user_id = ?1 AND key = ?2 AND created_at >= ?3",
-                    )?
-                    .query_row(params![user_id, key.key, millis(key.not_before)], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?;
-                if let Some((hash, event_id)) = seen {
+                if let Some((hash, event_id)) = live_key(&tx, &user_id, key)? {
                     if hash != key.request_hash {
                         return Ok(CorrectionOutcome::KeyReused);
                     }
@@ -328,37 +327,20 @@ impl BatteryStore for SqliteStore {
                 recorded.seq,
                 millis(recorded.recorded_at)
             ])?;
-            let totals = Totals::of(&applied);
-            tx.prepare_cached(
-                "INSERT INTO battery_stats (user_id, kind, count, total_positive, total_negative, level_sum) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (user_id, kind) DO UPDATE SET count = count + excluded.count, \
-                 total_positive = total_positive + excluded.total_positive, \
-                 total_negative = total_negative + excluded.total_negative, \
-                 level_sum = level_sum + excluded.level_sum",
-            )?
-            .execute(params![
-                user_id,
-                recorded.interaction.kind().as_str(),
-                totals.count,
-                totals.total_positive,
-                totals.total_negative,
-                totals.level_sum
-            ])?;
+            add_stats(
+                &tx,
+                &user_id,
+                recorded.interaction.kind(),
+                Totals::of(&applied),
+            )?;
             if let Some(key) = &key {
-                tx.prepare_cached(
-                    "INSERT INTO idempotency_keys (user_id, key, request_hash, event_id, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (user_id, key) DO UPDATE SET \
-                     request_hash = excluded.request_hash, event_id = excluded.event_id, \
-                     created_at = excluded.created_at",
-                )?
-                .execute(params![
-                    user_id,
-                    key.key,
-                    key.request_hash,
-                    recorded.id,
-                    millis(recorded.recorded_at)
-                ])?;
+                remember_key(
+                    &tx,
+                    &user_id,
+                    key,
+                    &recorded.id,
+                    millis(recorded.recorded_at),
+                )?;
             }
             tx.commit()?;
             Ok(RecordOutcome::Recorded(recorded))
