@@ -6,6 +6,7 @@
 //! clamped to 0–100; what was applied is described by an [`Applied`].
 
 mod channel;
+pub mod insights;
 mod totals;
 
 use serde::{Deserialize, Serialize};

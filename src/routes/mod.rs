@@ -5,6 +5,7 @@
 pub mod account;
 pub mod auth;
 pub mod docs;
+pub mod insights;
 pub mod meta;
 pub mod schema;
 pub mod social_battery;
@@ -30,6 +31,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(account::router())
         .merge(social_battery::router())
+        .merge(insights::router())
         .merge(unsubscribe::router())
 }
 

@@ -227,7 +227,8 @@ pub fn avatar_url(max: usize) -> Object {
         .build()
 }
 
-/// `timezone`: an IANA-style name (format checked, not the zone database).
+/// `timezone`: an IANA zone name (the pattern states the format; the handler also
+/// looks the name up in the zone database).
 pub fn timezone(max: usize) -> Object {
     let edge = "[A-Za-z0-9_+-]";
     string(true)
@@ -237,8 +238,9 @@ pub fn timezone(max: usize) -> Object {
         )))
         .description(Some(format!(
             "An IANA zone name such as `Europe/Berlin`: letters, digits and `/_+-`, at \
-             most {max} characters, not starting or ending with `/`. Empty or `null` \
-             clears it."
+             most {max} characters, not starting or ending with `/`, and a zone of the \
+             IANA time zone database exactly as it spells it (else 422). Empty or `null` \
+             clears it. Insights count days in this zone."
         )))
         .examples(["Europe/Berlin"])
         .build()

@@ -378,7 +378,7 @@ fn limit_schema() -> utoipa::openapi::schema::Object {
 }
 
 /// `me` or the caller's own id; anything else is somebody else's and answers 404.
-fn own_battery(auth: &AuthUser, user_id: &str) -> ApiResult<()> {
+pub(super) fn own_battery(auth: &AuthUser, user_id: &str) -> ApiResult<()> {
     if user_id == "me" || user_id == auth.user_id {
         Ok(())
     } else {

@@ -292,7 +292,9 @@ pub async fn update_me(
         }
     }
     if let Some(Some(tz)) = &patch.timezone {
-        if !valid_timezone(tz) {
+        // The format (what the schema's pattern states), then the zone database: insights
+        // count days in this zone.
+        if !valid_timezone(tz) || !crate::battery::insights::is_iana_zone(tz) {
             errors.push(FieldError::body(
                 "timezone",
                 "must be an IANA time zone name such as Europe/Berlin",

@@ -30,7 +30,7 @@ pub trait MigrationStore: Send + Sync {
     /// Writes events as given (insert or replace by id).
     async fn import_events(&self, events: &[BatteryEvent]) -> StoreResult<()>;
     /// Sets the battery position of an imported user and recomputes its running totals
-    /// from the imported history.
+    /// and insights buckets from the imported history.
     async fn finish_battery_import(
         &self,
         user_id: &str,

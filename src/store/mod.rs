@@ -10,6 +10,7 @@
 //! | mail outbox and mail budget | [`MailStore`] | [`OutboxMail`], [`MailResult`], [`MailStatus`] |
 //! | mail nudges: claims, recipients, unsubscribing | [`NudgeStore`] | [`NudgeClaim`], [`NudgeList`], [`NudgeRecipient`] |
 //! | social battery | [`BatteryStore`] | [`BatteryEvent`], [`NewBatteryEvent`], [`RecordOutcome`] |
+//! | battery insights (quarter-hour buckets) | [`InsightStore`] | [`insights::Bucket`] |
 //! | the authenticated read (sessions + users + battery) | [`CallerStore`] | [`Caller`] |
 //! | rate limits and budgets | [`LimitStore`] | [`Budget`], [`LimitKey`], [`Rate`], [`Window`], [`Slot`] |
 //! | moving between stores | [`MigrationStore`] | [`StoreCounts`] |
@@ -29,6 +30,7 @@ mod battery;
 mod caller;
 mod codes;
 mod housekeeping;
+pub mod insights;
 pub mod limits;
 mod mail;
 mod migration;
@@ -50,6 +52,7 @@ pub use battery::{
 pub use caller::{Caller, CallerStore};
 pub use codes::{Admission, CodeChallenge, CodeStore, OneTimeCode, SignupChoice};
 pub use housekeeping::Housekeeping;
+pub use insights::InsightStore;
 pub use limits::{Budget, LimitKey, LimitStore, Rate, Refused, Slot, Window};
 pub use mail::{MailResult, MailStatus, MailStore, OutboxMail, OutboxStats, SendLimits};
 pub use migration::{MigrationStore, StoreCounts};
@@ -107,6 +110,7 @@ pub trait Store:
     + MailStore
     + NudgeStore
     + BatteryStore
+    + InsightStore
     + CallerStore
     + LimitStore
     + MigrationStore
@@ -125,6 +129,7 @@ impl<T> Store for T where
         + MailStore
         + NudgeStore
         + BatteryStore
+        + InsightStore
         + CallerStore
         + LimitStore
         + MigrationStore

@@ -112,6 +112,7 @@ async fn parallel_records_get_contiguous_seqs_and_the_level_is_the_replay_of_the
         .unwrap();
     history.sort_by_key(|e| e.seq);
     assert_eq!(history, events);
+    crate::insights::assert_buckets(s, &user.id).await;
 }
 
 async fn parallel_records_are_stamped_in_acceptance_order(s: &TestStore) {
@@ -480,4 +481,5 @@ async fn records_from_a_stale_position_lose_no_update(s: &TestStore) {
     // The history is a timeline (by occurred_at); the steps are the acceptance order.
     history.sort_by_key(|e| e.seq);
     assert_eq!(history, events);
+    crate::insights::assert_buckets(s, &user.id).await;
 }

@@ -71,6 +71,7 @@ async fn assert_consistent(s: &TestStore, user_id: &str) -> Vec<BatteryEvent> {
         .unwrap();
     assert_eq!(running, aggregated, "running totals agree with the history");
     assert_eq!(running, introgy::store::BatterySummary::of(&expected));
+    crate::insights::assert_buckets(s, user_id).await;
     events
 }
 

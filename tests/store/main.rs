@@ -13,6 +13,7 @@ mod codes;
 mod corrections;
 mod corrupt;
 mod housekeeping;
+mod insights;
 mod limits;
 mod mail;
 mod nudges;

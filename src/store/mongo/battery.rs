@@ -24,7 +24,7 @@
 //! insert claims, never earlier than the previous event's, so acceptance order and
 //! `recorded_at` agree. History is read in timeline order (`occurred_at`, then `seq`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,9 +33,11 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{InsertOneModel, UpdateModifications, UpdateOneModel, WriteModel};
 use serde::{Deserialize, Serialize};
 
+use super::insights::increment;
 use super::users::level_of;
 use super::{bdt, decode, read, user_filter, utc, MongoStore};
-use super::{EVENTS, IDEMPOTENCY, MAX_RETRIES, USERS};
+use super::{BUCKETS, EVENTS, IDEMPOTENCY, MAX_RETRIES, USERS};
+use crate::battery::insights::{bucket_of, Entry};
 use crate::battery::{
     self, Applied, BatteryLevel, Channel, InteractionKind, KindTotals, SleepQuality, Totals,
 };
@@ -224,6 +226,10 @@ struct ReplayDoc {
     from_seq: i64,
     through_seq: i64,
     start_level: i32,
+    /// The insights bucket the corrected record was in (absent in plans written before
+    /// buckets existed).
+    #[serde(default)]
+    old_bucket: Option<i64>,
 }
 
 /// Matches an event whose levels were computed against a version older than `version`.
@@ -486,6 +492,14 @@ impl MongoStore {
             ))
             .await?;
         }
+        // Its insights bucket from the events (the event's writer may have added it with
+        // levels computed against an older version, or not at all).
+        self.recompute_buckets(
+            user_id,
+            &BTreeSet::from([bucket_of(event.occurred_at)]),
+            event.seq,
+        )
+        .await?;
         let update = advance_update(
             event.seq,
             event.interaction.kind(),
@@ -556,6 +570,10 @@ impl MongoStore {
         };
         let mut level = stored_level(replay.start_level.into())
             .map_err(|reason| StoreError::corrupt(USERS, user_id, reason))?;
+        // Insights: every bucket of the range, the corrected record's old and new one.
+        let mut touched: BTreeSet<i64> = events.iter().map(|e| bucket_of(e.occurred_at)).collect();
+        touched.extend(replay.old_bucket);
+        touched.extend(replacement.as_ref().map(|e| bucket_of(e.occurred_at)));
         for event in events {
             let base = if event.id == replay.target {
                 match &replacement {
@@ -586,6 +604,8 @@ impl MongoStore {
             )
             .await?;
         }
+        self.recompute_buckets(user_id, &touched, replay.through_seq)
+            .await?;
         let mut done = user_filter(user_id);
         done.insert("battery_replay.version", replay.version);
         self.run(
@@ -656,6 +676,7 @@ impl MongoStore {
                 from_seq: target.seq,
                 through_seq: seq,
                 start_level: target.level_before.value(),
+                old_bucket: Some(bucket_of(target.occurred_at)),
             };
             let mut filter = at_position(user_id, seq, version);
             filter.insert("battery_replay", doc! { "$exists": false });
@@ -893,6 +914,8 @@ impl MongoStore {
                 // event (or, if there is none, takes the claim over).
                 Err(e) => return Err(e),
             }
+            // Before the user advances: if this stops here, the roll-forward does it.
+            self.add_to_bucket(user_id, &Entry::from(&recorded)).await?;
             let advanced = self
                 .run(self.c(USERS).update_one(
                     at_position(user_id, seq, version),
@@ -959,7 +982,7 @@ impl BatteryStore for MongoStore {
         let recorded = event
             .clone()
             .recorded(user_id, seen.seq + 1, applied, recorded_at);
-        let mut writes: Vec<WriteModel> = Vec::with_capacity(3);
+        let mut writes: Vec<WriteModel> = Vec::with_capacity(4);
         if let Some(key) = key {
             let claim = Self::key_doc(user_id, key, &event.id, event.recorded_at);
             writes.push(
@@ -980,6 +1003,17 @@ impl BatteryStore for MongoStore {
                 .build()
                 .into(),
         );
+        // The event's insights bucket, before the user advances (see `insights.rs`).
+        let (bucket_filter, bucket_update) = increment(user_id, &Entry::from(&recorded));
+        writes.push(
+            UpdateOneModel::builder()
+                .namespace(self.namespace(BUCKETS))
+                .filter(bucket_filter)
+                .update(UpdateModifications::Pipeline(bucket_update))
+                .upsert(true)
+                .build()
+                .into(),
+        );
         writes.push(
             UpdateOneModel::builder()
                 .namespace(self.namespace(USERS))
@@ -994,12 +1028,17 @@ impl BatteryStore for MongoStore {
                 .into(),
         );
         match self.bulk_write(writes).await {
-            Ok(Ok(1)) => Ok(RecordOutcome::Recorded(recorded)),
+            // The bucket's upsert counts one; the user's update one more if it matched.
+            Ok(Ok(2)) => Ok(RecordOutcome::Recorded(recorded)),
             // The update matched nothing: rolled forward by another writer, or a
             // correction moved the level since `seen` (see `record_claimed`).
             Ok(Ok(_)) => self.settle_record(user_id, &recorded).await,
             Ok(Err(failed)) if failed.duplicate && failed.index < step => {
                 self.record_interaction(user_id, event, key).await
+            }
+            // Two first upserts of one bucket: the event is in, settle it.
+            Ok(Err(failed)) if failed.duplicate && failed.index > step => {
+                self.settle_record(user_id, &recorded).await
             }
             Ok(Err(failed)) if failed.duplicate => {
                 self.roll_forward(user_id, seen.seq).await?;

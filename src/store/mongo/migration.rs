@@ -7,7 +7,7 @@ use mongodb::bson::{doc, oid::ObjectId};
 
 use super::battery::{stats_document, EventDoc};
 use super::users::UserDoc;
-use super::{bdt, user_filter, MongoStore, EVENTS, USERS};
+use super::{bdt, user_filter, MongoStore, BUCKETS, EVENTS, USERS};
 use crate::store::{BatteryEvent, MigrationStore, StoreCounts, StoreError, StoreResult, User};
 
 #[async_trait]
@@ -90,8 +90,11 @@ impl MigrationStore for MongoStore {
                 "battery_updated_at": updated_at.map(bdt), "battery_stats": stats_document(&totals),
             } },
         ))
-        .await
-        .map(drop)
+        .await?;
+        // Insights buckets from the imported history (a second run starts over).
+        self.run(self.c(BUCKETS).delete_many(doc! { "user_id": user_id }))
+            .await?;
+        self.fill_user_buckets(user_id).await
     }
 
     async fn counts(&self) -> StoreResult<StoreCounts> {

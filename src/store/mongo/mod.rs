@@ -25,6 +25,7 @@ mod battery;
 mod caller;
 mod codes;
 mod housekeeping;
+mod insights;
 mod limits;
 mod mail;
 mod migration;
@@ -59,6 +60,9 @@ const IDEMPOTENCY: &str = "idempotency_keys";
 const OUTBOX: &str = "mail_outbox";
 const LIMITS: &str = "limits";
 const NUDGE_CLAIMS: &str = "nudge_claims";
+const BUCKETS: &str = "battery_buckets";
+/// One document per one-off data migration done (its `_id` names it).
+const META: &str = "introgy_meta";
 
 /// How many times an optimistic write is retried under contention.
 const MAX_RETRIES: usize = 200;
@@ -444,7 +448,7 @@ impl MongoStore {
     /// One ordered `bulkWrite` command across collections (MongoDB 8.0+; see
     /// [`ServerFeatures::client_bulk_write`]): one round trip. A write that fails stops
     /// the ones after it and is reported by its index. Done, it answers how many
-    /// documents its updates matched.
+    /// documents its updates matched or created (an upsert counts one either way).
     async fn bulk_write(
         &self,
         writes: Vec<mongodb::options::WriteModel>,
@@ -452,7 +456,7 @@ impl MongoStore {
         let client = self.db.client().clone();
         self.run_named("bulk_write", true, async move {
             let error = match client.bulk_write(writes).await {
-                Ok(done) => return Ok(Ok(done.matched_count)),
+                Ok(done) => return Ok(Ok(done.matched_count + done.upserted_count)),
                 Err(error) => error,
             };
             let failed = match error.kind.as_ref() {
@@ -581,6 +585,11 @@ impl MongoStore {
                 ),
             ),
             (IDEMPOTENCY, index(doc! { "user_id": 1 }, false, None)),
+            // Insights: a period's buckets and the last one before it.
+            (
+                BUCKETS,
+                index(doc! { "user_id": 1, "bucket": 1 }, true, None),
+            ),
             (
                 OUTBOX,
                 index(doc! { "status": 1, "next_attempt_at": 1 }, false, None),
@@ -601,7 +610,9 @@ impl MongoStore {
                 .await
                 .with_context(|| format!("Failed to create an index on {collection}"))?;
         }
-        Ok(())
+        self.backfill_buckets()
+            .await
+            .context("Failed to fill the insights buckets of existing histories")
     }
 
     /// The old service may have stored addresses with capitals or spaces; this store

@@ -16,7 +16,9 @@ use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
 use super::mail::MailDoc;
-use super::{bdt, read, user_filter, user_key, utc, MongoStore, CODES, EVENTS, IDEMPOTENCY};
+use super::{
+    bdt, read, user_filter, user_key, utc, MongoStore, BUCKETS, CODES, EVENTS, IDEMPOTENCY,
+};
 use super::{OUTBOX, REFRESH_TOKENS, SESSIONS, USERS};
 use crate::battery::{BatteryLevel, INITIAL_LEVEL};
 use crate::store::battery::stored_level;
@@ -402,7 +404,14 @@ impl UserStore for MongoStore {
                     .delete_one(user_filter(user_id))
                     .optional(session.as_deref_mut(), |write, s| write.session(s))
                     .await?;
-                for collection in [SESSIONS, REFRESH_TOKENS, CODES, EVENTS, IDEMPOTENCY] {
+                for collection in [
+                    SESSIONS,
+                    REFRESH_TOKENS,
+                    CODES,
+                    EVENTS,
+                    BUCKETS,
+                    IDEMPOTENCY,
+                ] {
                     store
                         .c(collection)
                         .delete_many(doc! { "user_id": user_id })

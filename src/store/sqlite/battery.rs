@@ -1,7 +1,7 @@
 //! The battery in SQLite: the level and `battery_seq` on `users`, the history in
 //! `battery_events`, running totals per kind in `battery_stats`, and `Idempotency-Key`s
 //! in `idempotency_keys`. A record is one transaction on the one writer, so it cannot
-//! lose an update, and it is stamped (`recorded_at`) inside that transaction, so
+//! lose an update (it also adds the event to its insights bucket, `insights.rs`), and it is stamped (`recorded_at`) inside that transaction, so
 //! acceptance order and `recorded_at` agree. History is read in timeline order through
 //! the `(user_id, occurred_at, seq)` and `(user_id, kind, occurred_at, seq)` indexes.
 
@@ -10,9 +10,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::insights::{add_to_bucket, recompute_buckets};
 use super::{millis, unreadable, Fields, Key, SqliteStore};
+use crate::battery::insights::Entry;
 use crate::battery::{self, InteractionKind, KindTotals, Totals};
 use crate::store::battery::{stored_level, InteractionColumns};
+use crate::store::insights::touched_buckets;
 use crate::store::{
     replay_correction, BatteryEvent, BatteryStore, BatterySummary, Correction, CorrectionOutcome,
     HistoryCursor, HistoryFilter, IdempotencyKey, NewBatteryEvent, RecordOutcome, StoreResult,
@@ -265,6 +268,9 @@ impl BatteryStore for SqliteStore {
                     add_stats(&tx, &user_id, kind, change)?;
                 }
             }
+            // The buckets of what moved, recomputed from the events as they now are.
+            let touched = touched_buckets(&target, &events, &replayed.events);
+            recompute_buckets(&tx, &user_id, &touched)?;
             tx.prepare_cached("UPDATE users SET battery_level = ?2 WHERE id = ?1")?
                 .execute(params![user_id, replayed.level.value()])?;
             if let Some(key) = &key {
@@ -333,6 +339,7 @@ impl BatteryStore for SqliteStore {
                 recorded.interaction.kind(),
                 Totals::of(&applied),
             )?;
+            add_to_bucket(&tx, &user_id, &Entry::from(&recorded))?;
             if let Some(key) = &key {
                 remember_key(
                     &tx,

@@ -81,6 +81,7 @@ impl MigrationStore for SqliteStore {
                 ),
                 [&user_id],
             )?;
+            super::insights::recompute_user(&tx, &user_id)?;
             tx.commit()
         })
         .await

@@ -51,6 +51,7 @@ mod caller;
 mod codes;
 mod housekeeping;
 pub use housekeeping::SEVERAL_WRITES;
+mod insights;
 mod limits;
 mod mail;
 mod migration;
@@ -71,6 +72,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_session_devices.sql"),
     include_str!("../migrations/0007_nudge_claims.sql"),
     include_str!("../migrations/0008_email_change.sql"),
+    include_str!("../migrations/0009_battery_buckets.sql"),
 ];
 
 const READERS: usize = 4;
