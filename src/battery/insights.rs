@@ -349,15 +349,19 @@ pub struct DayFigures {
     /// the last known closing level before it; `null` before the user's first record.
     #[schema(minimum = 0, maximum = 100)]
     pub closing_level: Option<i32>,
-    /// The lowest and highest `level_after` of the day's records; `null` without records.
+    /// The lowest `level_after` of the day's records; `null` without records.
     #[schema(minimum = 0, maximum = 100)]
     pub lowest_level: Option<i32>,
+    /// The highest `level_after` of the day's records; `null` without records.
     #[schema(minimum = 0, maximum = 100)]
     pub highest_level: Option<i32>,
-    /// What the day's records took (a positive magnitude) and gave.
+    /// What the day's records drained: the magnitudes of their negative `energy_delta`s.
     pub drained: i64,
+    /// What the day's records recharged: their positive `energy_delta`s.
     pub recharged: i64,
+    /// Records per type.
     pub counts: KindCounts,
+    /// Records per `interaction_type`.
     pub by_interaction_type: ChannelCounts,
 }
 
@@ -387,8 +391,11 @@ pub struct PeriodTotals {
     /// Its first and last local day.
     pub from: NaiveDate,
     pub to: NaiveDate,
+    /// Records in the period.
     pub count: i64,
+    /// Drained over the period (a positive magnitude).
     pub drained: i64,
+    /// Recharged over the period.
     pub recharged: i64,
     /// `recharged - drained`.
     pub net: i64,
@@ -402,6 +409,7 @@ pub struct PeriodTotals {
 /// This period minus the previous one.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct PeriodChange {
+    /// Each figure of this period minus the previous period's.
     pub count: i64,
     pub drained: i64,
     pub recharged: i64,
@@ -422,6 +430,7 @@ pub struct Insights {
     pub profile_timezone: Option<String>,
     /// This period's first and last local day (today).
     pub from: NaiveDate,
+    /// Today in the zone.
     pub to: NaiveDate,
     /// Every day of this period, oldest first.
     pub days: Vec<DayFigures>,
@@ -430,8 +439,11 @@ pub struct Insights {
     pub most_draining: Vec<Draining>,
     /// Sleep this period, by quality (good, medium, bad).
     pub sleep: Vec<SleepFigures>,
+    /// This period's totals.
     pub current: PeriodTotals,
+    /// The previous period's (the same number of days just before).
     pub previous: PeriodTotals,
+    /// This period minus the previous one.
     pub change: PeriodChange,
 }
 

@@ -15,6 +15,7 @@ mod envelope;
 mod export;
 mod helpers;
 mod input;
+mod insights;
 mod login;
 mod memory;
 mod nudges;
