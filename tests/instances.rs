@@ -264,8 +264,15 @@ async fn an_authenticated_read_is_one_round_trip_and_a_record_two() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::CREATED);
     }
+    let insights = app
+        .get(0, "/social-battery/me/insights?period=month", &access)
+        .await;
+    assert_eq!(insights.status(), StatusCode::OK);
     let trips = app.round_trips(0).await;
     println!("MongoDB round trips per request: {trips:?}");
+    // The authenticated read, then the period's buckets and the last bucket before it.
+    let insights = trips["/social-battery/{user_id}/insights"];
+    assert!(insights <= 3.0, "insights took {insights} round trips");
     for route in [
         "/users/me",
         "/auth/verify-token",

@@ -187,3 +187,50 @@ async fn deleting_the_account_deletes_its_buckets(s: &TestStore) {
     assert!(left.buckets.is_empty(), "{left:?}");
     assert_eq!(assert_buckets(s, &other.id).await.len(), 3);
 }
+
+/// Histories recorded before buckets existed get them once, when a service starts on
+/// the database (here: another instance opening it), and a bucket written meanwhile by a
+/// record is not lost.
+#[tokio::test]
+#[ignore = "needs INTROGY_TEST_MONGO_URL; scripts/test runs it with --include-ignored"]
+async fn existing_histories_get_their_buckets_when_a_service_starts_on_mongodb() {
+    use mongodb::bson::{doc, Document};
+
+    let s = TestStore::mongodb().await;
+    let user = s.user().await;
+    for (i, minutes) in [0, 7, 16, 50, 51, 200].into_iter().enumerate() {
+        record(&s, &user.id, &spread(i, minutes)).await;
+    }
+    let expected = assert_buckets(&s, &user.id).await;
+    // As before this version: no buckets, no marker.
+    let buckets = s.mongo().collection::<Document>("battery_buckets");
+    buckets.delete_many(doc! {}).await.unwrap();
+    s.mongo()
+        .collection::<Document>("introgy_meta")
+        .delete_many(doc! {})
+        .await
+        .unwrap();
+    assert!(s
+        .store
+        .battery_buckets(&user.id, i64::MIN, i64::MAX)
+        .await
+        .unwrap()
+        .buckets
+        .is_empty());
+
+    let started = s.another_instance().await;
+    let filled = started
+        .battery_buckets(&user.id, i64::MIN, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(filled.buckets, expected);
+    // Once: a bucket removed after the marker was written stays removed.
+    buckets.delete_many(doc! {}).await.unwrap();
+    let again = s.another_instance().await;
+    assert!(again
+        .battery_buckets(&user.id, i64::MIN, i64::MAX)
+        .await
+        .unwrap()
+        .buckets
+        .is_empty());
+}
