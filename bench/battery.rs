@@ -3,6 +3,10 @@
 //! 1. Store level (SQLite): reading the battery and a history page for a user with
 //!    1,000 and with 1,000,000 recorded interactions, side by side (`BENCH_EVENTS`
 //!    overrides the large size).
+//!    An insights month (`InsightStore::battery_buckets` and the composition into
+//!    local days): both users have the same 1,000 records in the last 60 days (the
+//!    large one's other records are older), so the two columns compare the same period
+//!    over histories of different lengths.
 //!    Then correcting the history (`correct_interaction`): replacing the newest record,
 //!    replacing the record 100 from the end, and deleting the newest record, for both
 //!    users: the cost follows the number of later records, not the history's length.
@@ -26,8 +30,8 @@ use introgy::email::MemoryTransport;
 use introgy::startup::Application;
 use introgy::store::sqlite::SqliteStore;
 use introgy::store::{
-    BatteryStore, CorrectedFields, Correction, HistoryCursor, HistoryFilter, NewUser, Store,
-    UserStore,
+    BatteryStore, CorrectedFields, Correction, HistoryCursor, HistoryFilter, MigrationStore,
+    NewUser, Store, UserStore,
 };
 use serde_json::json;
 
@@ -60,12 +64,30 @@ async fn new_user(store: &dyn Store) -> String {
     id
 }
 
-/// Writes `n` events for `user_id` directly (one transaction), as `record` would have,
-/// one a second; returns the page cursor halfway through the history.
+/// How many of a history's newest records fall in the last two months (the same for
+/// both sizes, so an insights month and the one before it hold the same records).
+const RECENT: i64 = 1_000;
+/// Their spacing: 1,000 records over the last 60 days.
+const RECENT_SPACING_MS: i64 = 86 * 60 * 1000;
+
+/// When record `seq` of `n` occurred: the newest [`RECENT`] every 86 minutes up to now,
+/// the ones before them one a second before that.
+fn occurred_ms(now: i64, n: i64, seq: i64) -> i64 {
+    let recent_from = n - RECENT.min(n);
+    let first_recent = now - RECENT.min(n) * RECENT_SPACING_MS;
+    if seq > recent_from {
+        first_recent + (seq - recent_from) * RECENT_SPACING_MS
+    } else {
+        first_recent - (recent_from - seq + 1) * 1000
+    }
+}
+
+/// Writes `n` events for `user_id` directly (one transaction), as `record` would have
+/// (times by [`occurred_ms`]); returns the page cursor halfway through the history.
 fn bulk_load(path: &std::path::Path, user_id: &str, n: i64) -> HistoryCursor {
     let mut conn = rusqlite::Connection::open(path).unwrap();
     let tx = conn.transaction().unwrap();
-    let start = Utc::now().timestamp_millis() - n * 1000;
+    let now = Utc::now().timestamp_millis() - 60_000;
     {
         let mut insert = tx
             .prepare(
@@ -90,7 +112,7 @@ fn bulk_load(path: &std::path::Path, user_id: &str, n: i64) -> HistoryCursor {
                     after - level,
                     level,
                     after,
-                    start + seq * 1000
+                    occurred_ms(now, n, seq)
                 ])
                 .unwrap();
             level = after;
@@ -111,7 +133,7 @@ fn bulk_load(path: &std::path::Path, user_id: &str, n: i64) -> HistoryCursor {
     tx.commit().unwrap();
     let middle = n / 2;
     HistoryCursor {
-        occurred_at: chrono::DateTime::from_timestamp_millis(start + middle * 1000).unwrap(),
+        occurred_at: chrono::DateTime::from_timestamp_millis(occurred_ms(now, n, middle)).unwrap(),
         seq: middle,
     }
 }
@@ -147,6 +169,19 @@ async fn store_level(dir: &std::path::Path) {
         "loaded 1,000 and {large} events in {:.1} s",
         load.elapsed().as_secs_f64()
     );
+    // Running totals and insights buckets, as an import computes them.
+    let load = Instant::now();
+    for (user, n) in [(&small_user, 1_000), (&large_user, large)] {
+        let level = store.user_by_id(user).await.unwrap().unwrap().battery_level;
+        store
+            .finish_battery_import(user, level, n, None)
+            .await
+            .unwrap();
+    }
+    println!(
+        "computed their totals and insights buckets in {:.1} s",
+        load.elapsed().as_secs_f64()
+    );
 
     let no_filter = HistoryFilter::default();
     let recharges = HistoryFilter {
@@ -166,6 +201,8 @@ async fn store_level(dir: &std::path::Path) {
         ("history: first page of 50, type=recharge", 3),
         ("summary, no filter", 4),
         ("summary, type=recharge", 5),
+        ("insights: a month (and the one before), UTC", 6),
+        ("insights: a month, America/Santiago", 7),
     ] {
         let mut results = Vec::new();
         for (user, middle) in [(&small_user, small_middle), (&large_user, large_middle)] {
@@ -193,7 +230,8 @@ async fn store_level(dir: &std::path::Path) {
                             .unwrap(),
                     ),
                     4 => drop(store.battery_summary(user, no_filter).await.unwrap()),
-                    _ => drop(store.battery_summary(user, recharges).await.unwrap()),
+                    5 => drop(store.battery_summary(user, recharges).await.unwrap()),
+                    _ => drop(insights_month(store, user, kind == 7).await),
                 }
             })
             .await;
@@ -202,6 +240,23 @@ async fn store_level(dir: &std::path::Path) {
         println!("{label:<44} {:>14.1} {:>14.1}", results[0], results[1]);
     }
     corrections(&store, [(&small_user, 1_000), (&large_user, large)]).await;
+}
+
+/// What `GET .../insights?period=month` does after the authenticated read.
+async fn insights_month(
+    store: &SqliteStore,
+    user: &str,
+    santiago: bool,
+) -> introgy::battery::insights::Insights {
+    use introgy::battery::insights::{compose, Period, Window, Zone};
+    use introgy::store::InsightStore;
+    let zone = Zone::of_profile(santiago.then_some("America/Santiago"));
+    let window = Window::new(Period::Month, zone.tz, Utc::now());
+    let stored = store
+        .battery_buckets(user, window.from_bucket, window.to_bucket)
+        .await
+        .unwrap();
+    compose(&window, &zone, &stored)
 }
 
 /// Corrections of the newest records and of one 100 records back, at both sizes.
