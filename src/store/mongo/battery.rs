@@ -961,7 +961,8 @@ impl BatteryStore for MongoStore {
     }
 
     /// From a position the caller has just read, on MongoDB 8.0+: one `bulkWrite` that
-    /// claims the key (if any), inserts the next step and advances the user, in that
+    /// claims the key (if any), inserts the next step, adds it to its insights bucket
+    /// (`insights.rs`) and advances the user, in that
     /// order (so the request costs two round trips with its authenticated read). A
     /// refused write stops the ones after it: a key already claimed goes the way of
     /// [`record_interaction`](BatteryStore::record_interaction) (replay, reuse,
