@@ -92,13 +92,8 @@ pub(super) fn bucket_rows_sql(condition: &str) -> String {
     )
 }
 
-/// Adds one recorded event to its bucket (in the record's transaction).
-pub(super) fn add_to_bucket(
-    conn: &Connection,
-    user_id: &str,
-    entry: &Entry,
-) -> rusqlite::Result<()> {
-    let bucket = Bucket::of(entry);
+/// The upsert that adds one event's bucket to the stored one (built once).
+static ADD_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let placeholders: Vec<String> = (1..=2 + COUNTER_COUNT + LEVEL_COLUMNS.len())
         .map(|i| format!("?{i}"))
         .collect();
@@ -117,13 +112,22 @@ pub(super) fn add_to_bucket(
         format!("closing_seq = CASE WHEN {later} THEN excluded.closing_seq ELSE closing_seq END"),
         "last_seq = MAX(last_seq, excluded.last_seq)".to_owned(),
     ]);
-    let sql = format!(
+    format!(
         "INSERT INTO battery_buckets (user_id, {}) VALUES ({}) \
          ON CONFLICT (user_id, bucket) DO UPDATE SET {}",
         columns(),
         placeholders.join(", "),
         updates.join(", ")
-    );
+    )
+});
+
+/// Adds one recorded event to its bucket (in the record's transaction).
+pub(super) fn add_to_bucket(
+    conn: &Connection,
+    user_id: &str,
+    entry: &Entry,
+) -> rusqlite::Result<()> {
+    let bucket = Bucket::of(entry);
     let mut values: Vec<rusqlite::types::Value> =
         vec![user_id.to_owned().into(), bucket.bucket.into()];
     values.extend(bucket.counters.iter().map(|c| (*c).into()));
@@ -135,7 +139,7 @@ pub(super) fn add_to_bucket(
         bucket.closing_seq.into(),
         bucket.last_seq.into(),
     ]);
-    conn.prepare_cached(&sql)?
+    conn.prepare_cached(&ADD_SQL)?
         .execute(rusqlite::params_from_iter(values))
         .map(drop)
 }
