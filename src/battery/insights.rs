@@ -615,9 +615,19 @@ pub fn compose(window: &Window, zone: &Zone, stored: &StoredBuckets) -> Insights
 }
 
 impl Bucket {
-    /// The total drained (for tests and the bench).
+    /// Its records.
+    pub fn count(&self) -> i64 {
+        self.counter(COUNT)
+    }
+
+    /// What they drained (a positive magnitude).
     pub fn drained(&self) -> i64 {
         self.counter(DRAINED)
+    }
+
+    /// What they recharged.
+    pub fn recharged(&self) -> i64 {
+        self.counter(RECHARGED)
     }
 }
 

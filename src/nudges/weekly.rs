@@ -6,18 +6,19 @@
 //! [`send_weekly_summaries`] is one pass; [`run`] repeats it every
 //! [`SCHEDULER_INTERVAL`] on every instance. Each user's mail is claimed in the store
 //! under `(user, ISO week)`, so however many passes and instances run, it is queued once.
-//! A pass reads a bounded amount per user (nine indexed queries, whatever the history's
-//! length), from the battery history.
+//! A pass reads a bounded amount per user (the week's insights buckets, one store call,
+//! whatever the history's length).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::battery::insights::bucket_of;
 use crate::domain::Email;
 use crate::email::MailKind;
 use crate::startup::AppState;
-use crate::store::{HistoryFilter, NudgeClaim, NudgeList, StoreResult};
+use crate::store::{NudgeClaim, NudgeList, StoreResult};
 
 /// How often the scheduler looks for a finished week to summarise.
 pub const SCHEDULER_INTERVAL: Duration = Duration::from_secs(15 * 60);
@@ -119,51 +120,36 @@ async fn summarise(
     start: DateTime<Utc>,
     week: &str,
 ) -> StoreResult<Option<WeekSummary>> {
-    let just_before = |at: DateTime<Utc>| at - TimeDelta::milliseconds(1);
+    // The week's insights buckets and the closing level of the last one before it: one
+    // store call, whatever the history's length (UTC days are whole buckets).
     let end = start + TimeDelta::days(7);
-    let totals = state
+    let stored = state
         .store
-        .battery_summary(
-            user_id,
-            &HistoryFilter {
-                from: Some(start),
-                to: Some(just_before(end)),
-                kind: None,
-            },
-        )
+        .battery_buckets(user_id, bucket_of(start), bucket_of(end))
         .await?;
-    if totals.count == 0 {
+    if stored.buckets.is_empty() {
         return Ok(None);
     }
-    // The level at a moment: that of the latest record up to it (one indexed query).
-    let level_at = |at: DateTime<Utc>| async move {
-        let filter = HistoryFilter {
-            to: Some(at),
-            ..HistoryFilter::default()
-        };
-        let latest = state
-            .store
-            .battery_history(user_id, &filter, None, 1)
-            .await?;
-        StoreResult::Ok(
-            latest
-                .first()
-                .map(|e| e.level_after.value().clamp(0, 100) as u8),
-        )
-    };
-    let opening = level_at(just_before(start)).await?;
+    let level = |l: i32| l.clamp(0, 100) as u8;
+    let opening = stored.carried.map(level);
     let mut closes = Vec::with_capacity(7);
+    let mut close = opening;
+    let mut buckets = stored.buckets.iter().peekable();
     for day in 1..=7 {
-        closes.push(level_at(just_before(start + TimeDelta::days(day))).await?);
+        let day_end = bucket_of(start + TimeDelta::days(day));
+        while let Some(b) = buckets.next_if(|b| b.bucket < day_end) {
+            close = Some(level(b.closing_level));
+        }
+        closes.push(close);
     }
     Ok(Some(WeekSummary {
         week: week.to_owned(),
         monday: start.date_naive(),
         opening,
         closes,
-        interactions: totals.count,
-        drained: totals.total_depleted,
-        recharged: totals.total_recharged,
+        interactions: stored.buckets.iter().map(|b| b.count()).sum(),
+        drained: stored.buckets.iter().map(|b| b.drained()).sum(),
+        recharged: stored.buckets.iter().map(|b| b.recharged()).sum(),
     }))
 }
 
