@@ -11,6 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::{Fields, Key, SqliteStore};
 use crate::battery::insights::{Entry, StoredBuckets, BUCKET_MILLIS, COUNTERS, COUNTER_COUNT};
 use crate::battery::{Channel, InteractionKind, SleepQuality};
+use crate::store::battery::stored_level;
 use crate::store::insights::{Bucket, InsightStore};
 use crate::store::StoreResult;
 
@@ -177,12 +178,16 @@ fn bucket_from_row(row: &Row<'_>, user_id: &str) -> rusqlite::Result<Bucket> {
         *c = f.get(1 + i)?;
     }
     let at = 1 + COUNTER_COUNT;
+    let level = |index: usize| -> rusqlite::Result<i32> {
+        let raw: i64 = f.get(index)?;
+        f.check(index, stored_level(raw).map(|l| l.value()))
+    };
     Ok(Bucket {
         bucket: f.get(0)?,
         counters,
-        lowest: f.get(at)?,
-        highest: f.get(at + 1)?,
-        closing_level: f.get(at + 2)?,
+        lowest: level(at)?,
+        highest: level(at + 1)?,
+        closing_level: level(at + 2)?,
         closing_at: f.get(at + 3)?,
         closing_seq: f.get(at + 4)?,
         last_seq: f.get(at + 5)?,
@@ -199,12 +204,16 @@ impl InsightStore for SqliteStore {
     ) -> StoreResult<StoredBuckets> {
         let user_id = user_id.to_owned();
         self.read(move |conn| {
-            let carried: Option<i64> = conn
+            let carried: Option<i32> = conn
                 .prepare_cached(
                     "SELECT closing_level FROM battery_buckets WHERE user_id = ?1 AND bucket < ?2 \
                      ORDER BY bucket DESC LIMIT 1",
                 )?
-                .query_row(params![user_id, from], |r| r.get(0))
+                .query_row(params![user_id, from], |row| {
+                    let f = Fields::new(row, "battery_buckets", Key::Text(&user_id));
+                    let raw: i64 = f.get(0)?;
+                    f.check(0, stored_level(raw).map(|l| l.value()))
+                })
                 .optional()?;
             let buckets = conn
                 .prepare_cached(&format!(
@@ -214,10 +223,7 @@ impl InsightStore for SqliteStore {
                 ))?
                 .query_map(params![user_id, from, to], |row| bucket_from_row(row, &user_id))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(StoredBuckets {
-                carried: carried.map(|l| l as i32),
-                buckets,
-            })
+            Ok(StoredBuckets { carried, buckets })
         })
         .await
     }
