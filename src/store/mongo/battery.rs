@@ -72,6 +72,10 @@ pub(super) struct EventDoc {
     /// The user's `battery_version` the levels were computed against (absent: 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     version: Option<i64>,
+    /// Set when a roll-forward computed the levels again: the event's own writer may have
+    /// added it to its insights bucket with the old ones, so the bucket is recomputed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    relevelled: Option<bool>,
 }
 
 impl EventDoc {
@@ -103,6 +107,7 @@ impl EventDoc {
             people_count: event.people_count,
             interaction_type: event.interaction_type,
             version: None,
+            relevelled: None,
         }
     }
 
@@ -477,6 +482,7 @@ impl MongoStore {
         };
         let stored: EventDoc = decode(EVENTS, &raw)?;
         let computed_against = stored.version.unwrap_or(0);
+        let mut relevelled = stored.relevelled == Some(true);
         let event = read(EVENTS, &raw, EventDoc::into_event)?;
         let version = position.version();
         let applied = battery::apply(position.level(user_id)?, &event.interaction);
@@ -488,29 +494,41 @@ impl MongoStore {
                     "level_after": applied.level_after.value(),
                     "energy_delta": applied.energy_delta,
                     "version": version,
+                    "relevelled": true,
                 } },
             ))
             .await?;
+            relevelled = true;
         }
-        // Its insights bucket from the events (the event's writer may have added it with
-        // levels computed against an older version, or not at all).
-        self.recompute_buckets(
-            user_id,
-            &BTreeSet::from([bucket_of(event.occurred_at)]),
-            event.seq,
-        )
-        .await?;
+        // Its insights bucket, before the user advances. Levels computed again: from the
+        // events (its writer may have added it with the old ones). Else the same guarded
+        // increment its writer sends, which adds it once whoever gets there first, sent
+        // with the advance.
+        if relevelled {
+            self.recompute_buckets(
+                user_id,
+                &BTreeSet::from([bucket_of(event.occurred_at)]),
+                event.seq,
+            )
+            .await?;
+        }
         let update = advance_update(
             event.seq,
             event.interaction.kind(),
             &applied,
             event.recorded_at,
         );
-        self.run(
-            self.c(USERS)
-                .update_one(at_position(user_id, seq, version), update),
-        )
-        .await?;
+        let at = at_position(user_id, seq, version);
+        if relevelled {
+            self.run(self.c(USERS).update_one(at, update)).await?;
+        } else {
+            let entry = Entry {
+                energy_delta: applied.energy_delta,
+                level_after: applied.level_after.value(),
+                ..Entry::from(&event)
+            };
+            self.add_and_advance(user_id, &entry, at, update).await?;
+        }
         Ok(())
     }
 
@@ -914,10 +932,12 @@ impl MongoStore {
                 // event (or, if there is none, takes the claim over).
                 Err(e) => return Err(e),
             }
-            // Before the user advances: if this stops here, the roll-forward does it.
-            self.add_to_bucket(user_id, &Entry::from(&recorded)).await?;
+            // The bucket before the user advances: if this stops in between, the
+            // roll-forward adds it (once).
             let advanced = self
-                .run(self.c(USERS).update_one(
+                .add_and_advance(
+                    user_id,
+                    &Entry::from(&recorded),
                     at_position(user_id, seq, version),
                     advance_update(
                         recorded.seq,
@@ -925,9 +945,9 @@ impl MongoStore {
                         &applied,
                         recorded.recorded_at,
                     ),
-                ))
+                )
                 .await?;
-            if advanced.matched_count == 1 {
+            if advanced {
                 return Ok(RecordOutcome::Recorded(recorded));
             }
             // Rolled forward by another writer, or a correction moved the level first.

@@ -5,11 +5,14 @@
 //! Keeping them exact without a transaction, in the record path's own terms:
 //! - A record adds its event to its bucket with a pipeline update that applies only if
 //!   the bucket's `last_seq` is below the event's `seq` ([`increment`]), written after
-//!   the event's insert and before the user advances (in the record's one `bulkWrite`),
+//!   the event's insert and before the user advances (in the record's one `bulkWrite`,
+//!   or with the advance, [`MongoStore::add_and_advance`]),
 //!   so a retry, or a roll-forward by another writer, never adds an event twice, and a
 //!   writer that stops before the user advanced leaves the bucket to the roll-forward.
-//! - Whatever computes an event's levels again (a roll-forward, a correction's replay)
-//!   recomputes the buckets it touched from the events ([`MongoStore::recompute_buckets`]).
+//! - Whatever computes an event's levels again (a roll-forward that finds them stale,
+//!   marking the event `relevelled`; a correction's replay) recomputes the buckets it
+//!   touched from the events ([`MongoStore::recompute_buckets`]). A roll-forward that
+//!   finds the levels right sends the writer's own guarded increment.
 //!   A recomputed bucket replaces the stored one only if the stored `last_seq` is not
 //!   newer than every event the recompute could have missed (`through_seq`, the last
 //!   step the writer knows to be final, or the newest event it read); otherwise a record
@@ -20,6 +23,7 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::{UpdateModifications, UpdateOneModel, WriteModel};
 
 use super::{MongoStore, BUCKETS, EVENTS, MAX_RETRIES};
 use crate::battery::insights::{
@@ -149,12 +153,58 @@ fn events_of(user_id: &str, buckets: &[i64]) -> Document {
 }
 
 impl MongoStore {
-    /// Adds `entry` to its bucket once (the record path when it is not one `bulkWrite`).
-    pub(super) async fn add_to_bucket(&self, user_id: &str, entry: &Entry) -> StoreResult<()> {
+    /// Adds `entry` to its bucket once, then applies `advance` to the user matched by
+    /// `at`: one `bulkWrite` where the server has it, else two writes in that order.
+    /// Whether the user's update matched.
+    pub(super) async fn add_and_advance(
+        &self,
+        user_id: &str,
+        entry: &Entry,
+        at: Document,
+        advance: Document,
+    ) -> StoreResult<bool> {
         let (filter, update) = increment(user_id, entry);
-        self.run(self.c(BUCKETS).update_one(filter, update).upsert(true))
-            .await
-            .map(drop)
+        if !self.features().await?.client_bulk_write() {
+            self.run(self.c(BUCKETS).update_one(filter, update).upsert(true))
+                .await?;
+            let moved = self
+                .run(self.c(super::USERS).update_one(at, advance))
+                .await?;
+            return Ok(moved.matched_count == 1);
+        }
+        for _ in 0..MAX_RETRIES {
+            let writes: Vec<WriteModel> = vec![
+                UpdateOneModel::builder()
+                    .namespace(self.namespace(BUCKETS))
+                    .filter(filter.clone())
+                    .update(UpdateModifications::Pipeline(update.clone()))
+                    .upsert(true)
+                    .build()
+                    .into(),
+                UpdateOneModel::builder()
+                    .namespace(self.namespace(super::USERS))
+                    .filter(at.clone())
+                    .update(UpdateModifications::Document(advance.clone()))
+                    .build()
+                    .into(),
+            ];
+            match self.bulk_write(writes).await? {
+                // The bucket's upsert counts one; the user's update one more if it matched.
+                Ok(n) => return Ok(n == 2),
+                // Two first upserts of one bucket: the other created it; again.
+                Err(failed) if failed.duplicate && failed.index == 0 => continue,
+                Err(failed) => {
+                    return Err(StoreError::Other(anyhow::anyhow!(
+                        "advancing a battery: write {} refused: {}",
+                        failed.index,
+                        failed.message
+                    )))
+                }
+            }
+        }
+        Err(StoreError::Unavailable(anyhow::anyhow!(
+            "battery bucket contention"
+        )))
     }
 
     /// Recomputes `buckets` of `user_id` from the events; every event up to `through_seq`
