@@ -240,4 +240,34 @@ async fn acknowledged_records_survive_kill_9_exactly_once_and_the_level_is_the_r
         .await
         .unwrap();
     assert_eq!(battery["level"], items[0]["level_after"]);
+    // The insights buckets hold every record once, with the levels of the history: its
+    // closing level is the newest record's (all occurred at one instant).
+    let insights: Value = client
+        .get(format!("{base}/social-battery/me/insights?period=month"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let delta = |item: &Value| {
+        item["level_after"].as_i64().unwrap() - item["level_before"].as_i64().unwrap()
+    };
+    let current = &insights["current"];
+    assert_eq!(current["count"], items.len(), "{current}");
+    let drained: i64 = items.iter().map(|i| (-delta(i)).max(0)).sum();
+    let recharged: i64 = items.iter().map(|i| delta(i).max(0)).sum();
+    assert_eq!(
+        (current["drained"].as_i64(), current["recharged"].as_i64()),
+        (Some(drained), Some(recharged))
+    );
+    let day = when[..10].to_owned();
+    let day = insights["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["date"] == day.as_str())
+        .unwrap();
+    assert_eq!(day["closing_level"], items[0]["level_after"], "{day}");
 }
