@@ -288,6 +288,47 @@ impl TestApp {
         self.get_authed("/auth/verify-token", token).await
     }
 
+    /// What verify-token answers for `access` and refresh-token for `refresh` (which
+    /// rotates it): `(OK, OK)` for a live session, `(UNAUTHORIZED, UNAUTHORIZED)` for one
+    /// signed out.
+    pub async fn session_works(&self, access: &str, refresh: &str) -> (StatusCode, StatusCode) {
+        let access = self.verify_token(access).await.status();
+        (access, self.refresh(refresh).await.status())
+    }
+
+    /// An account made in the store directly with [`PASSWORD`] (no mail was ever sent to
+    /// it, like an address an attacker probes), verified or not.
+    pub async fn stored_account(&self, verified: bool) -> introgy::store::User {
+        let id = introgy::auth::new_object_id();
+        let hash = self
+            .state
+            .hasher
+            .hash(&introgy::domain::Password::parse(PASSWORD, "password").unwrap())
+            .await
+            .unwrap();
+        let user = self
+            .state
+            .store
+            .insert_user(&introgy::store::NewUser {
+                id: id.clone(),
+                email: unique_email(),
+                hashed_password: hash,
+                display_name: None,
+                battery_level: 70,
+                now: self.state.clock.now(),
+            })
+            .await
+            .unwrap();
+        if verified {
+            self.state
+                .store
+                .mark_verified(&id, self.state.clock.now())
+                .await
+                .unwrap();
+        }
+        user
+    }
+
     pub async fn logout(&self, token: &str, scope: Option<&str>) -> Response {
         let request = self
             .client

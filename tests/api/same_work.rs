@@ -13,9 +13,8 @@ use introgy::auth::service;
 use introgy::domain::{Email, OtpPurpose, Password};
 use introgy::limits::ClientIp;
 use introgy::metrics::{store_operations_of, StoreOperation};
-use introgy::store::NewUser;
 
-use crate::helpers::{spawn_app_with, unique_email, TestApp, PASSWORD};
+use crate::helpers::{spawn_app_with, unique_email, TestApp};
 
 /// Each call from its own client, so no per-client budget tells the cases apart.
 fn client(n: u8) -> ClientIp {
@@ -24,39 +23,6 @@ fn client(n: u8) -> ClientIp {
 
 fn email(raw: &str) -> Email {
     Email::parse(raw, "email").unwrap()
-}
-
-/// A verified account made in the store directly (no mail was ever sent to it, like an
-/// address an attacker probes).
-async fn account(app: &TestApp, verified: bool) -> String {
-    let address = unique_email();
-    let id = introgy::auth::new_object_id();
-    let hash = app
-        .state
-        .hasher
-        .hash(&Password::parse(PASSWORD, "password").unwrap())
-        .await
-        .unwrap();
-    app.state
-        .store
-        .insert_user(&NewUser {
-            id: id.clone(),
-            email: address.clone(),
-            hashed_password: hash,
-            display_name: None,
-            battery_level: 70,
-            now: app.state.clock.now(),
-        })
-        .await
-        .unwrap();
-    if verified {
-        app.state
-            .store
-            .mark_verified(&id, app.state.clock.now())
-            .await
-            .unwrap();
-    }
-    address
 }
 
 /// The store operations and password hashes/verifications of `work`.
@@ -84,8 +50,8 @@ async fn app() -> TestApp {
 #[tokio::test]
 async fn register_does_the_same_work_for_new_unverified_and_verified_addresses() {
     let app = app().await;
-    let verified = account(&app, true).await;
-    let unverified = account(&app, false).await;
+    let verified = app.stored_account(true).await.email;
+    let unverified = app.stored_account(false).await.email;
     let register = |address: String, n: u8| {
         let state = app.state.clone();
         async move {
@@ -115,8 +81,8 @@ async fn register_does_the_same_work_for_new_unverified_and_verified_addresses()
 #[tokio::test]
 async fn verify_otp_does_the_same_work_for_known_and_unknown_addresses() {
     let app = app().await;
-    let known = account(&app, true).await;
-    let with_code = account(&app, false).await;
+    let known = app.stored_account(true).await.email;
+    let with_code = app.stored_account(false).await.email;
     let with_code_id = app
         .state
         .store
@@ -173,7 +139,7 @@ async fn verify_otp_does_the_same_work_for_known_and_unknown_addresses() {
 #[tokio::test]
 async fn reset_password_does_the_same_work_for_known_and_unknown_addresses() {
     let app = app().await;
-    let known = account(&app, true).await;
+    let known = app.stored_account(true).await.email;
     let reset = |address: String| {
         let state = app.state.clone();
         async move {
@@ -199,7 +165,7 @@ async fn reset_password_does_the_same_work_for_known_and_unknown_addresses() {
 #[tokio::test]
 async fn login_does_the_same_work_for_known_and_unknown_addresses() {
     let app = app().await;
-    let known = account(&app, true).await;
+    let known = app.stored_account(true).await.email;
     let login = |address: String| {
         let state = app.state.clone();
         async move {
@@ -225,7 +191,7 @@ async fn login_does_the_same_work_for_known_and_unknown_addresses() {
 #[tokio::test]
 async fn send_verification_code_answers_before_any_store_work_for_every_address() {
     let app = app().await;
-    let known = account(&app, true).await;
+    let known = app.stored_account(true).await.email;
     let request = |address: String, n: u8| {
         let state = app.state.clone();
         async move {

@@ -101,12 +101,9 @@ async fn logout_ends_the_session_and_its_access_token_at_once() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        app.verify_token(&user.access_token).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        app.refresh(&user.refresh_token).await.status(),
-        StatusCode::UNAUTHORIZED
+        app.session_works(&user.access_token, &user.refresh_token)
+            .await,
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
     );
     assert_eq!(
         app.logout(&user.access_token, None).await.status(),

@@ -88,13 +88,7 @@ async fn a_session_is_deleted_only_by_its_owner_and_takes_its_tokens_along(s: &T
         .delete_user_session(&user.id, &session.id)
         .await
         .unwrap());
-    assert!(s.store.session(&session.id).await.unwrap().is_none());
-    assert!(s
-        .store
-        .refresh_token(&token.token_hash)
-        .await
-        .unwrap()
-        .is_none());
+    assert_eq!(s.signed_in(&session, &token).await, (false, false));
     assert!(!s
         .store
         .delete_user_session(&user.id, &session.id)
@@ -118,20 +112,8 @@ async fn changing_the_password_signs_out_every_other_session(s: &TestStore) {
     let stored = s.store.user_by_id(&user.id).await.unwrap().unwrap();
     assert_eq!(stored.hashed_password, "$2b$04$new");
     assert_eq!(stored.updated_at, at(5));
-    assert!(s.store.session(&this.id).await.unwrap().is_some());
-    assert!(s
-        .store
-        .refresh_token(&this_token.token_hash)
-        .await
-        .unwrap()
-        .is_some());
-    assert!(s.store.session(&that.id).await.unwrap().is_none());
-    assert!(s
-        .store
-        .refresh_token(&that_token.token_hash)
-        .await
-        .unwrap()
-        .is_none());
+    assert_eq!(s.signed_in(&this, &this_token).await, (true, true));
+    assert_eq!(s.signed_in(&that, &that_token).await, (false, false));
     assert!(s.store.session(&strangers.id).await.unwrap().is_some());
 }
 
@@ -235,20 +217,8 @@ async fn the_email_switch_moves_the_address_and_clears_codes_and_other_sessions(
     assert!(s.store.codes_of(&user.id).await.unwrap().is_empty());
     assert_eq!(s.store.codes_of(&stranger.id).await.unwrap().len(), 1);
     // This session stays with its token; the other goes with its token; strangers' stay.
-    assert!(s.store.session(&this.id).await.unwrap().is_some());
-    assert!(s
-        .store
-        .refresh_token(&this_token.token_hash)
-        .await
-        .unwrap()
-        .is_some());
-    assert!(s.store.session(&that.id).await.unwrap().is_none());
-    assert!(s
-        .store
-        .refresh_token(&that_token.token_hash)
-        .await
-        .unwrap()
-        .is_none());
+    assert_eq!(s.signed_in(&this, &this_token).await, (true, true));
+    assert_eq!(s.signed_in(&that, &that_token).await, (false, false));
     assert!(s.store.session(&strangers.id).await.unwrap().is_some());
 }
 

@@ -101,18 +101,7 @@ async fn parallel_records_get_contiguous_seqs_and_the_level_is_the_replay_of_the
         assert_eq!(battery::apply(level, &e.interaction), e.applied());
         level = e.level_after;
     }
-    let replayed = battery::replay(INITIAL_LEVEL, events.iter().map(|e| &e.interaction));
-    let user_now = s.store.user_by_id(&user.id).await.unwrap().unwrap();
-    assert_eq!(user_now.battery_level, replayed.value());
-    // The stored history is what the writers were told.
-    let mut history = s
-        .store
-        .battery_history(&user.id, &HistoryFilter::default(), None, 100)
-        .await
-        .unwrap();
-    history.sort_by_key(|e| e.seq);
-    assert_eq!(history, events);
-    crate::insights::assert_buckets(s, &user.id).await;
+    assert_writers_were_told_the_truth(s, &user.id, &events).await;
 }
 
 async fn parallel_records_are_stamped_in_acceptance_order(s: &TestStore) {
@@ -470,16 +459,26 @@ async fn records_from_a_stale_position_lose_no_update(s: &TestStore) {
         (1..=STALE_WRITERS as i64).collect::<Vec<_>>(),
         "contiguous seqs"
     );
+    assert_writers_were_told_the_truth(s, &user.id, &events).await;
+}
+
+/// `events` (sorted by seq) are what the writers were told: the user's level is their
+/// replay from the initial level, and the stored history is exactly them (the history is
+/// a timeline by occurred_at; the steps are the acceptance order).
+async fn assert_writers_were_told_the_truth(
+    s: &TestStore,
+    user_id: &str,
+    events: &[introgy::store::BatteryEvent],
+) {
     let replayed = battery::replay(INITIAL_LEVEL, events.iter().map(|e| &e.interaction));
-    let user_now = s.store.user_by_id(&user.id).await.unwrap().unwrap();
+    let user_now = s.store.user_by_id(user_id).await.unwrap().unwrap();
     assert_eq!(user_now.battery_level, replayed.value());
     let mut history = s
         .store
-        .battery_history(&user.id, &HistoryFilter::default(), None, 100)
+        .battery_history(user_id, &HistoryFilter::default(), None, 100)
         .await
         .unwrap();
-    // The history is a timeline (by occurred_at); the steps are the acceptance order.
     history.sort_by_key(|e| e.seq);
     assert_eq!(history, events);
-    crate::insights::assert_buckets(s, &user.id).await;
+    crate::insights::assert_buckets(s, user_id).await;
 }

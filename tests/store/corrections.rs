@@ -151,17 +151,6 @@ async fn correcting_a_record_replays_every_later_one_as_if_recorded_that_way(s: 
     );
     assert_eq!(returned.name.as_deref(), Some("corrected"));
     assert_eq!(returned.level_after.value(), 0, "clamped");
-    let levels = |h: &[BatteryEvent]| -> Vec<(i32, i32, i32)> {
-        h.iter()
-            .map(|e| {
-                (
-                    e.level_before.value(),
-                    e.level_after.value(),
-                    e.energy_delta,
-                )
-            })
-            .collect()
-    };
     assert_eq!(levels(&corrected), levels(&expected));
     // Records before the corrected one are untouched.
     assert_eq!(corrected[..4], history(s, &user.id).await[..4]);
@@ -189,17 +178,6 @@ async fn deleting_a_record_replays_every_later_one_without_it(s: &TestStore) {
     let expected = assert_consistent(s, &reference.id).await;
     assert_eq!(after.len(), N - 1);
     assert!(after.iter().all(|e| e.id != target.id));
-    let levels = |h: &[BatteryEvent]| -> Vec<(i32, i32, i32)> {
-        h.iter()
-            .map(|e| {
-                (
-                    e.level_before.value(),
-                    e.level_after.value(),
-                    e.energy_delta,
-                )
-            })
-            .collect()
-    };
     assert_eq!(levels(&after), levels(&expected));
     // Deleting it again finds nothing.
     let again = s
@@ -475,4 +453,18 @@ async fn a_correction_that_stopped_half_way_is_finished_by_the_next_one_on_mongo
         .await
         .unwrap();
     assert_eq!(assert_consistent(&s, &user.id).await, corrected);
+}
+
+/// Each record's level before and after and its signed delta, in history order.
+fn levels(history: &[BatteryEvent]) -> Vec<(i32, i32, i32)> {
+    history
+        .iter()
+        .map(|e| {
+            (
+                e.level_before.value(),
+                e.level_after.value(),
+                e.energy_delta,
+            )
+        })
+        .collect()
 }

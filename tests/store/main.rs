@@ -248,6 +248,17 @@ impl TestStore {
         (session, token)
     }
 
+    /// Whether `session` and its refresh `token` are still stored: `(session, token)`.
+    pub async fn signed_in(&self, session: &Session, token: &RefreshToken) -> (bool, bool) {
+        let session = self.store.session(&session.id).await.expect("read session");
+        let token = self
+            .store
+            .refresh_token(&token.token_hash)
+            .await
+            .expect("read refresh token");
+        (session.is_some(), token.is_some())
+    }
+
     /// A fresh user at the initial battery level.
     pub async fn user(&self) -> User {
         self.store
