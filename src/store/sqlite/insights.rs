@@ -237,6 +237,91 @@ mod tests {
         sql.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
+    /// A database at migration 8 with two users' events; migration 0009 gives it the
+    /// buckets that the history recomputed from scratch has.
+    #[test]
+    fn migration_0009_fills_the_buckets_of_existing_histories() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &super::super::MIGRATIONS[..8] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 8).unwrap();
+        let base = 1_780_000_000_000_i64;
+        for (u, user) in ["a", "b"].into_iter().enumerate() {
+            conn.execute(
+                "INSERT INTO users (id, email, hashed_password, created_at, updated_at) \
+                 VALUES (?1, ?1 || '@example.com', 'x', 0, 0)",
+                [user],
+            )
+            .unwrap();
+            let mut level = 70_i64;
+            for seq in 1..=40_i64 {
+                let (kind, delta) = match seq % 4 {
+                    0 => ("depletion", -(seq % 30) - 1),
+                    1 => ("recharge", seq % 17 + 1),
+                    2 => ("sleep", [50, 10, -5][(seq as usize / 2) % 3]),
+                    _ => ("set", 0),
+                };
+                let after = (level + delta).clamp(0, 100);
+                let quality = (kind == "sleep").then_some(match delta {
+                    50 => "good",
+                    10 => "medium",
+                    _ => "bad",
+                });
+                let channel = ["call", "video"].get(seq as usize % 3).copied();
+                conn.execute(
+                    "INSERT INTO battery_events (id, user_id, seq, kind, energy_impact, sleep_quality, \
+                     target_level, energy_delta, level_before, level_after, duration_minutes, \
+                     occurred_at, recorded_at, interaction_type) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 60, ?11, ?11, ?12)",
+                    params![
+                        format!("{user}-{seq}"),
+                        user,
+                        seq,
+                        kind,
+                        matches!(kind, "depletion" | "recharge").then_some(delta.abs()),
+                        quality,
+                        (kind == "set").then_some(after),
+                        after - level,
+                        level,
+                        after,
+                        // Out of order in time, several per quarter hour, ties included.
+                        base + (u as i64 + 1) * ((seq * 7_919) % 23) * 4 * 60_000,
+                        channel,
+                    ],
+                )
+                .unwrap();
+                level = after;
+            }
+        }
+        super::super::migrate(&mut conn).unwrap();
+        for user in ["a", "b"] {
+            let events: Vec<crate::store::BatteryEvent> = conn
+                .prepare(&format!(
+                    "SELECT {} FROM battery_events WHERE user_id = ?1",
+                    super::super::battery::EVENT_COLUMNS
+                ))
+                .unwrap()
+                .query_map([user], super::super::battery::event_from_row)
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let entries: Vec<Entry> = events.iter().map(Entry::from).collect();
+            let stored: Vec<Bucket> = conn
+                .prepare(&format!(
+                    "SELECT {} FROM battery_buckets WHERE user_id = ?1 ORDER BY bucket",
+                    columns()
+                ))
+                .unwrap()
+                .query_map([user], |row| bucket_from_row(row, user))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert_eq!(stored, Bucket::all_of(&entries), "user {user}");
+            assert!(stored.len() > 5 && stored.len() < 40);
+        }
+    }
+
     #[test]
     fn migration_0009_fills_buckets_with_the_recompute_sql() {
         let migration = words(include_str!("../migrations/0009_battery_buckets.sql"));
