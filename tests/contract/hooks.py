@@ -149,10 +149,9 @@ def map_case(context, case):
                 case.body[name] = "Ada"
         # A name of the right form is also looked up in the zone database (422 if not
         # a zone there), which a pattern cannot say.
-        for name in ("timezone",):
-            value = case.body.get(name)
-            if isinstance(value, str) and value.strip():
-                case.body[name] = "Europe/Berlin"
+        value = case.body.get("timezone")
+        if isinstance(value, str) and value.strip():
+            case.body["timezone"] = "Europe/Berlin"
         if isinstance(case.body.get("preferences"), dict):
             case.body["preferences"] = {
                 key: _clean_preferences(item, 2) for key, item in case.body["preferences"].items()
