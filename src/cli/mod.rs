@@ -146,7 +146,6 @@ pub fn run() -> ExitCode {
     if !env_files.is_empty() {
         tracing::info!(files = %env_files.join(", "), "read settings files");
     }
-    one_malloc_arena();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -182,22 +181,6 @@ pub fn run() -> ExitCode {
 fn run_migrate(args: migrate::MigrateArgs) -> ExitCode {
     crate::telemetry::init(crate::config::LogFormat::Text);
     run_async("introgy migrate", migrate::run(args))
-}
-
-/// Asks glibc's malloc for one arena (unless `MALLOC_ARENA_MAX` is set), before the
-/// runtime starts its threads. By default every thread that finds the heap busy gets an
-/// arena of its own (up to eight per core) and memory freed in one arena serves only that
-/// arena's threads; requests move between the workers, so under 2,000 busy connections
-/// that kept ~20 MiB more resident than one shared arena, at no measurable cost in CPU per
-/// request (README, "Performance"). Small allocations mostly stay in each thread's cache.
-fn one_malloc_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt takes no pointers; it only changes the allocator's tuning.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
-    }
 }
 
 /// Runs a command's future on a fresh runtime; its error becomes the exit code.
