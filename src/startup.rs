@@ -68,8 +68,8 @@ pub const MAX_HEADER_COUNT: usize = 100;
 const HYPER_MAX_HEAD_BYTES: usize = 64 * 1024;
 const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADER_COUNT;
 /// Most requests without a body inside the router at once (see [`ConnectionService`]):
-/// twice the writer's largest group, and 32 times the SQLite read connections.
-const MAX_GATED_REQUESTS_IN_FLIGHT: usize = 128;
+/// the writer's largest group, and 16 times the SQLite read connections.
+const MAX_GATED_REQUESTS_IN_FLIGHT: usize = 64;
 /// Descriptors kept free for everything that is not a client connection (store files,
 /// MongoDB and SMTP connections, logs).
 const RESERVED_DESCRIPTORS: u64 = 256;
