@@ -8,6 +8,8 @@ Usage (from the repository root; builds the release binary if needed):
     python3 bench/wrk.py --store mongodb   # against a SecantusDB started here (.venv)
     # A/B on a noisy machine: two binaries, run in turn three times, medians compared
     python3 bench/wrk.py --quick --rounds 3 --binary /tmp/introgy-before --binary target/release/introgy
+    # Only the memory rows (a minute): peak RSS after 256 and after 2,000 connections
+    python3 bench/wrk.py --only rss
 
 The server runs as its own process (the release binary, bcrypt cost 12, log mail
 transport) and wrk (-t2, a separate process) drives it, so the load generator does not
@@ -18,7 +20,8 @@ share the server's runtime. It prints, in one run:
   history page of 50 to it;
 - the bcrypt bound (cores / one cost-12 hash) and login throughput against it;
 - other users' p99 (GET /users/me) alone and during a login flood;
-- peak RSS (VmHWM) after 256 and after 2,000 connections;
+- peak RSS (VmHWM) after 256 and after 2,000 connections (and before them: the peak of
+  everything earlier in the run, which VmHWM includes);
 - with --store mongodb and a server that exposes them on /metrics, MongoDB round trips
   per request.
 
@@ -95,7 +98,8 @@ class Client:
 
 
 class Server:
-    def __init__(self, binary: Path, database_url: str, workdir: Path, bcrypt_cost: int = 12):
+    def __init__(self, binary: Path, database_url: str, workdir: Path, bcrypt_cost: int = 12,
+                 extra_env: dict[str, str] | None = None):
         self.port = free_port()
         self.log_path = workdir / "server.log"
         self.log = open(self.log_path, "w")
@@ -113,6 +117,7 @@ class Server:
             "AUTH_RATE_LIMIT_PER_MINUTE": "100000000",
             "BCRYPT_COST": str(bcrypt_cost),
         })
+        env.update(extra_env or {})
         # The server may raise its own descriptor limit to the hard one; make the hard
         # limit generous for the 2,000-connection step.
         self.proc = subprocess.Popen(
@@ -126,10 +131,11 @@ class Server:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def peak_rss_mib(self) -> float:
+    def peak_rss_mib(self, field: str = "VmHWM") -> float:
+        """Peak (`VmHWM`) or current (`VmRSS`) resident memory, MiB."""
         with open(f"/proc/{self.proc.pid}/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
         return float("nan")
 
@@ -331,14 +337,32 @@ def run(binary: Path, args: argparse.Namespace) -> dict:
         mongo, database_url = start_mongo(workdir)
     else:
         database_url = f"sqlite:{workdir / 'introgy.db'}"
-    # --quick measures no login: cheap hashes make its set-up fast on a loaded machine
-    # (what it measures does not hash).
-    server = Server(binary, database_url, workdir, bcrypt_cost=4 if args.quick else 12)
+    # --quick and --only rss measure no login: cheap hashes make their set-up fast on a
+    # loaded machine (what they measure does not hash).
+    cheap = args.quick or args.only == "rss"
+    extra_env = dict(pair.split("=", 1) for pair in args.env)
+    server = Server(binary, database_url, workdir, bcrypt_cost=4 if cheap else 12,
+                    extra_env=extra_env)
     s, c = args.seconds, args.connections
     rows: list[tuple[str, float, str, float]] = []
     found: dict = {"rows": rows}
     try:
-        readers = make_users(server, 4 if args.quick else 32, "reader")
+        def measure(label, path, **kw):
+            cpu = server.cpu_seconds()
+            result = wrk(server.port, path, s, kw.pop("connections", c), **kw)
+            # The server's CPU time per answered request: steadier than requests/s when
+            # other processes share the cores.
+            result["cpu_us"] = (1e6 * (server.cpu_seconds() - cpu)
+                                / max(1, result["requests"]))
+            if result["non2xx"] or result["socket_errors"]:
+                print(f"warning: {label}: {result['non2xx']} non-2xx, "
+                      f"{result['socket_errors']} socket errors", file=sys.stderr)
+            return result
+
+        readers = make_users(server, 4 if cheap else 32, "reader")
+        if args.only == "rss":
+            found.update(connection_steps(server, [u["token"] for u in readers], measure))
+            return found
         login_users = [] if args.quick else make_users(server, 16, "login")
         history_user = readers[0]
         setup = Client(server.port)
@@ -351,18 +375,6 @@ def run(binary: Path, args: argparse.Namespace) -> dict:
                 raise SystemExit(f"seeding history failed: {status} {body}")
         tokens = [u["token"] for u in readers]
         record_body = json.dumps({"type": "depletion", "energy_impact": 1, "name": "bench"})
-
-        def measure(label, path, **kw):
-            cpu = server.cpu_seconds()
-            result = wrk(server.port, path, s, kw.pop("connections", c), **kw)
-            # The server's CPU time per answered request: steadier than requests/s when
-            # other processes share the cores.
-            result["cpu_us"] = (1e6 * (server.cpu_seconds() - cpu)
-                                / max(1, result["requests"]))
-            if result["non2xx"] or result["socket_errors"]:
-                print(f"warning: {label}: {result['non2xx']} non-2xx, "
-                      f"{result['socket_errors']} socket errors", file=sys.stderr)
-            return result
 
         health = measure("health", "/health")
         rows.append(("GET /health", health["rps"], "", health["cpu_us"]))
@@ -407,14 +419,9 @@ def run(binary: Path, args: argparse.Namespace) -> dict:
         during = measure("users/me during flood", "/users/me", tokens=tokens, connections=4)
         flooder.join()
 
-        measure("256 connections", "/users/me", tokens=tokens, connections=256)
-        rss_256 = server.peak_rss_mib()
-        measure("2,000 connections", "/users/me", tokens=tokens, connections=2000,
-                timeout="30s")
-        rss_2000 = server.peak_rss_mib()
+        found.update(connection_steps(server, tokens, measure))
         found.update(hash_s=hash_s, cores=cores, bound=cores / hash_s, login=login,
-                     alone=alone, during=during, flood=flood_result, rss_256=rss_256,
-                     rss_2000=rss_2000)
+                     alone=alone, during=during, flood=flood_result)
         if args.store == "mongodb":
             found["trips"] = mongo_round_trips(server.port)
         return found
@@ -424,6 +431,17 @@ def run(binary: Path, args: argparse.Namespace) -> dict:
             mongo.terminate()
             mongo.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def connection_steps(server: Server, tokens: list[str], measure) -> dict:
+    """Peak RSS before, after 256 and after 2,000 connections reading GET /users/me."""
+    before = server.peak_rss_mib()
+    measure("256 connections", "/users/me", tokens=tokens, connections=256)
+    rss_256 = server.peak_rss_mib()
+    measure("2,000 connections", "/users/me", tokens=tokens, connections=2000,
+            timeout="30s")
+    return {"rss_before": before, "rss_256": rss_256, "rss_2000": server.peak_rss_mib(),
+            "rss_after": server.peak_rss_mib("VmRSS")}
 
 
 def report(binary: Path, found: dict, args: argparse.Namespace) -> None:
@@ -436,17 +454,26 @@ def report(binary: Path, found: dict, args: argparse.Namespace) -> None:
         print(f"{label:34}{rps:10.0f}{cpu_us:12.0f}    {note}")
     if args.quick:
         return
+    rss = (f"peak RSS: {found['rss_256']:.1f} MiB after 256 connections, "
+           f"{found['rss_2000']:.1f} MiB after 2,000 (peak before them "
+           f"{found['rss_before']:.1f} MiB; resident at the end {found['rss_after']:.1f} MiB)")
+    if args.only == "rss":
+        print(rss)
+        return
     print()
     print(f"one cost-12 login alone: {found['hash_s'] * 1000:.0f} ms; bound with "
           f"{found['cores']} cores: {found['bound']:.1f} logins/s")
-    print(f"login, 8 connections, 16 accounts: {found['login']['rps']:.1f} logins/s = "
-          f"{100 * found['login']['rps'] / found['bound']:.0f}% of the bound")
+    login = found["login"]
+    # Cores the server kept busy: below the core count, the hashing threads (nice 10)
+    # lost the CPU to other processes, which is the machine, not the server.
+    print(f"login, 8 connections, 16 accounts: {login['rps']:.1f} logins/s = "
+          f"{100 * login['rps'] / found['bound']:.0f}% of the bound (server busy "
+          f"{login['cpu_us'] * login['rps'] / 1e6:.2f} of {found['cores']} cores)")
     alone, during = found["alone"], found["during"]
     print(f"GET /users/me p99, 4 connections: alone {alone['p99']:.2f} ms, during a login "
           f"flood {during['p99']:.2f} ms ({during['p99'] / alone['p99']:.1f}x; "
           f"{found['flood'].get('rps', 0):.1f} logins/s in the flood)")
-    print(f"peak RSS: {found['rss_256']:.1f} MiB after 256 connections, "
-          f"{found['rss_2000']:.1f} MiB after 2,000")
+    print(rss)
     if args.store == "mongodb":
         if found.get("trips"):
             for route, n in sorted(found["trips"].items()):
@@ -469,6 +496,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="only the throughput rows (4 users, bcrypt cost 4; no login, flood "
                              "or RSS step)")
+    parser.add_argument("--only", choices=["rss"],
+                        help="rss: only the peak-memory rows (4 users, bcrypt cost 4)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an extra environment variable for the server (e.g. "
+                             "MALLOC_ARENA_MAX=2); may be repeated")
     parser.add_argument("--no-build", action="store_true", help="use --binary as it is")
     args = parser.parse_args()
     binaries = args.binary or [ROOT / "target" / "release" / "introgy"]
@@ -500,6 +532,14 @@ def main() -> None:
                 ratio = f"({100 * median / base:5.1f}%)" if i else " " * 8
                 cells.append(f"{median:8.0f} {ratio} {cpu:5.0f}µs")
             print(f"{label:34}" + "".join(f"{cell:>28}" for cell in cells))
+        if not args.quick:
+            for key, label in [("rss_256", "peak RSS, 256 connections"),
+                               ("rss_2000", "peak RSS, 2,000 connections")]:
+                cells = []
+                for binary in binaries:
+                    values = sorted(r[key] for r in results[binary])
+                    cells.append(f"{values[len(values) // 2]:.1f} MiB")
+                print(f"{label:34}" + "".join(f"{cell:>28}" for cell in cells))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,12 @@ pub async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
 /// Parses a JSON object into `T`, turning serde's complaint into a FastAPI-shaped 422
 /// entry.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    check_json_object(bytes)?;
+    parse_json_fields(bytes)
+}
+
+/// The 422 for a body that is not JSON, or JSON but not an object.
+fn check_json_object(bytes: &[u8]) -> Result<(), ApiError> {
     // Is it JSON at all? Answering this first keeps "not JSON" apart from "JSON of the
     // wrong shape", whatever serde's error category says.
     if let Err(e) = serde_json::from_slice::<IgnoredAny>(bytes) {
@@ -64,6 +70,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             kind: "type_error.dict".into(),
         }));
     }
+    Ok(())
+}
+
+/// Reads the fields of a body [`JsonObject`] has checked into `T`.
+pub fn parse_object<T: DeserializeOwned>(JsonObject(bytes): &JsonObject) -> Result<T, ApiError> {
+    parse_json_fields(bytes)
+}
+
+fn parse_json_fields<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let mut loc: Vec<Value> = vec!["body".into()];
@@ -242,6 +257,27 @@ where
         }
         let bytes = body_bytes(req).await?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A JSON object body, checked as [`ApiJson`] checks it (content type, size, JSON, an
+/// object) but not yet read into a type: for a handler that must first answer something
+/// else (whose resource it is), then reads the fields with [`parse_object`] in one pass.
+pub struct JsonObject(Bytes);
+
+impl<S> FromRequest<S> for JsonObject
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        if !is_json(&req) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = body_bytes(req).await?;
+        check_json_object(&bytes)?;
+        Ok(JsonObject(bytes))
     }
 }
 

@@ -8,19 +8,21 @@
 //! security headers, panic catcher, request-head limits, path normalisation. Routing,
 //! metrics, tracing, CORS, the request timeout and the body limit sit inside them.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method, Response};
+use axum::http::{header, HeaderName, HeaderValue, Method, Response, Uri};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
@@ -65,6 +67,9 @@ pub const MAX_HEADER_COUNT: usize = 100;
 /// HTTP at all) get hyper's bodiless 400/414/431 (see docs/decisions.md, "HTTP").
 const HYPER_MAX_HEAD_BYTES: usize = 64 * 1024;
 const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADER_COUNT;
+/// Most requests without a body inside the router at once (see [`ConnectionService`]):
+/// the writer's largest group, and 16 times the SQLite read connections.
+const MAX_GATED_REQUESTS_IN_FLIGHT: usize = 64;
 /// Descriptors kept free for everything that is not a client connection (store files,
 /// MongoDB and SMTP connections, logs).
 const RESERVED_DESCRIPTORS: u64 = 256;
@@ -350,6 +355,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let in_flight = Arc::new(Semaphore::new(MAX_GATED_REQUESTS_IN_FLIGHT));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -378,14 +384,12 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let service =
-            app.clone()
-                .map_request(move |mut request: Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    request.map(Body::new)
-                });
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let service = ConnectionService {
+            app: app.clone(),
+            peer,
+            in_flight: Arc::clone(&in_flight),
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -397,6 +401,90 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// One connection's view of the application: each request gets the peer's address and
+/// a head of its own (see [`detach_head`]) before the router sees it, and a request
+/// without a body waits for one of the `in_flight` permits before it enters the router.
+///
+/// Under thousands of busy connections nearly every one has a request in the server,
+/// and a request inside the router holds its middleware and handler state (~14 KiB, most
+/// of it waiting for one of the store's few connections). Waiting at the door instead
+/// costs only the parsed head, which keeps the peak memory of 2,000 busy connections
+/// within PRODUCT.md §7 and changes no answer: the permits are far more than the store
+/// can serve at once, and are handed out first come, first served. Requests with a body
+/// are not gated (a slow client could hold a permit while it sends), nor are the health
+/// probes (a probe should see the process, not the queue). See docs/decisions.md.
+struct ConnectionService {
+    app: Router,
+    peer: SocketAddr,
+    in_flight: Arc<Semaphore>,
+}
+
+type ServiceFuture =
+    Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ServiceFuture;
+
+    fn call(&self, request: Request<hyper::body::Incoming>) -> Self::Future {
+        let gated = waits_for_a_permit(&request);
+        let mut request = detach_head(request);
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        // Lazy: the router builds the request's state when this is first polled.
+        let response = self.app.clone().oneshot(request.map(Body::new));
+        if !gated {
+            return Box::pin(response);
+        }
+        let in_flight = Arc::clone(&self.in_flight);
+        Box::pin(async move {
+            // The semaphore is never closed; a permit is held until the response head.
+            let _permit = in_flight.acquire_owned().await;
+            response.await
+        })
+    }
+}
+
+/// Whether a request waits for an in-flight permit: complete with its head (no body to
+/// receive) and not a health probe.
+fn waits_for_a_permit(request: &Request<hyper::body::Incoming>) -> bool {
+    use hyper::body::Body as _;
+    let path = request.uri().path();
+    let path = path.strip_prefix("/api").unwrap_or(path);
+    let probe = path == "/health" || path.starts_with("/health/");
+    request.body().is_end_stream() && !probe
+}
+
+/// The request with its target and header values copied out of hyper's read buffer.
+///
+/// hyper parses a request head in place and hands out slices of the connection's read
+/// buffer. It calls the service (this, synchronously) and then at once reads on to
+/// notice a client that goes away; while the request still points into the buffer, that
+/// read cannot reuse it and allocates another 8 KiB. Copying the few hundred bytes of the
+/// head first leaves the buffer free to be reused: one read buffer per connection instead
+/// of two while a request is in flight (8 KiB less per busy connection; README,
+/// "Performance"). Anything that cannot be copied as it is stays shared.
+fn detach_head<B>(request: Request<B>) -> Request<B> {
+    let (mut parts, body) = request.into_parts();
+    let uri = &parts.uri;
+    let copied = match (uri.scheme(), uri.authority(), uri.path_and_query()) {
+        (None, None, Some(target)) => {
+            Uri::from_maybe_shared(Bytes::copy_from_slice(target.as_str().as_bytes()))
+        }
+        _ => Uri::try_from(uri.to_string()),
+    };
+    if let Ok(copied) = copied {
+        parts.uri = copied;
+    }
+    for value in parts.headers.values_mut() {
+        if let Ok(mut copied) = HeaderValue::from_bytes(value.as_bytes()) {
+            copied.set_sensitive(value.is_sensitive());
+            *value = copied;
+        }
+    }
+    Request::from_parts(parts, body)
 }
 
 /// After a failed `accept`: per-connection errors (the peer went away) are ignored;
@@ -718,6 +806,45 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["code"], "internal_error");
         assert!(!body.to_string().contains("a bug"));
+    }
+
+    #[test]
+    fn a_detached_head_keeps_every_value_but_no_byte_of_the_read_buffer() {
+        let buffer = Bytes::from_static(b"/users/me?x=1 Bearer abc secret-ish");
+        let within = |p: *const u8| buffer.as_ptr_range().contains(&p);
+        let mut request = Request::builder()
+            .uri(Uri::from_maybe_shared(buffer.slice(0..13)).unwrap())
+            .body(())
+            .unwrap();
+        let mut token = HeaderValue::from_maybe_shared(buffer.slice(14..24)).unwrap();
+        token.set_sensitive(true);
+        let headers = request.headers_mut();
+        headers.append(header::AUTHORIZATION, token);
+        headers.append(
+            "x-twice",
+            HeaderValue::from_maybe_shared(buffer.slice(25..31)).unwrap(),
+        );
+        headers.append(
+            "x-twice",
+            HeaderValue::from_maybe_shared(buffer.slice(14..20)).unwrap(),
+        );
+        assert!(
+            within(request.uri().path().as_ptr()),
+            "the test shares the buffer"
+        );
+
+        let detached = detach_head(request);
+
+        assert_eq!(detached.uri(), "/users/me?x=1");
+        assert!(!within(detached.uri().path().as_ptr()));
+        let authorization = &detached.headers()[header::AUTHORIZATION];
+        assert_eq!(authorization, "Bearer abc");
+        assert!(authorization.is_sensitive());
+        let twice: Vec<_> = detached.headers().get_all("x-twice").iter().collect();
+        assert_eq!(twice, ["secret", "Bearer"]);
+        for value in detached.headers().values() {
+            assert!(!within(value.as_bytes().as_ptr()), "{value:?}");
+        }
     }
 
     #[test]

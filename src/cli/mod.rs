@@ -148,6 +148,7 @@ pub fn run() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(runtime) => runtime,
@@ -182,6 +183,13 @@ fn run_migrate(args: migrate::MigrateArgs) -> ExitCode {
     crate::telemetry::init(crate::config::LogFormat::Text);
     run_async("introgy migrate", migrate::run(args))
 }
+
+/// Threads of the runtime's blocking pool (tokio's default is 512). Only the SQLite
+/// store uses it: at most four reads at once (one per read connection) and the file
+/// checks of `/health`, which are one `stat` each; without a cap a burst of `/health`
+/// calls grew the pool to ~45 threads, each with its own stack and, often, a malloc arena
+/// (README, "Performance"). Beyond the cap, blocking work queues.
+const MAX_BLOCKING_THREADS: usize = 16;
 
 /// Runs a command's future on a fresh runtime; its error becomes the exit code.
 fn run_async(name: &str, work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {

@@ -28,7 +28,7 @@ use crate::battery::{
 use crate::domain::text::{parse_text, Lines};
 use crate::domain::timestamp::check_occurred_at;
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError, FieldErrors, ValidationErrorBody};
-use crate::extract::{parse_json, ApiJson, ApiPath, ApiQuery};
+use crate::extract::{parse_json, parse_object, ApiJson, ApiPath, ApiQuery, JsonObject};
 use crate::startup::AppState;
 use crate::store::{
     BatteryEvent, CorrectedFields, Correction, CorrectionOutcome, HistoryCursor, HistoryFilter,
@@ -666,12 +666,12 @@ pub async fn record(
     auth: AuthUser,
     ApiPath(user_id): ApiPath<String>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<serde_json::Value>,
+    body: JsonObject,
 ) -> ApiResult<Response> {
     own_battery(&auth, &user_id)?;
     let (now, received) = (state.clock.now(), std::time::Instant::now());
     let key = idempotency_key(&headers)?;
-    let req: RecordRequest = parse_json(body.to_string().as_bytes())?;
+    let req: RecordRequest = parse_object(&body)?;
     let occurred_at_given = req.occurred_at.is_some();
     let event = parse_record(req, now, received)?;
     let key = match key {

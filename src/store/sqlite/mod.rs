@@ -131,8 +131,17 @@ fn configure(conn: &Connection, busy: Duration) -> rusqlite::Result<()> {
     conn.busy_timeout(busy)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Page cache per connection, KiB (SQLite's default is 2,000 KiB, so ~10 MiB for the
+    // five connections once the file is large). The hot pages (the root-to-leaf paths the
+    // writer appends to, the users and sessions rows every request reads) fit many times
+    // over, and a reader's cache is emptied whenever another connection wrote anyway; the
+    // rest is in the OS page cache (PRODUCT.md §7 memory; README, "Performance").
+    conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
     Ok(())
 }
+
+/// See [`configure`].
+const PAGE_CACHE_KIB: i64 = 512;
 
 /// A file's identity: its device and inode. Another file at the same path (a restore
 /// copied over it, a new empty file after `rm`) has another.
