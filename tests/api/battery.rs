@@ -322,7 +322,8 @@ async fn parallel_records_for_one_user_all_land_and_replay_to_the_final_level() 
         .collect();
     let responses =
         futures::future::join_all(bodies.iter().map(|b| app.record(&user.access_token, b))).await;
-    assert!(responses.iter().all(|r| r.status() == StatusCode::CREATED));
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
 
     let page = json_of(app.activity(&user, "?limit=200").await, StatusCode::OK).await;
     let items = page["items"].as_array().unwrap();

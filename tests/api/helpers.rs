@@ -97,6 +97,13 @@ async fn spawn(
     if with_secret {
         argv.extend(["--jwt-secret-key", SECRET]);
     }
+    // SecantusDB is one Python process serving the whole suite's ~250 concurrent tests on
+    // two cores: under that load one operation can wait longer than the production
+    // default of 5 s, which would answer 503 for reasons of the test bed. Tests of the
+    // timeout itself set their own.
+    if mongo_url.is_some() && !extra.contains(&"--store-timeout-seconds") {
+        argv.extend(["--store-timeout-seconds", "15"]);
+    }
     argv.extend_from_slice(extra);
     let config = config_from(&argv);
     let mail = Arc::new(MemoryTransport::default());
