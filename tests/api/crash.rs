@@ -71,6 +71,19 @@ async fn signup(server: &mut Process, base: &str, client: &reqwest::Client) -> S
     verified["access_token"].as_str().unwrap().to_owned()
 }
 
+/// The JSON body of an authenticated GET of `url`.
+async fn get_json(client: &reqwest::Client, url: &str, token: &str) -> Value {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn record_body(name: &str, n: usize, when: &str) -> Value {
     let kind = if n % 3 == 0 { "recharge" } else { "depletion" };
     json!({"type": kind, "name": name, "energy_impact": 1 + n % 9, "occurred_at": when})
@@ -181,15 +194,12 @@ async fn acknowledged_records_survive_kill_9_exactly_once_and_the_level_is_the_r
     let mut items: Vec<Value> = Vec::new();
     let mut query = "?limit=200".to_owned();
     loop {
-        let page: Value = client
-            .get(format!("{base}/social-battery/me/activity{query}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(
+            &client,
+            &format!("{base}/social-battery/me/activity{query}"),
+            &token,
+        )
+        .await;
         items.extend(page["items"].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_str() {
             Some(cursor) => query = format!("?limit=200&cursor={cursor}"),
@@ -230,27 +240,16 @@ async fn acknowledged_records_survive_kill_9_exactly_once_and_the_level_is_the_r
         assert_eq!(item["level_after"].as_i64().unwrap(), expected, "{item}");
     }
     // ... to the level the service reports.
-    let battery: Value = client
-        .get(format!("{base}/social-battery/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let battery: Value = get_json(&client, &format!("{base}/social-battery/me"), &token).await;
     assert_eq!(battery["level"], items[0]["level_after"]);
     // The insights buckets hold every record once, with the levels of the history: its
     // closing level is the newest record's (all occurred at one instant).
-    let insights: Value = client
-        .get(format!("{base}/social-battery/me/insights?period=month"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let insights: Value = get_json(
+        &client,
+        &format!("{base}/social-battery/me/insights?period=month"),
+        &token,
+    )
+    .await;
     let delta = |item: &Value| {
         item["level_after"].as_i64().unwrap() - item["level_before"].as_i64().unwrap()
     };
