@@ -33,10 +33,9 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{InsertOneModel, UpdateModifications, UpdateOneModel, WriteModel};
 use serde::{Deserialize, Serialize};
 
-use super::insights::increment;
 use super::users::level_of;
 use super::{bdt, decode, read, user_filter, utc, MongoStore};
-use super::{BUCKETS, EVENTS, IDEMPOTENCY, MAX_RETRIES, USERS};
+use super::{EVENTS, IDEMPOTENCY, MAX_RETRIES, USERS};
 use crate::battery::insights::{bucket_of, Entry};
 use crate::battery::{
     self, Applied, BatteryLevel, Channel, InteractionKind, KindTotals, SleepQuality, Totals,
@@ -1025,16 +1024,7 @@ impl BatteryStore for MongoStore {
                 .into(),
         );
         // The event's insights bucket, before the user advances (see `insights.rs`).
-        let (bucket_filter, bucket_update) = increment(user_id, &Entry::from(&recorded));
-        writes.push(
-            UpdateOneModel::builder()
-                .namespace(self.namespace(BUCKETS))
-                .filter(bucket_filter)
-                .update(UpdateModifications::Pipeline(bucket_update))
-                .upsert(true)
-                .build()
-                .into(),
-        );
+        writes.push(self.bucket_write(user_id, &Entry::from(&recorded)));
         writes.push(
             UpdateOneModel::builder()
                 .namespace(self.namespace(USERS))

@@ -153,6 +153,18 @@ fn events_of(user_id: &str, buckets: &[i64]) -> Document {
 }
 
 impl MongoStore {
+    /// The `bulkWrite` model of [`increment`]: adds `entry` to its bucket once (upsert).
+    pub(super) fn bucket_write(&self, user_id: &str, entry: &Entry) -> WriteModel {
+        let (filter, update) = increment(user_id, entry);
+        UpdateOneModel::builder()
+            .namespace(self.namespace(BUCKETS))
+            .filter(filter)
+            .update(UpdateModifications::Pipeline(update))
+            .upsert(true)
+            .build()
+            .into()
+    }
+
     /// Adds `entry` to its bucket once, then applies `advance` to the user matched by
     /// `at`: one `bulkWrite` where the server has it, else two writes in that order.
     /// Whether the user's update matched.
@@ -163,8 +175,8 @@ impl MongoStore {
         at: Document,
         advance: Document,
     ) -> StoreResult<bool> {
-        let (filter, update) = increment(user_id, entry);
         if !self.features().await?.client_bulk_write() {
+            let (filter, update) = increment(user_id, entry);
             self.run(self.c(BUCKETS).update_one(filter, update).upsert(true))
                 .await?;
             let moved = self
@@ -174,13 +186,7 @@ impl MongoStore {
         }
         for _ in 0..MAX_RETRIES {
             let writes: Vec<WriteModel> = vec![
-                UpdateOneModel::builder()
-                    .namespace(self.namespace(BUCKETS))
-                    .filter(filter.clone())
-                    .update(UpdateModifications::Pipeline(update.clone()))
-                    .upsert(true)
-                    .build()
-                    .into(),
+                self.bucket_write(user_id, entry),
                 UpdateOneModel::builder()
                     .namespace(self.namespace(super::USERS))
                     .filter(at.clone())
