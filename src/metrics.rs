@@ -104,6 +104,7 @@ pub struct Metrics {
     mail_attempts: Family<MailLabels, Counter>,
     hashes_waiting: Gauge,
     hashes_running: Gauge,
+    hash_rescues: Counter,
     logins: Family<OutcomeLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     round_trips: Family<RouteLabels, Counter>,
@@ -199,6 +200,13 @@ impl Metrics {
             "bcrypt hashes running now (at most HASH_CONCURRENCY)",
             hashes_running.clone(),
         );
+        let hash_rescues = Counter::default();
+        registry.register(
+            "introgy_password_hash_rescues",
+            "bcrypt hashes that got no CPU at idle priority in time and were run again on the \
+             normal-priority rescue thread (the machine was saturated)",
+            hash_rescues.clone(),
+        );
         let logins = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "introgy_logins",
@@ -241,6 +249,7 @@ impl Metrics {
             mail_attempts,
             hashes_waiting,
             hashes_running,
+            hash_rescues,
             logins,
             rate_limited,
             round_trips,
@@ -312,6 +321,11 @@ impl Metrics {
     /// Counts a hash as running until the guard is dropped.
     pub fn hash_running(&self) -> GaugeGuard {
         GaugeGuard::new(&self.hashes_running)
+    }
+
+    /// One hash handed to the rescue thread.
+    pub fn hash_rescued(&self) {
+        self.hash_rescues.inc();
     }
 
     /// The exposition: OpenMetrics when `accept` asks for it, else Prometheus text 0.0.4.
@@ -823,6 +837,7 @@ mod tests {
             "introgy_store_operation_duration_seconds",
             "introgy_outbox_pending",
             "introgy_password_hash_queue_depth",
+            "introgy_password_hash_rescues",
             "introgy_logins_total",
             "introgy_build_info",
         ] {
