@@ -88,6 +88,9 @@ struct Inner {
     reader_slots: Arc<Semaphore>,
     /// The file watch and the closed flag, shared with the writer thread.
     shared: Arc<Shared>,
+    /// When the running or last `/health` file check started: concurrent probes share
+    /// one check instead of taking a blocking thread each.
+    file_probe: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// SQLite-backed [`Store`](super::Store).
@@ -552,6 +555,7 @@ fn open_blocking(path: &Path, busy: Duration, mode: OpenMode) -> anyhow::Result<
         readers: Mutex::new(readers),
         reader_slots: Arc::new(Semaphore::new(READERS)),
         shared,
+        file_probe: tokio::sync::Mutex::new(None),
     })
 }
 
@@ -596,8 +600,17 @@ impl SqliteStore {
         });
     }
 
-    /// Compares the database path with the opened file now (`/health`).
+    /// Compares the database path with the opened file now (`/health`). One check runs
+    /// at a time; a caller that waited for another's check uses its verdict when that
+    /// check started after the caller asked (it is as fresh as one of its own). Without
+    /// this, a burst of probes took a blocking thread each, and the pool grew to its cap.
     async fn check_file(&self) -> StoreResult<()> {
+        let asked = std::time::Instant::now();
+        let mut last_started = self.inner.file_probe.lock().await;
+        if last_started.is_some_and(|started| started >= asked) {
+            return self.inner.shared.file.last();
+        }
+        *last_started = Some(std::time::Instant::now());
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.shared.file.check())
             .await
