@@ -835,12 +835,10 @@ pub async fn activity(
     }
     errors.finish()?;
     let filter = HistoryFilter { from, to, kind };
-    let (mut events, summary) = tokio::try_join!(
-        state
-            .store
-            .battery_history(&auth.user_id, &filter, after, limit + 1),
-        state.store.battery_summary(&auth.user_id, &filter),
-    )?;
+    let (mut events, summary) = state
+        .store
+        .battery_page(&auth.user_id, &filter, after, limit + 1)
+        .await?;
     let next_cursor = if events.len() > limit as usize {
         events.truncate(limit as usize);
         events.last().map(|e| encode_cursor(e.position()))

@@ -430,4 +430,20 @@ pub trait BatteryStore: Send + Sync {
         user_id: &str,
         filter: &HistoryFilter,
     ) -> StoreResult<BatterySummary>;
+    /// A page of the timeline and the summary of the same filter, for
+    /// `GET /social-battery/{me}/activity`. By default the two reads run concurrently; a
+    /// backend that can answer both from one read (SQLite: one connection, one
+    /// snapshot) does.
+    async fn battery_page(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+        after: Option<HistoryCursor>,
+        limit: u32,
+    ) -> StoreResult<(Vec<BatteryEvent>, BatterySummary)> {
+        tokio::try_join!(
+            self.battery_history(user_id, filter, after, limit),
+            self.battery_summary(user_id, filter),
+        )
+    }
 }

@@ -423,6 +423,28 @@ async fn history_is_a_timeline_paged_by_occurred_at_then_seq(s: &TestStore) {
             .count,
         4
     );
+    // The activity route's one call for both says what the two calls say.
+    let depletions_from_2 = HistoryFilter {
+        from: Some(at(2)),
+        kind: Some(InteractionKind::Depletion),
+        ..Default::default()
+    };
+    for (filter, after) in [
+        (HistoryFilter::default(), None),
+        (window, None),
+        (depletions_from_2, Some(after_seq_4)),
+    ] {
+        let (events, summary) = s
+            .store
+            .battery_page(&user.id, &filter, after, 3)
+            .await
+            .unwrap();
+        assert_eq!(seqs(&events), seqs(&page(filter.clone(), after, 3).await));
+        assert_eq!(
+            summary,
+            s.store.battery_summary(&user.id, &filter).await.unwrap()
+        );
+    }
 }
 
 /// Few: every writer but one retries from the stored position.

@@ -363,30 +363,8 @@ impl BatteryStore for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<BatteryEvent>> {
         let (user_id, filter) = (user_id.to_owned(), filter.clone());
-        self.read(move |conn| {
-            let (mut conditions, mut values) = history_conditions(&filter);
-            values.insert(0, Value::Text(user_id));
-            if let Some(after) = after {
-                values.push(Value::Integer(millis(after.occurred_at)));
-                values.push(Value::Integer(after.seq));
-                // A row value: one range of the index, not an OR of two.
-                conditions.push_str(&format!(
-                    " AND (occurred_at, seq) < (?{}, ?{})",
-                    values.len() - 1,
-                    values.len()
-                ));
-            }
-            values.push(Value::Integer(limit.into()));
-            let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM battery_events WHERE user_id = ?1{conditions} \
-                 ORDER BY occurred_at DESC, seq DESC LIMIT ?{}",
-                values.len()
-            );
-            let mut statement = conn.prepare_cached(&sql)?;
-            let rows = statement.query_map(rusqlite::params_from_iter(values), event_from_row)?;
-            rows.collect()
-        })
-        .await
+        self.read(move |conn| history_page(conn, &user_id, &filter, after, limit))
+            .await
     }
 
     async fn battery_summary(
@@ -395,41 +373,96 @@ impl BatteryStore for SqliteStore {
         filter: &HistoryFilter,
     ) -> StoreResult<BatterySummary> {
         let (user_id, filter) = (user_id.to_owned(), filter.clone());
+        self.read(move |conn| history_summary(conn, &user_id, &filter))
+            .await
+    }
+
+    /// Both in one read: one connection and one hand-off to a blocking thread instead of
+    /// two, and the page and its summary see the same snapshot.
+    async fn battery_page(
+        &self,
+        user_id: &str,
+        filter: &HistoryFilter,
+        after: Option<HistoryCursor>,
+        limit: u32,
+    ) -> StoreResult<(Vec<BatteryEvent>, BatterySummary)> {
+        let (user_id, filter) = (user_id.to_owned(), filter.clone());
         self.read(move |conn| {
-            let mut totals = KindTotals::default();
-            if filter.from.is_none() && filter.to.is_none() {
-                // Running totals: O(1) whatever the history's length.
-                let mut statement = conn.prepare_cached(
-                    "SELECT kind, count, total_positive, total_negative, level_sum \
-                     FROM battery_stats WHERE user_id = ?1",
-                )?;
-                let mut rows = statement.query([&user_id])?;
-                while let Some(row) = rows.next()? {
-                    let f = Fields::new(row, "battery_stats", Key::Text(&user_id));
-                    let kind: InteractionKind = f.parse(0)?;
-                    totals.set(kind, stats_from(&f, 1)?);
-                }
-                totals = totals.only(filter.kind);
-            } else {
-                // A time range: aggregate the matching events.
-                let (conditions, mut values) = history_conditions(&filter);
-                values.insert(0, Value::Text(user_id.clone()));
-                let sql = format!(
-                    "SELECT kind, {KIND_TOTALS} FROM battery_events \
-                     WHERE user_id = ?1{conditions} GROUP BY kind"
-                );
-                let mut statement = conn.prepare_cached(&sql)?;
-                let mut rows = statement.query(rusqlite::params_from_iter(values))?;
-                let name = format!("of user {user_id}");
-                while let Some(row) = rows.next()? {
-                    let f = Fields::new(row, "battery_events", Key::Text(&name));
-                    totals.set(f.parse(0)?, stats_from(&f, 1)?);
-                }
-            }
-            Ok(BatterySummary::of(&totals))
+            let page = history_page(conn, &user_id, &filter, after, limit)?;
+            Ok((page, history_summary(conn, &user_id, &filter)?))
         })
         .await
     }
+}
+
+/// One page of `user_id`'s timeline (see [`BatteryStore::battery_history`]).
+fn history_page(
+    conn: &Connection,
+    user_id: &str,
+    filter: &HistoryFilter,
+    after: Option<HistoryCursor>,
+    limit: u32,
+) -> rusqlite::Result<Vec<BatteryEvent>> {
+    let (mut conditions, mut values) = history_conditions(filter);
+    values.insert(0, Value::Text(user_id.to_owned()));
+    if let Some(after) = after {
+        values.push(Value::Integer(millis(after.occurred_at)));
+        values.push(Value::Integer(after.seq));
+        // A row value: one range of the index, not an OR of two.
+        conditions.push_str(&format!(
+            " AND (occurred_at, seq) < (?{}, ?{})",
+            values.len() - 1,
+            values.len()
+        ));
+    }
+    values.push(Value::Integer(limit.into()));
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM battery_events WHERE user_id = ?1{conditions} \
+         ORDER BY occurred_at DESC, seq DESC LIMIT ?{}",
+        values.len()
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query_map(rusqlite::params_from_iter(values), event_from_row)?;
+    rows.collect()
+}
+
+/// The summary of `user_id`'s filtered timeline (see [`BatteryStore::battery_summary`]).
+fn history_summary(
+    conn: &Connection,
+    user_id: &str,
+    filter: &HistoryFilter,
+) -> rusqlite::Result<BatterySummary> {
+    let mut totals = KindTotals::default();
+    if filter.from.is_none() && filter.to.is_none() {
+        // Running totals: O(1) whatever the history's length.
+        let mut statement = conn.prepare_cached(
+            "SELECT kind, count, total_positive, total_negative, level_sum \
+             FROM battery_stats WHERE user_id = ?1",
+        )?;
+        let mut rows = statement.query([user_id])?;
+        while let Some(row) = rows.next()? {
+            let f = Fields::new(row, "battery_stats", Key::Text(user_id));
+            let kind: InteractionKind = f.parse(0)?;
+            totals.set(kind, stats_from(&f, 1)?);
+        }
+        totals = totals.only(filter.kind);
+    } else {
+        // A time range: aggregate the matching events.
+        let (conditions, mut values) = history_conditions(filter);
+        values.insert(0, Value::Text(user_id.to_owned()));
+        let sql = format!(
+            "SELECT kind, {KIND_TOTALS} FROM battery_events \
+             WHERE user_id = ?1{conditions} GROUP BY kind"
+        );
+        let mut statement = conn.prepare_cached(&sql)?;
+        let mut rows = statement.query(rusqlite::params_from_iter(values))?;
+        let name = format!("of user {user_id}");
+        while let Some(row) = rows.next()? {
+            let f = Fields::new(row, "battery_events", Key::Text(&name));
+            totals.set(f.parse(0)?, stats_from(&f, 1)?);
+        }
+    }
+    Ok(BatterySummary::of(&totals))
 }
 
 /// Four totals columns from `first` on: count, positive, negative, level sum.
