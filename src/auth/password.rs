@@ -10,8 +10,9 @@
 //! runs (`python3 bench/wrk.py --only flood --rounds 3`; README, "Performance").
 //!
 //! Idle priority alone could starve logins on a machine that other work keeps busy. So a
-//! hash that has not finished 32 times the fastest hash seen so far after it was handed
-//! over (before any: a guess from the cost; between [`RESCUE_FLOOR`] and [`RESCUE_CAP`])
+//! hash that has not finished 32 times the fastest hash of its cost after it was handed
+//! over (timed per round, so hashes of other costs count; before any: a guess; between
+//! [`RESCUE_FLOOR`] and [`RESCUE_CAP`])
 //! also runs on one rescue thread at normal scheduling class, nice 10; the first answer
 //! wins and a copy that has not started yet is skipped. (A thread cannot go back from `SCHED_IDLE`
 //! without `CAP_SYS_NICE`, hence a thread of its own.)
@@ -28,7 +29,7 @@ use crate::domain::Password;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A hash still running after this many times the fastest hash seen is rescued. The
+/// A hash still running after this many times the fastest hash of its cost is rescued. The
 /// rescue is for starvation, not for a busy server: under a login flood against
 /// saturating reads (`bench/wrk.py --only flood`) idle-priority hashes take ~10 times
 /// their quiet time, and at a factor of 4 or 10 enough of them were rescued that the
@@ -110,8 +111,9 @@ pub struct PasswordHasher {
     pool: mpsc::Sender<Job>,
     /// The one normal-class thread for hashes the idle threads did not finish in time.
     rescue: mpsc::Sender<Job>,
-    /// The fastest hash so far in nanoseconds (at first, a guess from the cost).
-    fastest_ns: Arc<AtomicU64>,
+    /// The fastest hash so far, in nanoseconds per round (2^cost rounds; at first a guess):
+    /// stored hashes of another cost (legacy ones) then time the configured cost right.
+    fastest_ns_per_round: Arc<AtomicU64>,
     /// A hash of a random password at the configured cost, verified against when the
     /// account does not exist so that "no such user" costs the same time as "wrong
     /// password" (SECURITY.md 10).
@@ -153,7 +155,9 @@ impl Drop for Running<'_> {
 struct Shared<T, F> {
     work: F,
     answer: Mutex<Option<oneshot::Sender<T>>>,
-    fastest_ns: Arc<AtomicU64>,
+    /// The hash's cost: it runs 2^cost rounds.
+    cost: u32,
+    fastest_ns_per_round: Arc<AtomicU64>,
 }
 
 impl<T, F: Fn() -> T> Shared<T, F> {
@@ -170,7 +174,8 @@ impl<T, F: Fn() -> T> Shared<T, F> {
         let started = Instant::now();
         let out = (self.work)();
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.fastest_ns.fetch_min(took, Ordering::Relaxed);
+        self.fastest_ns_per_round
+            .fetch_min(took >> self.cost.min(63), Ordering::Relaxed);
         if let Some(sender) = self.answer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = sender.send(out);
         }
@@ -184,21 +189,23 @@ impl PasswordHasher {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             pool: start_pool(concurrency.max(1), Priority::Idle, "introgy-bcrypt"),
             rescue: start_pool(1, Priority::Rescue, "introgy-bcrypt-rescue"),
-            fastest_ns: Arc::new(AtomicU64::new(
-                GUESS_NS_PER_ROUND.saturating_mul(1u64.checked_shl(cost).unwrap_or(u64::MAX)),
-            )),
+            fastest_ns_per_round: Arc::new(AtomicU64::new(GUESS_NS_PER_ROUND)),
             dummy: Arc::new(OnceCell::new()),
             verifications: Arc::default(),
         }
     }
 
-    /// How long a hash may take on the idle threads before the rescue thread runs it too.
-    fn rescue_after(&self) -> Duration {
-        let fastest = self.fastest_ns.load(Ordering::Relaxed);
-        Duration::from_nanos(fastest.saturating_mul(RESCUE_FACTOR)).clamp(RESCUE_FLOOR, RESCUE_CAP)
+    /// How long a hash of `cost` may take on the idle threads before the rescue thread
+    /// runs it too.
+    fn rescue_after(&self, cost: u32) -> Duration {
+        let per_round = self.fastest_ns_per_round.load(Ordering::Relaxed);
+        let rounds = 1u64.checked_shl(cost).unwrap_or(u64::MAX);
+        Duration::from_nanos(per_round.saturating_mul(rounds).saturating_mul(RESCUE_FACTOR))
+            .clamp(RESCUE_FLOOR, RESCUE_CAP)
     }
 
-    async fn blocking<T, F>(&self, f: F) -> anyhow::Result<T>
+    /// Runs `f`, a hash of `cost`, on the hashing threads (see the module's comment).
+    async fn blocking<T, F>(&self, cost: u32, f: F) -> anyhow::Result<T>
     where
         T: Send + 'static,
         F: Fn() -> T + Send + Sync + 'static,
@@ -215,7 +222,8 @@ impl PasswordHasher {
         let shared = Arc::new(Shared {
             work: f,
             answer: Mutex::new(Some(done)),
-            fastest_ns: Arc::clone(&self.fastest_ns),
+            cost,
+            fastest_ns_per_round: Arc::clone(&self.fastest_ns_per_round),
         });
         let idle = Arc::clone(&shared);
         self.pool
@@ -223,7 +231,7 @@ impl PasswordHasher {
             .map_err(|_| anyhow::anyhow!("the hashing threads are gone"))?;
         tokio::select! {
             answer = &mut result => return answer.context("A hashing thread stopped"),
-            () = tokio::time::sleep(self.rescue_after()) => {}
+            () = tokio::time::sleep(self.rescue_after(cost)) => {}
         }
         crate::metrics::metrics().hash_rescued();
         tracing::debug!("a hash got no CPU at idle priority in time; the rescue thread runs it too");
@@ -238,7 +246,7 @@ impl PasswordHasher {
     pub async fn hash(&self, password: &Password) -> anyhow::Result<String> {
         let (plain, cost) = (password.expose().to_owned(), self.cost);
         self.verifications.hashes.fetch_add(1, Ordering::Relaxed);
-        self.blocking(move || bcrypt::hash(&plain, cost))
+        self.blocking(cost, move || bcrypt::hash(&plain, cost))
             .await?
             .context("Failed to hash a password")
     }
@@ -248,11 +256,17 @@ impl PasswordHasher {
     pub async fn verify(&self, candidate: &str, hash: &str) -> anyhow::Result<bool> {
         // bcrypt reads at most 72 bytes; a longer candidate would match on its prefix.
         let overlong = candidate.len() > crate::domain::MAX_PASSWORD_BYTES;
+        // `$2b$12$...`: the stored hash's own cost (legacy hashes may differ).
+        let cost = hash
+            .split('$')
+            .nth(2)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(self.cost);
         let (candidate, hash) = (candidate.to_owned(), hash.to_owned());
         // Counted per verification, not per thread run: a rescued one runs twice.
         let _running = Running::start(&self.verifications);
         let outcome = self
-            .blocking(move || bcrypt::verify(&candidate, &hash))
+            .blocking(cost, move || bcrypt::verify(&candidate, &hash))
             .await?;
         Ok(!overlong && outcome.unwrap_or(false))
     }
@@ -286,7 +300,7 @@ impl PasswordHasher {
             .get_or_try_init(|| async {
                 let random = crate::auth::random_token(24);
                 let cost = self.cost;
-                self.blocking(move || bcrypt::hash(&random, cost))
+                self.blocking(cost, move || bcrypt::hash(&random, cost))
                     .await?
                     .context("Failed to compute the dummy hash")
             })
@@ -357,7 +371,7 @@ mod tests {
         let counted = Arc::clone(&runs);
         let answer = tokio::time::timeout(
             Duration::from_secs(10),
-            hasher.blocking(move || counted.fetch_add(1, Ordering::SeqCst) + 1),
+            hasher.blocking(4, move || counted.fetch_add(1, Ordering::SeqCst) + 1),
         )
         .await
         .expect("the rescue thread did not answer while the idle thread was busy")
@@ -365,7 +379,7 @@ mod tests {
         assert_eq!(answer, 1);
         // The copy queued on the idle thread finds the answer given and does not run.
         drop(release);
-        hasher.blocking(|| 0).await.unwrap();
+        hasher.blocking(4, || 0).await.unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         // A real hash too, then its verification.
         let release = stall_idle_thread(&hasher);
@@ -376,18 +390,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_rescue_waits_32_times_the_fastest_hash_at_most_ten_seconds() {
+    async fn the_rescue_waits_32_times_the_fastest_hash_of_its_cost_at_most_ten_seconds() {
         let hasher = PasswordHasher::new(12, 1);
-        // Before any hash: a guess from the cost (32 × 4096 × 30 µs).
-        assert_eq!(hasher.rescue_after(), Duration::from_micros(32 * 4096 * 30));
-        assert_eq!(PasswordHasher::new(16, 1).rescue_after(), RESCUE_CAP);
-        hasher.fastest_ns.store(100_000, Ordering::Relaxed);
-        assert_eq!(hasher.rescue_after(), RESCUE_FLOOR);
-        hasher.blocking(|| std::thread::sleep(Duration::from_millis(30))).await.unwrap();
-        assert_eq!(hasher.rescue_after(), RESCUE_FLOOR, "a slower hash does not raise it");
-        hasher.fastest_ns.store(u64::MAX, Ordering::Relaxed);
-        hasher.blocking(|| std::thread::sleep(Duration::from_millis(30))).await.unwrap();
-        assert!(hasher.rescue_after() >= Duration::from_millis(32 * 30));
+        // Before any hash: a guess (32 × 4096 rounds × 30 µs).
+        assert_eq!(hasher.rescue_after(12), Duration::from_micros(32 * 4096 * 30));
+        assert_eq!(hasher.rescue_after(16), RESCUE_CAP);
+        assert_eq!(hasher.rescue_after(4), Duration::from_micros(32 * 16 * 30));
+        assert_eq!(hasher.rescue_after(1), RESCUE_FLOOR);
+        // A 30 ms hash of cost 10 (1,024 rounds) times cost 12 at 120 ms: rescue at 3.84 s.
+        hasher.fastest_ns_per_round.store(u64::MAX, Ordering::Relaxed);
+        let pause = Duration::from_millis(30);
+        hasher.blocking(10, move || std::thread::sleep(pause)).await.unwrap();
+        let after = hasher.rescue_after(12);
+        assert!(
+            after >= 32 * 4 * pause && after < 32 * 4 * 2 * pause,
+            "{after:?}"
+        );
+        // A slower one does not raise it.
+        hasher.blocking(10, || std::thread::sleep(Duration::from_millis(90))).await.unwrap();
+        assert_eq!(hasher.rescue_after(12), after);
     }
 
     #[tokio::test]
