@@ -200,8 +200,12 @@ impl PasswordHasher {
     fn rescue_after(&self, cost: u32) -> Duration {
         let per_round = self.fastest_ns_per_round.load(Ordering::Relaxed);
         let rounds = 1u64.checked_shl(cost).unwrap_or(u64::MAX);
-        Duration::from_nanos(per_round.saturating_mul(rounds).saturating_mul(RESCUE_FACTOR))
-            .clamp(RESCUE_FLOOR, RESCUE_CAP)
+        Duration::from_nanos(
+            per_round
+                .saturating_mul(rounds)
+                .saturating_mul(RESCUE_FACTOR),
+        )
+        .clamp(RESCUE_FLOOR, RESCUE_CAP)
     }
 
     /// Runs `f`, a hash of `cost`, on the hashing threads (see the module's comment).
@@ -234,7 +238,9 @@ impl PasswordHasher {
             () = tokio::time::sleep(self.rescue_after(cost)) => {}
         }
         crate::metrics::metrics().hash_rescued();
-        tracing::debug!("a hash got no CPU at idle priority in time; the rescue thread runs it too");
+        tracing::debug!(
+            "a hash got no CPU at idle priority in time; the rescue thread runs it too"
+        );
         self.rescue
             .send(Box::new(move || shared.run()))
             .map_err(|_| anyhow::anyhow!("the rescue hashing thread is gone"))?;
@@ -393,21 +399,32 @@ mod tests {
     async fn the_rescue_waits_32_times_the_fastest_hash_of_its_cost_at_most_ten_seconds() {
         let hasher = PasswordHasher::new(12, 1);
         // Before any hash: a guess (32 × 4096 rounds × 30 µs).
-        assert_eq!(hasher.rescue_after(12), Duration::from_micros(32 * 4096 * 30));
+        assert_eq!(
+            hasher.rescue_after(12),
+            Duration::from_micros(32 * 4096 * 30)
+        );
         assert_eq!(hasher.rescue_after(16), RESCUE_CAP);
         assert_eq!(hasher.rescue_after(4), Duration::from_micros(32 * 16 * 30));
         assert_eq!(hasher.rescue_after(1), RESCUE_FLOOR);
         // A 30 ms hash of cost 10 (1,024 rounds) times cost 12 at 120 ms: rescue at 3.84 s.
-        hasher.fastest_ns_per_round.store(u64::MAX, Ordering::Relaxed);
+        hasher
+            .fastest_ns_per_round
+            .store(u64::MAX, Ordering::Relaxed);
         let pause = Duration::from_millis(30);
-        hasher.blocking(10, move || std::thread::sleep(pause)).await.unwrap();
+        hasher
+            .blocking(10, move || std::thread::sleep(pause))
+            .await
+            .unwrap();
         let after = hasher.rescue_after(12);
         assert!(
             after >= 32 * 4 * pause && after < 32 * 4 * 2 * pause,
             "{after:?}"
         );
         // A slower one does not raise it.
-        hasher.blocking(10, || std::thread::sleep(Duration::from_millis(90))).await.unwrap();
+        hasher
+            .blocking(10, || std::thread::sleep(Duration::from_millis(90)))
+            .await
+            .unwrap();
         assert_eq!(hasher.rescue_after(12), after);
     }
 
