@@ -21,7 +21,8 @@ share the server's runtime. It prints, in one run:
   users/me, the battery), of recording an interaction (one user, and 32 users), and of a
   history page of 50 to it;
 - the bcrypt bound (cores / one cost-12 hash) and login throughput against it;
-- other users' p99 (GET /users/me) alone and during a login flood;
+- other users' p99 (GET /users/me) alone and during a login flood, both as fast as 4
+  connections go and paced (16 connections, 2 ms between answer and request);
 - peak RSS (VmHWM) after 256 and after 2,000 connections (and before them: the peak of
   everything earlier in the run, which VmHWM includes);
 - with --store mongodb and a server that exposes them on /metrics, MongoDB round trips
@@ -248,7 +249,7 @@ function request()
   end
   return wrk.format(method, path, headers, body)
 end
-"""
+%(delay)s"""
 
 
 def lua_string(s: str) -> str:
@@ -258,8 +259,10 @@ def lua_string(s: str) -> str:
 def wrk(port: int, path: str, seconds: float, connections: int, *, method: str = "GET",
         tokens: list[str] | None = None, bodies: list[str] | None = None,
         content_type: str = "application/json", threads: int = 2,
-        timeout: str = "10s") -> dict:
-    """Runs wrk; returns requests/s, p50/p99 (ms) and the non-2xx count."""
+        timeout: str = "10s", pace_ms: int = 0) -> dict:
+    """Runs wrk; returns requests/s, p50/p99 (ms) and the non-2xx count. With `pace_ms`,
+    each connection waits that long after an answer before its next request (a steady
+    load below saturation, instead of as fast as the server answers)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_LUA % {
             "tokens": ",".join(lua_string(t) for t in (tokens or [])),
@@ -267,6 +270,7 @@ def wrk(port: int, path: str, seconds: float, connections: int, *, method: str =
             "method": method,
             "path": path,
             "content_type": content_type,
+            "delay": f"function delay()\n  return {pace_ms}\nend\n" if pace_ms else "",
         })
     try:
         out = subprocess.run(
@@ -319,6 +323,9 @@ def start_mongo(workdir: Path) -> tuple[subprocess.Popen, str]:
     wait_port(port)
     return proc, f"mongodb://127.0.0.1:{port}/introgy_bench"
 
+
+# Pause of each paced reader between an answer and its next request (ms).
+PACE_MS = 2
 
 METRICS_TOKEN = "bench-metrics-token-0123456789abcdef"
 
@@ -455,11 +462,16 @@ def login_rows(server: Server, tokens: list[str], login_users: list[dict], measu
     login = measure("login", "/auth/login", method="POST", bodies=login_bodies,
                     content_type="application/x-www-form-urlencoded", connections=8)
 
+    # Other users' reads two ways: as fast as 4 connections go (saturating the cores
+    # with wrk, so "alone" is already queueing), and paced (16 connections, each waiting
+    # PACE_MS between answer and request: a steady load well below saturation).
     alone = measure("users/me alone", "/users/me", tokens=tokens, connections=4)
+    paced_alone = measure("users/me paced alone", "/users/me", tokens=tokens,
+                          connections=16, pace_ms=PACE_MS)
     flood_result: dict = {}
 
     def flood():
-        flood_result.update(wrk(server.port, "/auth/login", s + 2, 16, method="POST",
+        flood_result.update(wrk(server.port, "/auth/login", 2 * s + 3, 16, method="POST",
                                 bodies=login_bodies,
                                 content_type="application/x-www-form-urlencoded"))
 
@@ -467,10 +479,13 @@ def login_rows(server: Server, tokens: list[str], login_users: list[dict], measu
     flooder.start()
     time.sleep(1.0)  # let the flood fill the hashing queue first
     during = measure("users/me during flood", "/users/me", tokens=tokens, connections=4)
+    paced_during = measure("users/me paced during flood", "/users/me", tokens=tokens,
+                           connections=16, pace_ms=PACE_MS)
     flooder.join()
 
     return {"hash_s": hash_s, "cores": cores, "bound": cores / hash_s, "login": login,
-            "alone": alone, "during": during, "flood": flood_result,
+            "alone": alone, "during": during, "paced_alone": paced_alone,
+            "paced_during": paced_during, "flood": flood_result,
             "rescues": hash_rescues(server.port)}
 
 
@@ -521,6 +536,11 @@ def report(binary: Path, found: dict, args: argparse.Namespace) -> None:
           f"flood {during['p99']:.2f} ms ({during['p99'] / alone['p99']:.1f}x; "
           f"{found['flood'].get('rps', 0):.1f} logins/s in the flood; CPU stolen by the "
           f"hypervisor {alone['steal']:.1f}% / {during['steal']:.1f}%)")
+    pa, pd = found["paced_alone"], found["paced_during"]
+    print(f"GET /users/me paced (16 connections, {PACE_MS} ms between answer and request): "
+          f"{pa['rps']:.0f} req/s, p99 {pa['p99']:.2f} ms alone; {pd['rps']:.0f} req/s, p99 "
+          f"{pd['p99']:.2f} ms during the flood ({pd['p99'] / pa['p99']:.1f}x; CPU stolen "
+          f"{pa['steal']:.1f}% / {pd['steal']:.1f}%)")
     if found.get("rescues") is not None:
         print(f"hashes run again by the rescue thread: {found['rescues']:.0f}")
     if args.only == "flood":
@@ -593,7 +613,9 @@ def main() -> None:
             summaries += [(lambda r: 100 * r["login"]["rps"] / r["bound"], "login, % of the bound",
                            "%"),
                           (lambda r: r["during"]["p99"] / r["alone"]["p99"],
-                           "users/me p99, flood / alone", "x")]
+                           "users/me p99, flood / alone", "x"),
+                          (lambda r: r["paced_during"]["p99"] / r["paced_alone"]["p99"],
+                           "paced p99, flood / alone", "x")]
         for value, label, unit in summaries:
             cells = []
             for binary in binaries:
