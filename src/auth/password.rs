@@ -4,18 +4,20 @@
 //! other request on that worker, and a login flood would starve everything else. Hashes
 //! therefore run on their own threads (`HASH_CONCURRENCY` of them, default: the CPUs),
 //! behind a semaphore, at idle priority (`SCHED_IDLE` on Linux): logins use every idle
-//! cycle, and any other request's thread takes the CPU from them at once when it wakes.
-//! Nice 10 was not enough: a woken worker still waited for a hashing thread's time slice,
-//! and other users' p99 under a login flood went from ~2.5 ms to 15–75 ms in half the
-//! runs (`python3 bench/wrk.py --only flood --rounds 3`; README, "Performance").
+//! cycle, and a thread of any other request that wakes takes the CPU from them at once
+//! (at nice 10, as before, it could wait out a hashing thread's time slice). Measured
+//! from outside on the 2-core VM, other users' p99 under a login flood did not differ
+//! measurably between the two: what remains follows how many CPUs are hashing, not
+//! their priority (README, "Performance"). Idle priority is kept because it removes the
+//! in-guest delay by construction.
 //!
-//! Idle priority alone could starve logins on a machine that other work keeps busy. So a
-//! hash that has not finished 32 times the fastest hash of its cost after it was handed
-//! over (timed per round, so hashes of other costs count; before any: a guess; between
-//! [`RESCUE_FLOOR`] and [`RESCUE_CAP`])
-//! also runs on one rescue thread at normal scheduling class, nice 10; the first answer
-//! wins and a copy that has not started yet is skipped. (A thread cannot go back from `SCHED_IDLE`
-//! without `CAP_SYS_NICE`, hence a thread of its own.)
+//! Idle priority alone could starve logins on a machine that other work keeps busy. So
+//! a hash that has not finished 32 times the fastest hash of its cost after it was
+//! handed over (timed per round, so hashes of other costs count; before any, a guess;
+//! between [`RESCUE_FLOOR`] and [`RESCUE_CAP`]) also runs on one rescue thread at normal
+//! scheduling class, nice 10. The first answer wins, and a copy that has not started
+//! yet is skipped. (A thread cannot leave `SCHED_IDLE` again without `CAP_SYS_NICE`,
+//! hence a thread of its own.)
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -29,11 +31,11 @@ use crate::domain::Password;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A hash still running after this many times the fastest hash of its cost is rescued. The
-/// rescue is for starvation, not for a busy server: under a login flood against
+/// A hash still running after this many times the fastest hash of its cost is rescued.
+/// The rescue is for starvation, not for a busy server: under a login flood against
 /// saturating reads (`bench/wrk.py --only flood`) idle-priority hashes take ~10 times
-/// their quiet time, and at a factor of 4 or 10 enough of them were rescued that the
-/// rescue thread's share of the CPU put other users' p99 back to 3–12x.
+/// their quiet time. At a factor of 10, 3–5 hashes per flood were rescued, running at
+/// nice 10 beside the reads again; at 32, none were.
 const RESCUE_FACTOR: u64 = 32;
 
 /// The latest a hash is rescued, whatever the cost: well inside the 30 s default
