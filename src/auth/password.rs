@@ -264,12 +264,11 @@ impl PasswordHasher {
     pub async fn verify(&self, candidate: &str, hash: &str) -> anyhow::Result<bool> {
         // bcrypt reads at most 72 bytes; a longer candidate would match on its prefix.
         let overlong = candidate.len() > crate::domain::MAX_PASSWORD_BYTES;
-        // `$2b$12$...`: the stored hash's own cost (legacy hashes may differ).
+        // The stored hash's own cost (legacy hashes may differ); bcrypt refuses a
+        // malformed one anyway.
         let cost = hash
-            .split('$')
-            .nth(2)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(self.cost);
+            .parse::<bcrypt::HashParts>()
+            .map_or(self.cost, |parts| parts.get_cost());
         let (candidate, hash) = (candidate.to_owned(), hash.to_owned());
         // Counted per verification, not per thread run: a rescued one runs twice.
         let _running = Running::start(&self.verifications);
