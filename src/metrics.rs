@@ -746,6 +746,9 @@ mod tests {
         let generic_result = "x::SqliteStore::write<alloc::vec::Vec<(u8, alloc::string::String)>, x::helper::{{closure}}>::{{closure}}";
         assert_eq!(sqlite_operation(generic_result), ("helper", true));
         assert_eq!(sqlite_operation("weird"), ("weird", false));
+        // `quick_read` names the method's own closure (no choke-point closure around it).
+        let quick_read_shape = "<introgy::store::sqlite::SqliteStore as introgy::store::CallerStore>::caller<'_, '_, '_, '_>::{{closure}}::{{closure}}";
+        assert_eq!(sqlite_operation(quick_read_shape), ("caller", false));
     }
 
     #[test]

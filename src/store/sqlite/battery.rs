@@ -206,7 +206,7 @@ fn remember_key(
 impl BatteryStore for SqliteStore {
     async fn battery_event(&self, user_id: &str, id: &str) -> StoreResult<Option<BatteryEvent>> {
         let (user_id, id) = (user_id.to_owned(), id.to_owned());
-        self.read(move |conn| event_by_id(conn, &user_id, &id))
+        self.quick_read(move |conn| event_by_id(conn, &user_id, &id))
             .await
     }
 

@@ -1,5 +1,5 @@
-//! The authenticated read: two primary-key lookups on one read connection, in one
-//! blocking task.
+//! The authenticated read: two primary-key lookups on one read connection, run on the
+//! calling worker (`SqliteStore::quick_read`).
 
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
@@ -14,7 +14,7 @@ use crate::store::{BatteryPosition, Caller, CallerStore, StoreResult};
 impl CallerStore for SqliteStore {
     async fn caller(&self, session_id: &str, user_id: &str) -> StoreResult<Option<Caller>> {
         let (session_id, user_id) = (session_id.to_owned(), user_id.to_owned());
-        self.read(move |conn| {
+        self.quick_read(move |conn| {
             let session = conn
                 .prepare_cached(
                     "SELECT id, user_id, created_at, expires_at, refreshed_at FROM sessions \

@@ -74,11 +74,11 @@ impl SessionStore for SqliteStore {
 
     async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
         let id = id.to_owned();
-        self.read(move |conn| {
+        self.quick_read(move |conn| {
             conn.prepare_cached(
                 "SELECT id, user_id, created_at, expires_at, refreshed_at FROM sessions WHERE id = ?1",
             )?
-            .query_row([id], session_from_row)
+            .query_row([&id], session_from_row)
             .optional()
         })
         .await
@@ -86,7 +86,7 @@ impl SessionStore for SqliteStore {
 
     async fn refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>> {
         let token_hash = token_hash.to_owned();
-        self.read(move |conn| token_where_hash(conn, &token_hash))
+        self.quick_read(move |conn| token_where_hash(conn, &token_hash))
             .await
     }
 

@@ -131,12 +131,12 @@ impl UserStore for SqliteStore {
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
         let id = id.to_owned();
-        self.read(move |conn| user_where(conn, "id", &id)).await
+        self.quick_read(move |conn| user_where(conn, "id", &id)).await
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
         let email = email.to_owned();
-        self.read(move |conn| user_where(conn, "email", &email))
+        self.quick_read(move |conn| user_where(conn, "email", &email))
             .await
     }
 
