@@ -22,7 +22,9 @@ share the server's runtime. It prints, in one run:
   history page of 50 to it;
 - the bcrypt bound (cores / one cost-12 hash) and login throughput against it;
 - other users' p99 (GET /users/me) alone and during a login flood, both as fast as 4
-  connections go and paced (16 connections, 2 ms between answer and request);
+  connections go and paced (16 connections, 2 ms between answer and request), and the
+  paced reads beside one idle-priority busy loop per core in another process (no flood):
+  what any use of the idle CPUs costs other requests on this machine;
 - peak RSS (VmHWM) after 256 and after 2,000 connections (and before them: the peak of
   everything earlier in the run, which VmHWM includes);
 - with --store mongodb and a server that exposes them on /metrics, MongoDB round trips
@@ -324,6 +326,12 @@ def start_mongo(workdir: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"mongodb://127.0.0.1:{port}/introgy_bench"
 
 
+# A CPU-bound loop at idle priority: the floor of what any use of otherwise idle CPUs
+# does to other requests' latency on this machine (no util-linux `chrt` needed).
+BUSY_LOOP = ("import os\n"
+             "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+             "while True:\n    pass\n")
+
 # Pause of each paced reader between an answer and its next request (ms).
 PACE_MS = 2
 
@@ -482,11 +490,26 @@ def login_rows(server: Server, tokens: list[str], login_users: list[dict], measu
     paced_during = measure("users/me paced during flood", "/users/me", tokens=tokens,
                            connections=16, pace_ms=PACE_MS)
     flooder.join()
+    rescues = hash_rescues(server.port)
+
+    # The control for that ratio: the same paced reads while one busy loop per core runs
+    # at idle priority (SCHED_IDLE) in another process, doing nothing with the server.
+    # What it costs depends on how many thread wake-ups a request needs (README,
+    # "Performance", third pass).
+    burners = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)
+        paced_burn = measure("users/me paced beside idle busy loops", "/users/me",
+                             tokens=tokens, connections=16, pace_ms=PACE_MS)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
 
     return {"hash_s": hash_s, "cores": cores, "bound": cores / hash_s, "login": login,
             "alone": alone, "during": during, "paced_alone": paced_alone,
-            "paced_during": paced_during, "flood": flood_result,
-            "rescues": hash_rescues(server.port)}
+            "paced_during": paced_during, "paced_burn": paced_burn, "flood": flood_result,
+            "rescues": rescues}
 
 
 def connection_steps(server: Server, tokens: list[str], measure) -> dict:
@@ -541,6 +564,11 @@ def report(binary: Path, found: dict, args: argparse.Namespace) -> None:
           f"{pa['rps']:.0f} req/s, p99 {pa['p99']:.2f} ms alone; {pd['rps']:.0f} req/s, p99 "
           f"{pd['p99']:.2f} ms during the flood ({pd['p99'] / pa['p99']:.1f}x; CPU stolen "
           f"{pa['steal']:.1f}% / {pd['steal']:.1f}%)")
+    pb = found["paced_burn"]
+    print(f"GET /users/me paced beside {found['cores']} idle-priority busy loops in another "
+          f"process (no flood): {pb['rps']:.0f} req/s, p99 {pb['p99']:.2f} ms "
+          f"({pb['p99'] / pa['p99']:.1f}x alone: what sharing the CPUs alone costs this "
+          f"binary's requests)")
     if found.get("rescues") is not None:
         print(f"hashes run again by the rescue thread: {found['rescues']:.0f}")
     if args.only == "flood":
@@ -615,7 +643,9 @@ def main() -> None:
                           (lambda r: r["during"]["p99"] / r["alone"]["p99"],
                            "users/me p99, flood / alone", "x"),
                           (lambda r: r["paced_during"]["p99"] / r["paced_alone"]["p99"],
-                           "paced p99, flood / alone", "x")]
+                           "paced p99, flood / alone", "x"),
+                          (lambda r: r["paced_burn"]["p99"] / r["paced_alone"]["p99"],
+                           "paced p99, idle loops / alone", "x")]
         for value, label, unit in summaries:
             cells = []
             for binary in binaries:

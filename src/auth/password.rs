@@ -7,9 +7,10 @@
 //! cycle, and a thread of any other request that wakes takes the CPU from them at once
 //! (at nice 10, as before, it could wait out a hashing thread's time slice). Measured
 //! from outside on the 2-core VM, other users' p99 under a login flood did not differ
-//! measurably between the two: what remains follows how many CPUs are hashing, not
-//! their priority (README, "Performance"). Idle priority is kept because it removes the
-//! in-guest delay by construction.
+//! measurably between the two. What did matter is how many thread wake-ups a request
+//! needs: each takes a CPU from a hashing thread, which costs a virtual machine more than
+//! waking an idle CPU, so reads by key now run on the async worker instead of a
+//! blocking thread (`SqliteStore::quick_read`; README, "Performance", third pass).
 //!
 //! Idle priority alone could starve logins on a machine that other work keeps busy. So
 //! a hash that has not finished 32 times the fastest hash of its cost after it was
