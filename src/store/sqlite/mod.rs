@@ -464,6 +464,42 @@ impl ReadLease {
             _slot: slot,
         }
     }
+
+    /// Waits (asynchronously) for an idle read connection.
+    async fn wait(inner: Arc<Inner>) -> StoreResult<Self> {
+        let slot = Arc::clone(&inner.reader_slots)
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Other(e.into()))?;
+        Ok(Self::take(inner, slot))
+    }
+
+    fn conn(&mut self) -> StoreResult<&mut Connection> {
+        self.conn.as_mut().ok_or_else(|| {
+            StoreError::Other(anyhow::anyhow!(
+                "no idle SQLite read connection behind a free slot"
+            ))
+        })
+    }
+
+    /// Runs `f` on this connection on a blocking thread; the connection goes back to the
+    /// pool when it is done (or panicked).
+    async fn on_blocking_thread<T, F>(mut self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        tokio::task::spawn_blocking(move || f(self.conn()?))
+            .await
+            .unwrap_or_else(|join| Err(panicked(join)))
+    }
+}
+
+/// What a read that did not finish within the store timeout answers.
+fn read_timed_out(timeout: Duration) -> StoreError {
+    StoreError::Unavailable(anyhow::anyhow!(
+        "SQLite did not answer a read within {timeout:?}"
+    ))
 }
 
 impl Drop for ReadLease {
@@ -647,29 +683,15 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.inner.shared.file.last()?;
-        let inner = Arc::clone(&self.inner);
-        let work = async move {
-            let slot = Arc::clone(&inner.reader_slots)
-                .acquire_owned()
+        let work = async {
+            ReadLease::wait(Arc::clone(&self.inner))
+                .await?
+                .on_blocking_thread(f)
                 .await
-                .map_err(|e| StoreError::Other(e.into()))?;
-            let mut lease = ReadLease::take(inner, slot);
-            tokio::task::spawn_blocking(move || match lease.conn.as_mut() {
-                Some(conn) => f(conn),
-                None => Err(StoreError::Other(anyhow::anyhow!(
-                    "no idle SQLite read connection behind a free slot"
-                ))),
-            })
-            .await
-            .unwrap_or_else(|join| Err(panicked(join)))
         };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
-                "SQLite did not answer a read within {:?}",
-                self.timeout
-            ))),
-        }
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(read_timed_out(self.timeout)))
     }
 
     /// A write: queued for the writer thread (waiting asynchronously, holding no thread)
@@ -718,13 +740,9 @@ impl SqliteStore {
     {
         let (operation, _) = crate::metrics::sqlite_operation(std::any::type_name::<F>());
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(self.timeout, self.run_quick(f)).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
-                "SQLite did not answer a read within {:?}",
-                self.timeout
-            ))),
-        };
+        let result = tokio::time::timeout(self.timeout, self.run_quick(f))
+            .await
+            .unwrap_or_else(|_| Err(read_timed_out(self.timeout)));
         self.observer
             .record(operation, false, started.elapsed(), result.as_ref().err());
         result
@@ -736,16 +754,8 @@ impl SqliteStore {
         F: Fn(&Connection) -> rusqlite::Result<T> + Send + Sync + 'static,
     {
         self.inner.shared.file.last()?;
-        let slot = Arc::clone(&self.inner.reader_slots)
-            .acquire_owned()
-            .await
-            .map_err(|e| StoreError::Other(e.into()))?;
-        let mut lease = ReadLease::take(Arc::clone(&self.inner), slot);
-        let Some(conn) = lease.conn.as_mut() else {
-            return Err(StoreError::Other(anyhow::anyhow!(
-                "no idle SQLite read connection behind a free slot"
-            )));
-        };
+        let mut lease = ReadLease::wait(Arc::clone(&self.inner)).await?;
+        let conn = lease.conn()?;
         conn.busy_timeout(Duration::ZERO).map_err(map_err)?;
         let first = f(conn);
         conn.busy_timeout(busy_timeout(self.timeout))
@@ -759,14 +769,9 @@ impl SqliteStore {
                 ) => {}
             done => return done.map_err(map_err),
         }
-        tokio::task::spawn_blocking(move || match lease.conn.as_mut() {
-            Some(conn) => f(conn).map_err(map_err),
-            None => Err(StoreError::Other(anyhow::anyhow!(
-                "no idle SQLite read connection behind a free slot"
-            ))),
-        })
-        .await
-        .unwrap_or_else(|join| Err(panicked(join)))
+        lease
+            .on_blocking_thread(move |conn| f(conn).map_err(map_err))
+            .await
     }
 
     /// Runs `f` on the single write connection.
@@ -1002,16 +1007,20 @@ mod tests {
     /// Where each call of a read ran, and the busy timeout it ran with.
     type Calls = Arc<Mutex<Vec<(std::thread::ThreadId, i64)>>>;
 
+    /// Notes a call in `calls`; returns how many there have been.
+    fn note(calls: &Calls, conn: &Connection) -> rusqlite::Result<usize> {
+        let mut calls = lock(calls);
+        calls.push((std::thread::current().id(), busy_ms(conn)?));
+        Ok(calls.len())
+    }
+
     #[tokio::test]
     async fn a_quick_read_runs_on_the_worker_without_waiting_for_locks() {
         let (_dir, store) = store().await;
         let calls = Calls::default();
         let seen = Arc::clone(&calls);
         let answer = store
-            .quick_read(move |conn| {
-                lock(&seen).push((std::thread::current().id(), busy_ms(conn)?));
-                Ok(7)
-            })
+            .quick_read(move |conn| note(&seen, conn).map(|_| 7))
             .await
             .unwrap();
         assert_eq!(answer, 7);
@@ -1028,9 +1037,7 @@ mod tests {
         let seen = Arc::clone(&calls);
         let answer = store
             .quick_read(move |conn| {
-                let mut seen = lock(&seen);
-                seen.push((std::thread::current().id(), busy_ms(conn)?));
-                if seen.len() == 1 {
+                if note(&seen, conn)? == 1 {
                     return Err(rusqlite::Error::SqliteFailure(
                         ffi::Error::new(ffi::SQLITE_BUSY),
                         None,
@@ -1044,7 +1051,11 @@ mod tests {
         let calls = lock(&calls).clone();
         assert_eq!(calls.len(), 2, "{calls:?}");
         assert_eq!(calls[0], (std::thread::current().id(), 0));
-        assert_ne!(calls[1].0, std::thread::current().id(), "the retry left the worker");
+        assert_ne!(
+            calls[1].0,
+            std::thread::current().id(),
+            "the retry left the worker"
+        );
         assert_eq!(calls[1].1, 2000, "the retry waits for locks as a read does");
     }
 
@@ -1055,7 +1066,7 @@ mod tests {
         let seen = Arc::clone(&calls);
         let answer = store
             .quick_read(move |conn| -> rusqlite::Result<i64> {
-                lock(&seen).push((std::thread::current().id(), busy_ms(conn)?));
+                note(&seen, conn)?;
                 conn.query_row("SELECT no_such_column FROM users", [], |row| row.get(0))
             })
             .await;

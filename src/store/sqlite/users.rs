@@ -131,7 +131,8 @@ impl UserStore for SqliteStore {
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
         let id = id.to_owned();
-        self.quick_read(move |conn| user_where(conn, "id", &id)).await
+        self.quick_read(move |conn| user_where(conn, "id", &id))
+            .await
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
