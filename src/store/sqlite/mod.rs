@@ -495,6 +495,27 @@ impl ReadLease {
     }
 }
 
+/// A read connection's busy timeout at zero until dropped, then `usual` again, also if
+/// the read panicked: the connection never goes back to the pool without it.
+struct NoWait<'a> {
+    conn: &'a Connection,
+    usual: Duration,
+}
+
+impl<'a> NoWait<'a> {
+    fn new(conn: &'a Connection, usual: Duration) -> rusqlite::Result<Self> {
+        conn.busy_timeout(Duration::ZERO)?;
+        Ok(Self { conn, usual })
+    }
+}
+
+impl Drop for NoWait<'_> {
+    fn drop(&mut self) {
+        // `sqlite3_busy_timeout` cannot fail on an open connection.
+        let _ = self.conn.busy_timeout(self.usual);
+    }
+}
+
 /// What a read that did not finish within the store timeout answers.
 fn read_timed_out(timeout: Duration) -> StoreError {
     StoreError::Unavailable(anyhow::anyhow!(
@@ -756,10 +777,10 @@ impl SqliteStore {
         self.inner.shared.file.last()?;
         let mut lease = ReadLease::wait(Arc::clone(&self.inner)).await?;
         let conn = lease.conn()?;
-        conn.busy_timeout(Duration::ZERO).map_err(map_err)?;
-        let first = f(conn);
-        conn.busy_timeout(busy_timeout(self.timeout))
-            .map_err(map_err)?;
+        let first = {
+            let _no_wait = NoWait::new(conn, busy_timeout(self.timeout)).map_err(map_err)?;
+            f(conn)
+        };
         match first {
             Err(rusqlite::Error::SqliteFailure(failure, _))
                 if matches!(
@@ -1057,6 +1078,21 @@ mod tests {
             "the retry left the worker"
         );
         assert_eq!(calls[1].1, 2000, "the retry waits for locks as a read does");
+    }
+
+    #[tokio::test]
+    async fn a_quick_read_that_panics_leaves_its_connection_as_it_found_it() {
+        let (_dir, store) = store().await;
+        let reader = store.clone();
+        let panicked = tokio::spawn(async move {
+            reader
+                .quick_read(|_: &Connection| -> rusqlite::Result<()> { panic!("a bug") })
+                .await
+        })
+        .await;
+        assert!(panicked.unwrap_err().is_panic());
+        // The pool hands connections out last in, first out: this is the same one.
+        assert_eq!(store.read(busy_ms).await.unwrap(), 2000);
     }
 
     #[tokio::test]
