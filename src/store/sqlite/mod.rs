@@ -11,16 +11,19 @@
 //! alone (WAL, `synchronous = NORMAL`: it survives `kill -9`); under load the
 //! per-transaction costs (the lock, the WAL frames of shared pages) are paid once per
 //! group. Reads use a small pool of read-only connections and run concurrently with the
-//! writer (WAL readers never wait for it), on tokio's blocking pool, never on the async
-//! workers, and only once they have their connection: a call waiting for the writer or
-//! for a reader waits asynchronously and holds no thread.
+//! writer (WAL readers never wait for it), only once they have their connection: a call
+//! waiting for the writer or for a reader waits asynchronously and holds no thread.
+//! Reads run on tokio's blocking pool, except reads bounded by a key (a few index
+//! lookups: the caller of every authenticated request, a user, a session), which run
+//! right on the async worker without waiting for any lock ([`SqliteStore::quick_read`]).
 //!
 //! `STORE_TIMEOUT_SECONDS` bounds a call, and a 503 means "not applied": a write that has
 //! not reached the writer within half the timeout is abandoned before it starts (it never
 //! runs later; nor does one whose caller went away while it waited); a write that started
 //! is always waited for, and its group's wait for SQLite's file lock (another process
 //! writing) is bounded by the busy timeout, the other half, so its real outcome is what
-//! the caller hears. Reads are simply abandoned at the timeout.
+//! the caller hears. Reads are simply abandoned at the timeout (a read by key once it
+//! has its connection runs to its end on the worker: tens of microseconds).
 //!
 //! The file that was opened is watched ([`FileWatch`]): deleted, moved or replaced, the
 //! store refuses reads and writes with a clear 503 and says so loudly in the log, instead
@@ -745,8 +748,8 @@ impl SqliteStore {
     /// Why: the hand-off costs two thread wake-ups per read, and on a machine whose CPUs
     /// are also hashing passwords (a login flood: the hashing threads use every idle
     /// cycle) each wake-up has to take a CPU from a hashing thread, which on the 2-core
-    /// VM put other users' p99 at 2.4–3.3 times its quiet value; inline, 1.0–1.4 times
-    /// (README, "Performance"). Only reads bounded by a key belong here (the caller of
+    /// VM about doubled the slowdown of other users' p99 (README, "Performance", third
+    /// pass). Only reads bounded by a key belong here (the caller of
     /// every authenticated request, a user, a session, a refresh token, one record): a
     /// few index lookups on pages that are in memory, tens of microseconds.
     ///
@@ -779,7 +782,10 @@ impl SqliteStore {
         let conn = lease.conn()?;
         let first = {
             let _no_wait = NoWait::new(conn, busy_timeout(self.timeout)).map_err(map_err)?;
-            f(conn)
+            // A panic becomes the store error it was on a blocking thread (logged, counted,
+            // and a background task that read gets an `Err` instead of dying).
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+                .map_err(|_| StoreError::Other(anyhow::anyhow!("SQLite read panicked")))?
         };
         match first {
             Err(rusqlite::Error::SqliteFailure(failure, _))
@@ -1081,16 +1087,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_quick_read_that_panics_leaves_its_connection_as_it_found_it() {
+    async fn a_quick_read_that_panics_is_a_store_error_and_its_connection_is_as_it_was() {
         let (_dir, store) = store().await;
-        let reader = store.clone();
-        let panicked = tokio::spawn(async move {
-            reader
-                .quick_read(|_: &Connection| -> rusqlite::Result<()> { panic!("a bug") })
-                .await
-        })
-        .await;
-        assert!(panicked.unwrap_err().is_panic());
+        let answer = store
+            .quick_read(|_: &Connection| -> rusqlite::Result<()> { panic!("a bug") })
+            .await;
+        assert!(matches!(answer, Err(StoreError::Other(_))), "{answer:?}");
         // The pool hands connections out last in, first out: this is the same one.
         assert_eq!(store.read(busy_ms).await.unwrap(), 2000);
     }
