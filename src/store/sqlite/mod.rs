@@ -519,13 +519,6 @@ impl Drop for NoWait<'_> {
     }
 }
 
-/// What a read that did not finish within the store timeout answers.
-fn read_timed_out(timeout: Duration) -> StoreError {
-    StoreError::Unavailable(anyhow::anyhow!(
-        "SQLite did not answer a read within {timeout:?}"
-    ))
-}
-
 impl Drop for ReadLease {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
@@ -683,20 +676,40 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        // The closure's type names the store method (see metrics.rs).
+        match access {
+            Access::Read => self.observed::<F, _>(false, self.run_read(f)).await,
+            Access::Write => self.observed::<F, _>(true, self.run_write(f)).await,
+        }
+    }
+
+    /// Times `work`, a call through closure type `F` (which names the store method, see
+    /// metrics.rs), and records it.
+    async fn observed<F, T>(
+        &self,
+        write: bool,
+        work: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
         let (operation, _) = crate::metrics::sqlite_operation(std::any::type_name::<F>());
         let started = std::time::Instant::now();
-        let result = match access {
-            Access::Read => self.run_read(f).await,
-            Access::Write => self.run_write(f).await,
-        };
-        self.observer.record(
-            operation,
-            access == Access::Write,
-            started.elapsed(),
-            result.as_ref().err(),
-        );
+        let result = work.await;
+        self.observer
+            .record(operation, write, started.elapsed(), result.as_ref().err());
         result
+    }
+
+    /// `work`, a read, abandoned at the store timeout (harmless for a read).
+    async fn within_timeout<T>(
+        &self,
+        work: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(anyhow::anyhow!(
+                    "SQLite did not answer a read within {:?}",
+                    self.timeout
+                )))
+            })
     }
 
     /// A read: waits (asynchronously) for an idle read connection, then runs; abandoned
@@ -707,15 +720,13 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.inner.shared.file.last()?;
-        let work = async {
+        self.within_timeout(async {
             ReadLease::wait(Arc::clone(&self.inner))
                 .await?
                 .on_blocking_thread(f)
                 .await
-        };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .unwrap_or_else(|_| Err(read_timed_out(self.timeout)))
+        })
+        .await
     }
 
     /// A write: queued for the writer thread (waiting asynchronously, holding no thread)
@@ -762,14 +773,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Connection) -> rusqlite::Result<T> + Send + Sync + 'static,
     {
-        let (operation, _) = crate::metrics::sqlite_operation(std::any::type_name::<F>());
-        let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.run_quick(f))
+        self.observed::<F, _>(false, self.within_timeout(self.run_quick(f)))
             .await
-            .unwrap_or_else(|_| Err(read_timed_out(self.timeout)));
-        self.observer
-            .record(operation, false, started.elapsed(), result.as_ref().err());
-        result
     }
 
     async fn run_quick<T, F>(&self, f: F) -> StoreResult<T>
